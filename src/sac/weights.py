@@ -1,0 +1,75 @@
+"""Official SAM checkpoints in the user cache: download with progress and sha256 verification."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sac.backbone import OFFICIAL_CHECKPOINTS
+from sac.io import InputError, atomic_write
+
+DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+
+def cache_dir() -> Path:
+    """``$SAC_CACHE``, else ``$XDG_CACHE_HOME/sac``, else ``~/.cache/sac``."""
+    if os.environ.get("SAC_CACHE"):
+        return Path(os.environ["SAC_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sac"
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the official checkpoint ``name`` (vit_b, vit_l, vit_h) lives in the cache."""
+    if name not in OFFICIAL_CHECKPOINTS:
+        raise InputError(
+            f"unknown official checkpoint {name!r}; choose one of {', '.join(OFFICIAL_CHECKPOINTS)}"
+        )
+    return cache_dir() / OFFICIAL_CHECKPOINTS[name][0]
+
+
+def fetch_checkpoint(name: str, base_url: str = DOWNLOAD_ROOT, progress: bool = True) -> Path:
+    """Return the verified cached checkpoint, downloading it first when absent."""
+    path = checkpoint_path(name)
+    filename, expected = OFFICIAL_CHECKPOINTS[name]
+    if path.is_file():
+        verify_checkpoint(path, expected)
+        return path
+    url = base_url + filename
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as tmp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with (
+                open(tmp, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar,
+            ):
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+            verify_checkpoint(tmp, expected, shown_as=url)
+    except (urllib.error.URLError, OSError) as error:
+        raise InputError(
+            f"cannot download {url} ({getattr(error, 'reason', error)}); without network, download it elsewhere and "
+            f"place it at {path} (sha256 {expected})"
+        ) from None
+    return path
+
+
+def verify_checkpoint(path: Path, expected: str, shown_as: str | None = None) -> None:
+    actual = sha256sum(path)
+    if actual != expected:
+        raise InputError(
+            f"{shown_as or path}: sha256 {actual} does not match the official {expected}; delete and fetch again"
+        )

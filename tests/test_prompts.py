@@ -1,0 +1,212 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from skimage import measure
+
+from sac.io import InputError
+from sac.prompts import (
+    GeneratorOutput,
+    PromptGenerator,
+    combine_points,
+    read_points_file,
+    sample_point_prompts,
+    sample_points,
+    write_points_file,
+)
+
+THRESHOLD = 0.5
+
+
+def disk_map(seed: int, height: int, width: int, num_disks: int) -> np.ndarray:
+    """Random disks of foreground probability on a noisy background, like a generator's output."""
+    rng = np.random.default_rng(seed)
+    prob = rng.uniform(0.0, 0.45, size=(height, width))
+    rows, cols = np.mgrid[:height, :width]
+    for _ in range(num_disks):
+        r, c, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.5, 6)
+        inside = (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
+        prob[inside] = rng.uniform(THRESHOLD, 1.0)
+    return prob
+
+
+def test_generator_shapes_and_gradients():
+    model = PromptGenerator()
+    assert 0.5e6 <= sum(p.numel() for p in model.parameters()) <= 2e6
+    images = torch.rand(2, 3, 32, 48)
+    out = model(images)
+    assert isinstance(out, GeneratorOutput)
+    assert out.logits.shape == (2, 2, 32, 48)
+    assert out.features.shape == (2, 16, 32, 48)
+    (out.logits.mean() + out.features.mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_generator_handles_sizes_not_divisible_by_stride():
+    model = PromptGenerator(base_channels=4, depth=3).eval()
+    out = model(torch.rand(1, 3, 13, 21))
+    assert out.logits.shape == (1, 2, 13, 21)
+    assert out.features.shape == (1, 4, 13, 21)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_generator_rejects_wrong_channel_count():
+    with pytest.raises(InputError):
+        PromptGenerator(base_channels=4, depth=2)(torch.rand(1, 1, 8, 8))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    height=st.integers(8, 64),
+    width=st.integers(8, 64),
+    num_disks=st.integers(0, 20),
+    num_positive=st.sampled_from([1, 3, 8, 16]),
+    num_negative=st.sampled_from([1, 3, 8, 16]),
+    use_centre=st.booleans(),
+)
+def test_sample_points_properties(seed, height, width, num_disks, num_positive, num_negative, use_centre):
+    prob = disk_map(seed, height, width, num_disks)
+    centre = np.random.default_rng(seed + 1).random(prob.shape) if use_centre else None
+    coords, labels = sample_points(
+        prob, num_positive, num_negative, np.random.default_rng(seed), centre=centre
+    )
+
+    total = num_positive + num_negative
+    assert coords.shape == (total, 2) and coords.dtype == np.float32
+    assert labels.tolist() == [1] * num_positive + [0] * num_negative and labels.dtype == np.int64
+    x, y = coords[:, 0], coords[:, 1]
+    assert np.array_equal(coords, np.round(coords))
+    assert (x >= 0).all() and (x < width).all() and (y >= 0).all() and (y < height).all()
+    rows, cols = y.astype(int), x.astype(int)
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == total
+
+    foreground = prob >= THRESHOLD
+    on_foreground = foreground[rows, cols]
+    if foreground.sum() >= num_positive:
+        assert on_foreground[:num_positive].all()
+    if (~foreground).sum() >= num_negative + max(0, num_positive - foreground.sum()):
+        assert not on_foreground[num_positive:].any()
+    components, count = measure.label(foreground, return_num=True)
+    if count >= num_positive:
+        picked = components[rows[:num_positive], cols[:num_positive]]
+        assert len(set(picked.tolist())) == num_positive
+
+
+def test_positive_goes_to_nucleus_interior_or_centre_map():
+    prob = np.zeros((20, 20))
+    prob[4:11, 6:13] = 0.9  # 7x7 square whose most interior pixel is (row 7, col 9)
+    coords, _ = sample_points(prob, 1, 2, np.random.default_rng(0))
+    assert coords[0].tolist() == [9.0, 7.0]
+    centre = np.zeros_like(prob)
+    centre[5, 11] = 1.0
+    coords, _ = sample_points(prob, 1, 2, np.random.default_rng(0), centre=centre)
+    assert coords[0].tolist() == [11.0, 5.0]
+
+
+def test_negatives_favour_the_rim_around_nuclei():
+    prob = np.zeros((64, 64))
+    prob[28:36, 28:36] = 0.9
+    coords, _ = sample_points(prob, 1, 32, np.random.default_rng(0))
+    in_ring = np.abs(coords[1:] - 31.5).max(axis=1) <= 4 + 5
+    assert in_ring.mean() >= 0.25  # the ring is 7% of the background: uniform sampling would give ~0.07
+
+
+def test_empty_prediction_still_gives_points():
+    coords, labels = sample_points(np.zeros((8, 8)), 3, 3, np.random.default_rng(0))
+    assert coords.shape == (6, 2) and labels.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_sample_points_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(InputError, match="distinct points"):
+        sample_points(np.zeros((3, 3)), 8, 8, rng)
+    with pytest.raises(InputError):
+        sample_points(np.full((8, 8), np.nan), 1, 1, rng)
+    with pytest.raises(InputError):
+        sample_points(np.full((8, 8), 2.0), 1, 1, rng)
+    with pytest.raises(InputError):
+        sample_points(np.zeros((8, 8)), 1, 1, rng, centre=np.zeros((4, 4)))
+
+
+def test_sample_point_prompts_layout_and_determinism():
+    prob = torch.from_numpy(np.stack([disk_map(s, 24, 32, 6) for s in range(3)])).float()
+    points, labels = sample_point_prompts(prob, 3, 8, seed_or_generator=7)
+    assert points.shape == (3, 1, 11, 2) and points.dtype == torch.float32
+    assert labels.shape == (3, 1, 11) and labels.dtype == torch.int64
+    again, _ = sample_point_prompts(prob, 3, 8, np.random.default_rng(7))
+    assert torch.equal(points, again)
+    other, _ = sample_point_prompts(prob, 3, 8, 8)
+    assert not torch.equal(points, other)
+
+
+def test_combine_points_add_and_replace():
+    points = torch.zeros(2, 1, 3, 2)
+    labels = torch.tensor([1, 0, 0]).expand(2, 1, 3)
+    added, added_labels = combine_points(points, labels, [(5, 6)], np.array([[1.5, 2.5], [3, 4]]))
+    assert added.shape == (2, 1, 6, 2) and added_labels.shape == (2, 1, 6)
+    assert added[1, 0, 3:].tolist() == [[5, 6], [1.5, 2.5], [3, 4]]
+    assert added_labels[0, 0].tolist() == [1, 0, 0, 1, 0, 0]
+    replaced, replaced_labels = combine_points(points, labels, manual_negative=[[7, 8]], replace=True)
+    assert replaced.tolist() == [[[[7, 8]]], [[[7, 8]]]] and replaced_labels.tolist() == [[[0]], [[0]]]
+    assert combine_points(points, labels)[0].shape == points.shape
+
+
+@pytest.mark.parametrize("bad", [[(1, np.nan)], [(1, 2, 3)], [[1], [2]], "ab"])
+def test_combine_points_rejects_bad_manual_points(bad):
+    with pytest.raises(InputError):
+        combine_points(torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1), manual_positive=bad)
+
+
+def test_combine_points_replace_needs_points():
+    with pytest.raises(InputError):
+        combine_points(torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1), replace=True)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_points_file_round_trip(tmp_path, suffix):
+    path = tmp_path / f"points{suffix}"
+    write_points_file(path, [(1.5, 2.0), (3, 4)], [(10, 20)])
+    positive, negative = read_points_file(path)
+    assert positive.tolist() == [[1.5, 2.0], [3, 4]] and negative.tolist() == [[10, 20]]
+    assert positive.dtype == np.float32
+
+
+def test_points_file_hand_written(tmp_path):
+    csv_path = tmp_path / "clicks.csv"
+    csv_path.write_text("x, y, label\n1,2,0\n\n3,4,1\n")
+    positive, negative = read_points_file(csv_path)
+    assert positive.tolist() == [[3, 4]] and negative.tolist() == [[1, 2]]
+    json_path = tmp_path / "clicks.json"
+    json_path.write_text(json.dumps({"positive": [[5, 6]]}))
+    positive, negative = read_points_file(json_path)
+    assert positive.tolist() == [[5, 6]] and negative.shape == (0, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("a.csv", "x,y\n1,2\n"),
+        ("a.csv", "x,y,label\n1,2,3\n"),
+        ("a.csv", "x,y,label\n1,two,1\n"),
+        ("a.csv", "x,y,label\n1,nan,1\n"),
+        ("a.json", "{not json"),
+        ("a.json", '{"positives": [[1, 2]]}'),
+        ("a.json", '{"positive": [[1, 2, 3]]}'),
+        ("a.txt", "1,2,1"),
+    ],
+)
+def test_points_file_errors_name_the_file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError, match=re.escape(name)):
+        read_points_file(path)
+
+
+def test_missing_points_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.json"):
+        read_points_file(tmp_path / "nope.json")
