@@ -1,0 +1,219 @@
+"""Nuclei datasets on disk and the random-crop training dataset built from them.
+
+Datasets follow the shared layout ``<name>/<split>/images/<id>.png`` + ``masks/<id>.png`` (16-bit instance
+labels); DSB2018 keeps every sample under ``train/`` and takes its split from ``split.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.color import hed2rgb, rgb2hed
+
+from sac.io import InputError, check_pair, list_images, read_image, read_labels
+
+DATASETS = ("monuseg", "dsb2018", "glas", "folder")
+
+# Augmentation strengths: multiplicative ranges are 1 +/- value, HED shift is in optical-density units.
+_BRIGHTNESS, _CONTRAST, _SATURATION = 0.15, 0.15, 0.15
+_HED_SCALE, _HED_SHIFT = 0.05, 0.005
+
+
+def default_data_root() -> Path | None:
+    """Find the shared data folder: ``$SAC_DATA``, else ``../shared/data`` from the cwd or the repository."""
+    env = os.environ.get("SAC_DATA")
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [Path(env)] if env else []
+    candidates += [Path.cwd().parent / "shared" / "data", repo.parent / "shared" / "data"]
+    return next((path for path in candidates if path.is_dir()), None)
+
+
+@dataclass
+class NucleiSample:
+    """One image (uint8 RGB, H x W x 3) with its int32 instance labels (H x W, 0 = background)."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def _load_pairs(folder: Path, ids: Sequence[str] | None = None) -> list[NucleiSample]:
+    """Load ``folder/images`` with the same-stem files of ``folder/masks``, optionally only ``ids``."""
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    for sub in (images_dir, masks_dir):
+        if not sub.is_dir():
+            raise InputError(f"{sub}: folder not found (expected images/ and masks/ side by side)")
+    images = {path.stem: path for path in list_images([images_dir])}
+    masks = {path.stem: path for path in list_images([masks_dir])}
+    wanted = sorted(images) if ids is None else list(ids)
+    missing = [stem for stem in wanted if stem not in images or stem not in masks]
+    if missing:
+        raise InputError(f"{folder}: no image/mask pair for {len(missing)} id(s), e.g. {missing[0]}")
+    samples = []
+    for stem in wanted:
+        image, labels = read_image(images[stem]), read_labels(masks[stem])
+        check_pair(image, labels, images[stem], masks[stem])
+        samples.append(NucleiSample(stem, image, labels))
+    return samples
+
+
+def load_dataset(name: str, root: Path | str | None = None, split: str = "train") -> list[NucleiSample]:
+    """Load every sample of a dataset split into memory (the datasets are small, and training revisits them).
+
+    ``root`` is the shared data folder (default :func:`default_data_root`); for ``folder`` it is the folder
+    holding ``images/`` and ``masks/`` itself, or their parent ``<root>/<split>`` when that exists.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    if root is None:
+        root = default_data_root()
+        if root is None:
+            raise InputError("no data folder found: pass a root or set SAC_DATA")
+    root = Path(root)
+    if name == "folder":
+        return _load_pairs(root / split if (root / split).is_dir() else root)
+    if name == "dsb2018":
+        split_file = root / name / "split.json"
+        if not split_file.is_file():
+            raise InputError(f"{split_file}: not found; DSB2018 needs it to define its train/test split")
+        splits = json.loads(split_file.read_text())
+        if split not in ("train", "test"):
+            raise InputError(f"{split_file}: unknown split {split!r}; expected train or test")
+        return _load_pairs(root / name / "train", splits[split])
+    folder = root / name / split
+    if not folder.is_dir():
+        if name == "glas":
+            raise InputError(f"{folder}: not found; GlaS is not packaged; add it as {split}/images|masks")
+        raise InputError(f"{folder}: dataset split not found")
+    return _load_pairs(folder)
+
+
+def instance_distance_map(labels: np.ndarray) -> np.ndarray:
+    """Per-nucleus distance to its border scaled to 1 at its centre: the prompt generator's centre target.
+
+    Each nucleus is transformed inside its own bounding box, so the cost scales with nucleus area, not with
+    image area times nucleus count.
+    """
+    out = np.zeros(labels.shape, np.float32)
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == index
+        # The one-pixel zero border makes pixels on the box edge (or image edge) count as next to background.
+        distance = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        out[box][inside] = distance[inside] / distance.max()
+    return out
+
+
+def _stain_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Perturb haematoxylin/eosin/DAB amounts so the model sees the colour spread of different labs."""
+    hed = rgb2hed(image)
+    hed = hed * rng.uniform(1 - _HED_SCALE, 1 + _HED_SCALE, 3) + rng.uniform(-_HED_SHIFT, _HED_SHIFT, 3)
+    return hed2rgb(hed)
+
+
+def _colour_jitter(image: np.ndarray, rng: np.random.Generator, colour: bool) -> np.ndarray:
+    """Brightness and contrast for all images; saturation only for colour so grey images stay grey."""
+    image = image * rng.uniform(1 - _BRIGHTNESS, 1 + _BRIGHTNESS)
+    mean = image.mean()
+    image = (image - mean) * rng.uniform(1 - _CONTRAST, 1 + _CONTRAST) + mean
+    if colour:
+        grey = image.mean(axis=2, keepdims=True)
+        image = (image - grey) * rng.uniform(1 - _SATURATION, 1 + _SATURATION) + grey
+    return image
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random fixed-size crops with their targets, reproducible from ``(seed, epoch, index)``.
+
+    Images are drawn with probability proportional to their area so large images are not under-sampled.
+    Because every item's randomness comes only from ``(seed, epoch, index)``, a resumed run that calls
+    :meth:`set_epoch` sees the same batches. Call it before creating the DataLoader iterator for the epoch
+    (workers copy the dataset when the iterator starts).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[NucleiSample],
+        crop_size: int = 256,
+        crops_per_epoch: int | None = None,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not samples:
+            raise ValueError("CropDataset needs at least one sample")
+        self.samples = list(samples)
+        self.crop_size = crop_size
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._distances = [instance_distance_map(sample.labels) for sample in self.samples]
+        shapes = [sample.labels.shape for sample in self.samples]
+        areas = np.array([h * w for h, w in shapes], np.float64)
+        self._probabilities = areas / areas.sum()
+        if crops_per_epoch is None:
+            crops_per_epoch = sum(math.ceil(h / crop_size) * math.ceil(w / crop_size) for h, w in shapes)
+        self.crops_per_epoch = crops_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops ``__getitem__`` returns."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.crops_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"crop index {index} out of range for {len(self)} crops")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        which = rng.choice(len(self.samples), p=self._probabilities)
+        image, labels, distance = self._crop(which, rng)
+        if self.augment:
+            image, labels, distance = self._augment(image, labels, distance, rng)
+        else:
+            image = image / 255.0
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)),
+            "mask": torch.from_numpy((labels > 0)[None].astype(np.float32)),
+            "distance": torch.from_numpy(np.ascontiguousarray(distance[None], np.float32)),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, np.int64)),
+        }
+
+    def _crop(self, which: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cut a random window, padding images smaller than the crop (reflected image, zero targets)."""
+        sample, distance, size = self.samples[which], self._distances[which], self.crop_size
+        height, width = sample.labels.shape
+        top = int(rng.integers(0, max(height - size, 0) + 1))
+        left = int(rng.integers(0, max(width - size, 0) + 1))
+        window = np.s_[top : top + size, left : left + size]
+        image, labels, distance = sample.image[window], sample.labels[window], distance[window]
+        pad = ((0, size - image.shape[0]), (0, size - image.shape[1]))
+        if pad != ((0, 0), (0, 0)):
+            image = np.pad(image, (*pad, (0, 0)), mode="reflect")
+            labels, distance = np.pad(labels, pad), np.pad(distance, pad)
+        return image, labels, distance
+
+    @staticmethod
+    def _augment(
+        image: np.ndarray, labels: np.ndarray, distance: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flip/rotate all three arrays together, then jitter colours; returns the image as floats in 0..1."""
+        turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+        arrays = [np.rot90(array, turns, axes=(0, 1)) for array in (image, labels, distance)]
+        if flip:
+            arrays = [array[:, ::-1] for array in arrays]
+        image, labels, distance = arrays
+        colour = bool((image != image[..., :1]).any())
+        image = image / 255.0
+        if colour:
+            image = _stain_jitter(image, rng)
+        image = np.clip(_colour_jitter(image, rng, colour), 0.0, 1.0)
+        return image, labels, distance

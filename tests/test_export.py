@@ -1,0 +1,220 @@
+"""Export formats: PNG, TIFF, CSV, GeoJSON round trips and overlays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from skimage.draw import disk
+
+from sac.export import (
+    TABLE_COLUMNS,
+    geojson_to_labels,
+    labels_to_geojson,
+    nuclei_table,
+    overlay,
+    write_geojson,
+    write_labels_tif,
+    write_mask_png,
+    write_nuclei_csv,
+    write_overlay,
+)
+from sac.io import InputError
+
+
+def _random_disks(seed: int, shape: tuple[int, int] = (96, 128), count: int = 12) -> np.ndarray:
+    """Non-overlapping disks of radius 4..9 with gappy ids, as a segmentation model might return."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.int32)
+    for label in rng.choice(np.arange(1, 1000), size=count, replace=False):
+        radius = rng.integers(4, 10)
+        center = rng.integers(radius + 1, np.array(shape) - radius - 1)
+        rr, cc = disk(center, radius, shape=shape)
+        if not labels[rr, cc].any():
+            labels[rr, cc] = label
+    return labels
+
+
+def _ids(labels: np.ndarray) -> np.ndarray:
+    return np.unique(labels[labels > 0])
+
+
+def test_write_mask_png(tmp_path):
+    mask = np.zeros((5, 7), dtype=bool)
+    mask[1:3, 2:6] = True
+    write_mask_png(tmp_path / "mask.png", mask)
+    saved = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert saved.dtype == np.uint8
+    np.testing.assert_array_equal(saved, mask * 255)
+
+
+@pytest.mark.parametrize(("max_id", "dtype"), [(1, np.uint16), (65535, np.uint16), (65536, np.uint32)])
+def test_write_labels_tif_dtype(tmp_path, max_id, dtype):
+    labels = np.zeros((4, 4), dtype=np.int64)
+    labels[1, 1], labels[2, 2] = 3, max_id
+    write_labels_tif(tmp_path / "labels.tif", labels)
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        saved = tif.asarray()
+    assert saved.dtype == dtype
+    np.testing.assert_array_equal(saved, labels)
+
+
+def test_write_labels_tif_rejects_huge_and_float_ids(tmp_path):
+    with pytest.raises(InputError, match="uint32"):
+        write_labels_tif(tmp_path / "a.tif", np.array([[2**32]], dtype=np.int64))
+    with pytest.raises(InputError, match="dtype"):
+        write_labels_tif(tmp_path / "b.tif", np.ones((2, 2), dtype=np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nuclei_table_measurements():
+    # A 2-row x 4-column rectangle at rows 1-2, cols 3-6: centroid x = 4.5, y = 1.5, area 8.
+    labels = np.zeros((6, 10), dtype=np.uint16)
+    labels[1:3, 3:7] = 7
+    gray = np.zeros((6, 10), dtype=np.uint8)
+    gray[1:3, 3:5] = 100  # half the nucleus at 100, half at 0 -> mean 50
+    (row,) = nuclei_table(labels, gray)
+    assert tuple(row) == TABLE_COLUMNS
+    assert (row["id"], row["centroid_x"], row["centroid_y"], row["area"]) == (7, 4.5, 1.5, 8)
+    assert row["mean_intensity"] == pytest.approx(50)
+    assert 0 < row["eccentricity"] < 1
+    # Gray RGB has the same luminance; without an image the intensity is NaN.
+    assert nuclei_table(labels, np.stack([gray] * 3, axis=-1))[0]["mean_intensity"] == pytest.approx(50)
+    assert math.isnan(nuclei_table(labels)[0]["mean_intensity"])
+
+
+def test_nuclei_table_bad_input():
+    with pytest.raises(InputError, match="does not match"):
+        nuclei_table(np.zeros((4, 4), int), np.zeros((4, 5), np.uint8))
+    with pytest.raises(InputError, match="2-D"):
+        nuclei_table(np.zeros((2, 4, 4), int))
+
+
+def test_write_nuclei_csv(tmp_path):
+    labels = _random_disks(0)
+    image = np.random.default_rng(0).integers(0, 256, size=(*labels.shape, 3), dtype=np.uint8)
+    write_nuclei_csv(tmp_path / "nuclei.csv", labels, image)
+    with open(tmp_path / "nuclei.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    areas = np.bincount(labels.ravel())
+    assert len(rows) == _ids(labels).size
+    assert {int(row["id"]): int(row["area"]) for row in rows} == {i: areas[i] for i in _ids(labels)}
+
+
+def test_write_nuclei_csv_without_nuclei_keeps_header(tmp_path):
+    write_nuclei_csv(tmp_path / "empty.csv", np.zeros((8, 8), dtype=np.uint8))
+    assert (tmp_path / "empty.csv").read_text().strip() == ",".join(TABLE_COLUMNS)
+
+
+def test_geojson_structure():
+    labels = np.zeros((10, 10), dtype=np.uint8)
+    labels[2:6, 3:5] = 4
+    collection = labels_to_geojson(labels)
+    assert collection["type"] == "FeatureCollection"
+    (feature,) = collection["features"]
+    ring = feature["geometry"]["coordinates"][0]
+    assert feature["geometry"]["type"] == "Polygon"
+    assert ring[0] == ring[-1] and len(ring) >= 4
+    assert feature["properties"] == {
+        "id": 4,
+        "objectType": "detection",
+        "classification": {"name": "Nucleus", "color": [255, 0, 0]},
+        "measurements": {"area": 8},
+    }
+    # Pixels cover [c, c+1] x [r, r+1] (QuPath), so the outline lies within the pixel squares of the box.
+    xs, ys = np.array(ring).T
+    assert xs.min() >= 3 and xs.max() <= 5 and ys.min() >= 2 and ys.max() <= 6
+    json.dumps(collection)
+
+
+def test_geojson_offset_shifts_coordinates():
+    labels = _random_disks(1)
+    plain, shifted = labels_to_geojson(labels), labels_to_geojson(labels, offset_xy=(1000, 20))
+    for a, b in zip(plain["features"], shifted["features"], strict=True):
+        delta = np.array(b["geometry"]["coordinates"][0]) - np.array(a["geometry"]["coordinates"][0])
+        np.testing.assert_allclose(delta, np.broadcast_to([1000, 20], delta.shape))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_geojson_round_trip(seed):
+    labels = _random_disks(seed)
+    back = geojson_to_labels(labels_to_geojson(labels), labels.shape)
+    np.testing.assert_array_equal(_ids(back), _ids(labels))
+    for label in _ids(labels):
+        original, restored = labels == label, back == label
+        assert np.sum(original & restored) / np.sum(original | restored) > 0.8
+
+
+def test_geojson_round_trip_of_tiny_and_diagonal_objects():
+    # A single pixel and two pixels touching at a corner still come back as one object each.
+    labels = np.zeros((8, 8), dtype=np.uint8)
+    labels[1, 1] = 1
+    labels[4, 4] = labels[5, 5] = 2
+    np.testing.assert_array_equal(geojson_to_labels(labels_to_geojson(labels), labels.shape), labels)
+
+
+def test_geojson_to_labels_bad_input():
+    with pytest.raises(InputError, match="FeatureCollection"):
+        geojson_to_labels({"type": "Feature"}, (4, 4))
+    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}}
+    with pytest.raises(InputError, match="feature 0"):
+        geojson_to_labels({"type": "FeatureCollection", "features": [point]}, (4, 4))
+
+
+def test_write_geojson(tmp_path):
+    labels = _random_disks(2)
+    write_geojson(tmp_path / "nuclei.geojson", labels, offset_xy=(5, 6))
+    assert json.loads((tmp_path / "nuclei.geojson").read_text()) == labels_to_geojson(labels, (5, 6))
+
+
+@pytest.mark.parametrize("channels", [(), (3,)])
+def test_overlay(channels):
+    labels = np.zeros((9, 9), dtype=np.int32)
+    labels[2:7, 2:7] = 1
+    image = np.full((9, 9, *channels), 40, dtype=np.uint8)
+    result = overlay(image, labels)
+    assert result.shape == (9, 9, 3) and result.dtype == np.uint8
+    assert tuple(result[2, 4]) == (255, 255, 0)  # inner boundary of the nucleus
+    assert tuple(result[4, 4]) == (40, 40, 40)  # interior untouched
+    assert tuple(result[0, 0]) == (40, 40, 40)  # background untouched
+
+
+def test_overlay_bad_input():
+    with pytest.raises(InputError, match="uint8"):
+        overlay(np.zeros((4, 4), np.float32), np.zeros((4, 4), int))
+    with pytest.raises(InputError, match="gray"):
+        overlay(np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4), int))
+
+
+def test_write_overlay(tmp_path):
+    labels = _random_disks(3)
+    image = np.random.default_rng(3).integers(0, 256, size=labels.shape, dtype=np.uint8)
+    write_overlay(tmp_path / "overlay.png", image, labels)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "overlay.png")), overlay(image, labels))
+
+
+def test_writes_leave_only_their_outputs(tmp_path, monkeypatch):
+    labels = _random_disks(4)
+    write_mask_png(tmp_path / "mask.png", labels > 0)
+    write_labels_tif(tmp_path / "labels.tif", labels)
+    write_nuclei_csv(tmp_path / "nuclei.csv", labels)
+    write_geojson(tmp_path / "nuclei.geojson", labels)
+    write_overlay(tmp_path / "overlay.png", np.zeros(labels.shape, np.uint8), labels)
+    expected = {"mask.png", "labels.tif", "nuclei.csv", "nuclei.geojson", "overlay.png"}
+    assert {path.name for path in tmp_path.iterdir()} == expected
+
+    # A writer dying half-way leaves neither a partial file nor a temporary behind.
+    def crash(obj, handle):
+        handle.write('{"type": ')
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(json, "dump", crash)
+    with pytest.raises(RuntimeError):
+        write_geojson(tmp_path / "broken.geojson", labels)
+    assert {path.name for path in tmp_path.iterdir()} == expected

@@ -1,0 +1,250 @@
+"""Image and mask reading: every supported format and every error path, on files written into tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from sac.io import InputError, check_pair, list_images, read_image, read_labels, to_rgb_uint8
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+
+
+def test_rgb_png_round_trip(tmp_path, rgb):
+    out = read_image(_png(tmp_path / "a.png", rgb))
+    assert out.dtype == np.uint8 and out.shape == (12, 9, 3)
+    np.testing.assert_array_equal(out, rgb)
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif", ".jpg"])
+def test_other_formats(tmp_path, rgb, suffix):
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(path, rgb)
+    else:
+        Image.fromarray(rgb).save(path)
+    out = read_image(path)
+    assert out.shape == (12, 9, 3) and out.dtype == np.uint8
+    if suffix != ".jpg":
+        np.testing.assert_array_equal(out, rgb)
+
+
+def test_rgba_drops_alpha(tmp_path, rgb):
+    rgba = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])
+    np.testing.assert_array_equal(read_image(_png(tmp_path / "a.png", rgba)), rgb)
+
+
+def test_sixteen_bit_grey_png_is_stretched_to_grey_rgb(tmp_path):
+    grey = np.linspace(0, 4000, 200, dtype=np.uint16).reshape(10, 20)
+    out = read_image(_png(tmp_path / "g.png", grey))
+    assert out.shape == (10, 20, 3)
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+    assert out.min() == 0 and out.max() == 255
+
+
+def test_palette_png_becomes_rgb(tmp_path, rgb):
+    path = tmp_path / "p.png"
+    Image.fromarray(rgb).convert("P").save(path)
+    assert read_image(path).shape == (12, 9, 3)
+
+
+def test_grey_alpha_png_uses_first_channel(tmp_path):
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    path = tmp_path / "la.png"
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 7)]), mode="LA").save(path)
+    np.testing.assert_array_equal(read_image(path)[..., 1], grey)
+
+
+def test_tiff_with_singleton_axes(tmp_path):
+    grey = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    tifffile.imwrite(tmp_path / "a.tif", grey[..., None])
+    tifffile.imwrite(tmp_path / "b.tiff", grey[None, None])
+    for name in ("a.tif", "b.tiff"):
+        np.testing.assert_array_equal(read_image(tmp_path / name)[..., 2], grey)
+
+
+def test_channel_first_tiff(tmp_path, rgb):
+    tifffile.imwrite(tmp_path / "a.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), rgb)
+
+
+def test_one_by_n_image_is_read(tmp_path):
+    assert read_image(_png(tmp_path / "line.png", np.zeros((1, 40), np.uint8))).shape == (1, 40, 3)
+
+
+def test_float_tiff_in_unit_range_scaled_by_255(tmp_path):
+    tifffile.imwrite(tmp_path / "f.tif", np.array([[0.0, 0.5, 1.0]], np.float32))
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif")[0, :, 0], [0, 128, 255])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_float_tiff_with_nan_or_inf(tmp_path, bad):
+    data = np.ones((4, 4), np.float32)
+    data[1, 2] = bad
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    with pytest.raises(InputError, match=r"f\.tif.*NaN or Inf"):
+        read_image(tmp_path / "f.tif")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.png: file not found"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "e.png").touch()
+    with pytest.raises(InputError, match=r"e\.png: empty file"):
+        read_image(tmp_path / "e.png")
+
+
+def test_truncated_png(tmp_path, rgb):
+    data = (_png(tmp_path / "full.png", rgb)).read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"t\.png: cannot decode image") as info:
+        read_image(tmp_path / "t.png")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["junk.png", "junk.tif"])
+def test_random_bytes(tmp_path, name):
+    (tmp_path / name).write_bytes(np.random.default_rng(1).bytes(500))
+    with pytest.raises(InputError, match="cannot decode image"):
+        read_image(tmp_path / name)
+
+
+def test_folder_is_not_a_file(tmp_path):
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(InputError, match="not a regular file"):
+        read_image(tmp_path / "d.png")
+
+
+def test_stack_with_many_channels_is_rejected(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((7, 8, 9), np.uint8))
+    with pytest.raises(InputError, match=r"s\.tif: unsupported image shape \(7, 8, 9\)"):
+        read_image(tmp_path / "s.tif")
+
+
+@pytest.mark.parametrize(
+    ("array", "expected"),
+    [
+        (np.array([[0, 128, 255]], np.uint8), [0, 128, 255]),
+        (np.array([[False, True, True]]), [0, 255, 255]),
+        (np.array([[0.0, 0.25, 1.0]], np.float64), [0, 64, 255]),
+        (np.array([[-5.0, 0.0, 5.0]], np.float32), [0, 128, 255]),
+        (np.array([[1000, 1500, 2000]], np.uint16), [0, 128, 255]),
+        (np.array([[-70000, 0, 70000]], np.int32), [0, 128, 255]),
+        (np.array([[7, 7, 7]], np.uint16), [0, 0, 0]),
+    ],
+)
+def test_to_rgb_uint8_dtypes(array, expected):
+    out = to_rgb_uint8(array)
+    assert out.dtype == np.uint8 and out.shape == (1, 3, 3)
+    np.testing.assert_array_equal(out[0, :, 0], expected)
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+
+
+def test_to_rgb_uint8_robust_to_a_hot_pixel():
+    data = np.full((100, 100), 1000, np.uint16)
+    data[:, 50:] = 2000
+    data[0, 0] = 65535
+    assert to_rgb_uint8(data)[50, 99, 0] == 255
+
+
+def test_to_rgb_uint8_keeps_uint8_rgb_unchanged(rgb):
+    np.testing.assert_array_equal(to_rgb_uint8(rgb), rgb)
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((0, 5), np.uint8), "empty image"),
+        (np.zeros((5, 0, 3), np.uint8), "empty image"),
+        (np.array([[1.0, np.nan]]), "image contains NaN or Inf"),
+        (np.zeros((4, 4), np.complex64), "unsupported data type"),
+        (np.zeros(5, np.uint8), "unsupported image shape"),
+        (np.zeros((2, 3, 4, 5), np.uint8), "unsupported image shape"),
+    ],
+)
+def test_to_rgb_uint8_rejects(array, match):
+    with pytest.raises(InputError, match=f"^mine: {match}"):
+        to_rgb_uint8(array, name="mine")
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ([[0, 5, 5], [900, 0, 5]], [[0, 1, 1], [2, 0, 1]]),
+        ([[2, 2, 3], [3, 4, 4]], [[1, 1, 2], [2, 3, 3]]),
+        ([[0, 2, 2], [1, 0, 3]], [[0, 2, 2], [1, 0, 3]]),
+        ([[0, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]]),
+    ],
+)
+def test_read_labels_numbers_ids_from_one(tmp_path, labels, expected):
+    out = read_labels(_png(tmp_path / "m.png", np.array(labels, np.uint16)))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_read_labels_tiff_int32_with_singleton_axis(tmp_path):
+    tifffile.imwrite(tmp_path / "m.tif", np.array([[0, 3], [3, 70000]], np.int32)[..., None])
+    np.testing.assert_array_equal(read_labels(tmp_path / "m.tif"), [[0, 1], [1, 2]])
+
+
+def test_read_labels_rejects_rgb_mask(tmp_path, rgb):
+    with pytest.raises(InputError, match=r"m\.png: a mask must be a single-channel"):
+        read_labels(_png(tmp_path / "m.png", rgb))
+
+
+def test_read_labels_rejects_negative(tmp_path):
+    tifffile.imwrite(tmp_path / "m.tif", np.array([[0, -1]], np.int16))
+    with pytest.raises(InputError, match=r"m\.tif: mask contains negative labels"):
+        read_labels(tmp_path / "m.tif")
+
+
+def test_read_labels_rejects_float(tmp_path):
+    tifffile.imwrite(tmp_path / "m.tif", np.ones((3, 3), np.float32))
+    with pytest.raises(InputError, match="must be integers"):
+        read_labels(tmp_path / "m.tif")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\nxxxx"])
+def test_read_labels_bad_files(tmp_path, content):
+    (tmp_path / "m.png").write_bytes(content)
+    with pytest.raises(InputError, match=r"m\.png: (empty file|cannot decode)"):
+        read_labels(tmp_path / "m.png")
+
+
+def test_list_images(tmp_path, rgb):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("b.PNG", "a.tif", ".hidden.png", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub.png").mkdir()
+    single = _png(tmp_path / "c.jpg", rgb)
+    assert list_images([folder, single, folder / "a.tif"]) == [folder / "a.tif", folder / "b.PNG", single]
+
+
+def test_list_images_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file or folder"):
+        list_images([tmp_path / "missing"])
+    with pytest.raises(InputError, match="folder contains no images"):
+        list_images([tmp_path])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match=r"notes\.txt: unsupported file type"):
+        list_images([tmp_path / "notes.txt"])
+
+
+def test_check_pair(rgb):
+    check_pair(rgb, np.zeros((12, 9), np.int32), "i.png", "m.png")
+    with pytest.raises(InputError, match=r"mask size 9x12 differs from image size 12x9 \(m\.png vs i\.png\)"):
+        check_pair(rgb, np.zeros((9, 12), np.int32), "i.png", "m.png")

@@ -1,0 +1,249 @@
+"""Metrics: hand-computed cases, a brute-force AJI oracle and hypothesis properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from skimage.draw import disk
+
+from sac.io import InputError
+from sac.metrics import (
+    METRICS,
+    aggregated_jaccard_index,
+    dice,
+    evaluate_image,
+    iou,
+    object_f1,
+    panoptic_quality,
+    summarize,
+)
+
+
+def _image(*boxes: tuple[int, int, int, int, int], shape: tuple[int, int] = (6, 8)) -> np.ndarray:
+    """Label image from (id, row0, row1, col0, col1) boxes."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for label, r0, r1, c0, c1 in boxes:
+        labels[r0:r1, c0:c1] = label
+    return labels
+
+
+def _check(true: np.ndarray, pred: np.ndarray, expected: dict[str, float]) -> None:
+    result = evaluate_image(true, pred)
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value), key
+
+
+def test_squares_shifted_by_one_pixel():
+    # Two 2x2 squares, the prediction one column to the right: intersection 2, union 6, sizes 4 + 4.
+    # dice = 2*2/8 = 0.5, iou = AJI = 2/6; IoU 1/3 is below 0.5 so nothing matches.
+    true, pred = _image((1, 0, 2, 0, 2)), _image((1, 0, 2, 1, 3))
+    zeros = dict.fromkeys(("dq", "sq", "pq", "precision", "recall", "f1"), 0.0)
+    _check(true, pred, {"dice": 0.5, "iou": 1 / 3, "aji": 1 / 3, **zeros})
+    assert dice(pred, true) == 0.5
+    assert iou(pred, true) == pytest.approx(1 / 3)
+    # At a 0.3 threshold the pair matches: one true positive, nothing else.
+    assert object_f1(true, pred, iou_threshold=0.3) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    expected = {"dq": 1, "sq": 1 / 3, "pq": 1 / 3}
+    assert panoptic_quality(true, pred, iou_threshold=0.3) == pytest.approx(expected)
+
+
+def test_split_nucleus():
+    # A 2x4 nucleus (area 8) predicted as two 2x2 halves: pixels are perfect, objects are not.
+    # AJI: both halves have IoU 4/8 (tie -> lower id 1): I = 4, U = 8, unused half adds 4 -> 4/12.
+    # PQ needs IoU > 0.5: no match. F1 accepts IoU >= 0.5 but only one half may match:
+    # precision 1/2, recall 1/1, f1 = 2*1/(1+2) = 2/3.
+    true = _image((1, 0, 2, 0, 4))
+    pred = _image((1, 0, 2, 0, 2), (2, 0, 2, 2, 4))
+    expected = {"dice": 1, "iou": 1, "aji": 1 / 3, "dq": 0, "sq": 0, "pq": 0}
+    _check(true, pred, {**expected, "precision": 0.5, "recall": 1, "f1": 2 / 3})
+
+
+def test_merged_prediction():
+    # Two touching 2x2 nuclei predicted as one 2x4 object: each true nucleus picks it with IoU 4/8,
+    # the prediction is reused, so AJI = (4 + 4)/(8 + 8) = 0.5. F1: precision 1/1, recall 1/2.
+    true = _image((1, 0, 2, 0, 2), (2, 0, 2, 2, 4))
+    pred = _image((5, 0, 2, 0, 4))
+    expected = {"dice": 1, "iou": 1, "aji": 0.5, "dq": 0, "sq": 0, "pq": 0}
+    _check(true, pred, {**expected, "precision": 1, "recall": 0.5, "f1": 2 / 3})
+
+
+def test_missing_prediction():
+    # Two separate 2x2 nuclei, only the first predicted (exactly).
+    # dice = 2*4/(8+4) = 2/3, iou = 4/8; AJI = 4/(4 + 4 unmatched) = 0.5;
+    # TP 1, FN 1: dq = 1/(1 + 0.5) = 2/3, sq = 1, pq = 2/3; precision 1, recall 1/2, f1 2/3.
+    true = _image((1, 0, 2, 0, 2), (2, 3, 5, 4, 6))
+    pred = _image((1, 0, 2, 0, 2))
+    expected = {"dice": 2 / 3, "iou": 0.5, "aji": 0.5, "dq": 2 / 3, "sq": 1, "pq": 2 / 3}
+    _check(true, pred, {**expected, "precision": 1, "recall": 0.5, "f1": 2 / 3})
+
+
+def test_false_positive_and_partial_overlap():
+    # True 3x3 (area 9); prediction a 3x2 part of it (IoU 6/9) plus a 1x2 false positive elsewhere.
+    # dice = 2*6/(9 + 8) = 12/17, iou = 6/11; AJI = 6/(9 + 2 unused) = 6/11;
+    # TP 1, FP 1: dq = 1/1.5 = 2/3, sq = 2/3, pq = 4/9; precision 1/2, recall 1, f1 2/3.
+    true = _image((1, 0, 3, 0, 3))
+    pred = _image((1, 0, 3, 0, 2), (2, 5, 6, 6, 8))
+    expected = {"dice": 12 / 17, "iou": 6 / 11, "aji": 6 / 11, "dq": 2 / 3, "sq": 2 / 3, "pq": 4 / 9}
+    _check(true, pred, {**expected, "precision": 0.5, "recall": 1, "f1": 2 / 3})
+
+
+def test_empty_conventions():
+    empty, nucleus = _image(), _image((1, 0, 2, 0, 2))
+    _check(empty, empty, dict.fromkeys(METRICS, 1.0))
+    _check(empty, nucleus, dict.fromkeys(METRICS, 0.0))
+    _check(nucleus, empty, dict.fromkeys(METRICS, 0.0))
+
+
+def test_id_gaps_and_dtypes_do_not_matter():
+    true = _image((1, 0, 2, 0, 2), (2, 3, 5, 4, 6))
+    pred = _image((1, 0, 2, 0, 3), (2, 3, 6, 4, 6))
+    gappy_true = np.where(true == 2, 4_000_000_000, true * 7).astype(np.uint32)
+    gappy_pred = (pred.astype(np.uint64) * 2**40).astype(np.uint64)
+    assert evaluate_image(gappy_true, gappy_pred) == pytest.approx(evaluate_image(true, pred))
+
+
+def test_boolean_masks():
+    true = np.zeros((4, 4), dtype=bool)
+    true[:2, :2] = True
+    pred = np.roll(true, 1, axis=1)
+    assert dice(pred, true) == 0.5
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("true", "pred", "message"),
+    [
+        (np.zeros((3, 3), int), np.zeros((3, 4), int), "shape mismatch"),
+        (np.zeros((3, 3), float), np.zeros((3, 3), int), "dtype float64"),
+        (np.full((3, 3), -1), np.zeros((3, 3), int), "negative"),
+    ],
+)
+def test_bad_input(true, pred, message):
+    with pytest.raises(InputError, match=message):
+        evaluate_image(true, pred)
+
+
+def test_bad_threshold():
+    with pytest.raises(InputError, match="iou_threshold"):
+        object_f1(np.zeros((2, 2), int), np.zeros((2, 2), int), iou_threshold=1.5)
+
+
+def test_summarize_means_and_pooled_counts():
+    # Image A: shifted squares (I 2, sizes 8, union 6). Image B: a perfect 4x4 (I 16, sizes 32, union 16).
+    # Mean dice (0.5 + 1)/2 = 0.75; pooled dice 2*18/40 = 0.9; pooled iou 18/22.
+    a = evaluate_image(_image((1, 0, 2, 0, 2)), _image((1, 0, 2, 1, 3)))
+    b = evaluate_image(_image((1, 0, 4, 0, 4)), _image((3, 0, 4, 0, 4)))
+    summary = summarize([a, b])
+    assert summary["n_images"] == 2
+    assert summary["dice"] == pytest.approx(0.75)
+    assert summary["iou"] == pytest.approx((1 / 3 + 1) / 2)
+    assert summary["pq"] == pytest.approx(0.5)
+    assert summary["pooled_dice"] == pytest.approx(0.9)
+    assert summary["pooled_iou"] == pytest.approx(18 / 22)
+
+
+def test_summarize_bad_input():
+    with pytest.raises(InputError, match="no per-image"):
+        summarize([])
+    with pytest.raises(InputError, match="aji"):
+        summarize([{"dice": 1.0}])
+
+
+def _pairwise(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Dense intersection / union tables by explicit mask comparison: slow but obviously right."""
+    true_ids, pred_ids = np.unique(true[true > 0]), np.unique(pred[pred > 0])
+    inter = np.array([[np.sum((true == t) & (pred == p)) for p in pred_ids] for t in true_ids])
+    union = np.array([[np.sum((true == t) | (pred == p)) for p in pred_ids] for t in true_ids])
+    return true_ids, pred_ids, inter.reshape(true_ids.size, pred_ids.size), union.reshape(inter.shape)
+
+
+def _reference_aji(true: np.ndarray, pred: np.ndarray) -> float:
+    true_ids, pred_ids, inter, union = _pairwise(true, pred)
+    numerator, denominator, used = 0, 0, set()
+    for i, t in enumerate(true_ids):
+        if pred_ids.size and inter[i].max() > 0:
+            j = int(np.argmax(inter[i] / union[i]))
+            numerator, denominator = numerator + inter[i, j], denominator + union[i, j]
+            used.add(j)
+        else:
+            denominator += np.sum(true == t)
+    denominator += sum(np.sum(pred == p) for j, p in enumerate(pred_ids) if j not in used)
+    return numerator / denominator if denominator else 1.0
+
+
+def test_aji_matches_brute_force_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        true = rng.integers(0, 5, size=(10, 10))
+        pred = rng.integers(0, 6, size=(10, 10)) * (rng.random((10, 10)) > 0.3)
+        assert aggregated_jaccard_index(true, pred) == pytest.approx(_reference_aji(true, pred))
+
+
+def _disks(rng: np.random.Generator, shape: tuple[int, int], count: int, jitter: int) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.int32)
+    for label, (row, col) in enumerate(rng.integers(12, shape[0] - 12, size=(count, 2)), start=1):
+        rr, cc = disk((row + rng.integers(-jitter, jitter + 1), col), rng.integers(5, 10), shape=shape)
+        labels[rr, cc] = label
+    return labels
+
+
+def test_large_image_with_many_nuclei():
+    # 1000x1000 with 800 disks: exercises the sparse overlap table; perfect relabelled prediction scores 1.
+    rng = np.random.default_rng(1)
+    true = _disks(rng, (1000, 1000), 800, 0)
+    pred = np.concatenate([[0], rng.permutation(true.max()) + 1])[true]
+    result = evaluate_image(true, pred)
+    assert all(result[key] == pytest.approx(1.0) for key in METRICS)
+
+
+label_images = arrays(np.int32, (6, 6), elements=st.integers(0, 4))
+pairs = st.tuples(label_images, label_images)
+fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@fast
+@given(pairs)
+def test_metrics_are_bounded(pair):
+    result = evaluate_image(*pair)
+    assert all(0.0 <= result[key] <= 1.0 for key in METRICS)
+
+
+@fast
+@given(pairs)
+def test_dice_and_iou_are_symmetric(pair):
+    true, pred = pair
+    assert dice(true, pred) == dice(pred, true)
+    assert iou(true, pred) == iou(pred, true)
+
+
+@fast
+@given(label_images)
+def test_perfect_prediction_scores_one(labels):
+    result = evaluate_image(labels, labels)
+    assert all(result[key] == pytest.approx(1.0) for key in METRICS)
+
+
+def _has_best_iou_tie(true: np.ndarray, pred: np.ndarray) -> bool:
+    """Whether some true nucleus has two equally good predictions, where AJI legitimately depends on ids."""
+    _, _, inter, union = _pairwise(true, pred)
+    ratio = inter / np.maximum(union, 1)
+    return any(row.size and row.max() > 0 and np.sum(row == row.max()) > 1 for row in ratio)
+
+
+@fast
+@given(pairs, st.randoms(use_true_random=False))
+def test_relabelling_gives_identical_metrics(pair, random):
+    true, pred = pair
+    true_perm, pred_perm = np.arange(5), np.arange(5)
+    random.shuffle(true_perm[1:])
+    random.shuffle(pred_perm[1:])
+    before = evaluate_image(true, pred)
+    after = evaluate_image(true_perm[true] * 3, pred_perm[pred] + 10 * (pred > 0))
+    for key in before:
+        if key != "aji" or not _has_best_iou_tie(true, pred):
+            assert math.isclose(before[key], after[key], rel_tol=1e-12), key
