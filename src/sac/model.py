@@ -1,0 +1,347 @@
+"""SegmentAnyCell: the auto-prompt generator, SAM with LoRA, and a fine-tuned mask decoder, as one module.
+
+The generator predicts a nuclei map; points sampled from it prompt SAM, whose low-resolution mask is upsampled and
+refined at full resolution by a small fusion head that also sees the generator's features (SAM's masks are 1/4 of
+the input size, too coarse for 10-pixel nuclei). Large images are tiled, never resized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import safetensors
+import torch
+import torch.nn.functional as F
+import transformers
+from safetensors.torch import save_file
+from torch import nn
+
+import sac
+from sac.backbone import count_parameters, create_sam
+from sac.io import InputError, atomic_write, to_rgb_uint8
+from sac.lora import configure_encoder, merge_lora
+from sac.prompts import PromptGenerator, combine_points, sample_point_prompts
+from sac.tiling import predict_tiled
+from sac.weights import sha256sum
+
+SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
+SAM_PIXEL_STD = (0.229, 0.224, 0.225)
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class SACConfig:
+    """Everything needed to rebuild the architecture; saved as ``config.json`` beside every checkpoint."""
+
+    backbone: str = "tiny"
+    image_size: int = 256
+    encoder_mode: str = "full"
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q", "v")
+    generator_channels: int = 8
+    generator_depth: int = 4
+    num_positive: int = 8
+    num_negative: int = 8
+    point_threshold: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SACConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError(f"unknown model config keys {sorted(unknown)}")
+        values = dict(data)
+        if "lora_targets" in values:
+            values["lora_targets"] = tuple(values["lora_targets"])
+        return cls(**values)
+
+
+class SACOutput(NamedTuple):
+    logits: torch.Tensor  # (B, 1, H, W) final nuclei logits at input resolution
+    sam_logits: torch.Tensor  # (B, 1, H/4, W/4) SAM mask decoder logits
+    generator_logits: torch.Tensor  # (B, 2, H, W) generator foreground and centre logits
+    points: torch.Tensor  # (B, 1, N, 2) the prompts used
+    point_labels: torch.Tensor  # (B, 1, N)
+
+
+class FusionHead(nn.Module):
+    """Full-resolution refinement: SAM's upsampled logit plus a residual from generator features."""
+
+    def __init__(self, feature_channels: int, hidden: int = 16):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(feature_channels + 3, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    def forward(
+        self, sam_up: torch.Tensor, generator_logits: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        return sam_up + self.layers(torch.cat([sam_up, generator_logits, features], dim=1))
+
+
+class SegmentAnyCell(nn.Module):
+    """The SAC model. ``forward`` trains on tiles; ``predict`` segments whole images of any size."""
+
+    def __init__(self, config: SACConfig | None = None, sam: nn.Module | None = None):
+        super().__init__()
+        self.config = config = config or SACConfig()
+        self.sam = sam if sam is not None else create_sam(config.backbone, config.image_size)
+        if self.sam.config.vision_config.image_size != config.image_size:
+            raise InputError(
+                f"backbone input size {self.sam.config.vision_config.image_size} != model image_size {config.image_size}"
+            )
+        configure_encoder(
+            self.sam.vision_encoder,
+            config.encoder_mode,
+            config.lora_rank,
+            config.lora_alpha,
+            config.lora_dropout,
+            config.lora_targets,
+        )
+        self.generator = PromptGenerator(
+            base_channels=config.generator_channels, depth=config.generator_depth
+        )
+        self.fusion = FusionHead(config.generator_channels)
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.point_seed = 0
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        generate_points: bool = True,
+    ) -> SACOutput:
+        """``images`` (B, 3, S, S) in [0, 1] with S = ``config.image_size``.
+
+        Given ``points``/``point_labels`` ((B, 1, N, 2) as (x, y), (B, 1, N)), they are added to the generated
+        prompts, or used alone with ``generate_points=False``.
+        """
+        size = self.config.image_size
+        if images.shape[-2:] != (size, size):
+            raise InputError(f"model expects {size}x{size} tiles, got {tuple(images.shape[-2:])}")
+        generated = self.generator(images)
+        prompts, prompt_labels = self._prompts(generated.logits, points, point_labels, generate_points)
+        embeddings = self.sam.get_image_embeddings((images - self.pixel_mean) / self.pixel_std)
+        sam_logits = self.sam(
+            image_embeddings=embeddings,
+            input_points=prompts,
+            input_labels=prompt_labels,
+            multimask_output=False,
+        ).pred_masks[:, 0]
+        sam_up = F.interpolate(sam_logits, size=(size, size), mode="bilinear", align_corners=False)
+        logits = self.fusion(sam_up, generated.logits, generated.features)
+        return SACOutput(logits, sam_logits, generated.logits, prompts, prompt_labels)
+
+    def _prompts(self, generator_logits, points, point_labels, generate_points):
+        if not generate_points:
+            if points is None:
+                raise InputError("generate_points=False needs manual points")
+            return points, point_labels
+        with torch.no_grad():
+            probability = torch.sigmoid(generator_logits[:, 0]).float()
+            centre = torch.sigmoid(generator_logits[:, 1]).float()
+        seed = self.point_seed
+        if self.training:  # fresh points every step, reproducible from the step counter the trainer sets
+            self.point_seed += 1
+        prompts, labels = sample_point_prompts(
+            probability,
+            self.config.num_positive,
+            self.config.num_negative,
+            seed,
+            threshold=self.config.point_threshold,
+            centre=centre,
+        )
+        if points is not None:
+            prompts = torch.cat([prompts, points.to(prompts)], dim=2)
+            labels = torch.cat([labels, point_labels.to(labels)], dim=2)
+        return prompts, labels
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def predict_maps(
+        self,
+        image: np.ndarray,
+        points: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+        tile: int | None = None,
+        overlap: int = 32,
+        batch_size: int = 4,
+    ) -> np.ndarray:
+        """(3, H, W) float32 maps for one image: final nuclei probability, generator probability, centre map.
+
+        ``points`` = (positive, negative) arrays of (x, y) image coordinates, given by hand; each tile receives
+        those falling inside it, in addition to its generated points.
+        """
+        rgb = to_rgb_uint8(image)
+        tile = tile or self.config.image_size
+        size = self.config.image_size
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+
+        def run(batch: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
+            tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+            if tile != size:
+                tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+            manual = [self._tile_points(points, origin, tile, size) for origin in origins] if points else None
+            outputs = (
+                [self._forward_with_manual(tensor[i : i + 1], manual[i]) for i in range(len(tensor))]
+                if manual
+                else [self(tensor)]
+            )
+            maps = torch.cat(
+                [
+                    torch.cat([torch.sigmoid(o.logits), torch.sigmoid(o.generator_logits)], dim=1)
+                    for o in outputs
+                ]
+            )
+            if tile != size:
+                maps = F.interpolate(maps, size=(tile, tile), mode="bilinear", align_corners=False)
+            return maps.float().cpu().numpy()
+
+        try:
+            return predict_tiled(run, rgb, tile, overlap, batch_size)
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _tile_points(points, origin, tile, size):
+        """Manual points inside one tile, in the tile's model-input frame."""
+        scale = size / tile
+        chosen = []
+        for label, coords in zip((1, 0), points, strict=True):
+            if coords is None or len(coords) == 0:
+                continue
+            coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array(
+                [origin[1], origin[0]], np.float32
+            )
+            inside = coords[(coords >= 0).all(1) & (coords < tile).all(1)] * scale
+            chosen += [(xy, label) for xy in inside]
+        return chosen
+
+    def _forward_with_manual(self, tensor: torch.Tensor, manual: list) -> SACOutput:
+        if not manual:
+            return self(tensor)
+        positive = [xy for xy, label in manual if label == 1]
+        negative = [xy for xy, label in manual if label == 0]
+        empty_points = torch.zeros(1, 1, 0, 2)
+        empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
+        points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
+        return self(tensor, points.to(tensor.device), labels.to(tensor.device))
+
+    def predict(
+        self,
+        image: np.ndarray,
+        points: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+        instances: bool | str = False,
+        threshold: float = 0.5,
+        tile: int | None = None,
+        overlap: int = 32,
+        batch_size: int = 4,
+    ) -> np.ndarray:
+        """Segment one image (H, W) or (H, W, C) of any dtype.
+
+        Returns a boolean nuclei mask, or with ``instances`` an int32 label image (``True``/``"fast"``: watershed
+        on the probability seeded by the generator's centres; ``"sam"``: one SAM prompt per nucleus).
+        """
+        maps = self.predict_maps(image, points, tile, overlap, batch_size)
+        if not instances:
+            return maps[0] >= threshold
+        from sac.instances import instances_from_maps, refine_instances_with_sam
+
+        labels = instances_from_maps(maps[0], maps[2], threshold)
+        if instances == "sam":
+            labels = refine_instances_with_sam(self, to_rgb_uint8(image), labels)
+        return labels
+
+    # ------------------------------------------------------------------ persistence
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parts training changes: generator, fusion, decoder, prompt encoder, and LoRA or the whole encoder."""
+        names = {name for name, param in self.named_parameters() if param.requires_grad}
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
+
+    def save(self, directory: str | Path, metrics: dict | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (with versions and the weights' sha256) atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / WEIGHTS_FILE
+        with atomic_write(weights) as tmp:
+            save_file(
+                self.trainable_state_dict(), str(tmp), metadata={"format": "pt", "sac": sac.__version__}
+            )
+        meta = {
+            "model": dataclasses.asdict(self.config),
+            "weights_sha256": sha256sum(weights),
+            "versions": {
+                "sac": sac.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "parameters": count_parameters(self),
+            "metrics": metrics or {},
+        }
+        with atomic_write(directory / CONFIG_FILE) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> SegmentAnyCell:
+        """Load a checkpoint folder (or the model shipped with the package when ``path`` is None)."""
+        directory = Path(path) if path is not None else default_model_path()
+        meta = read_checkpoint_meta(directory)
+        model = cls(SACConfig.from_dict(meta["model"]))
+        weights = directory / WEIGHTS_FILE
+        if sha256sum(weights) != meta["weights_sha256"]:
+            raise InputError(
+                f"{weights}: sha256 differs from the one recorded in config.json (corrupted file?)"
+            )
+        try:
+            with safetensors.safe_open(str(weights), "pt") as handle:
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        except Exception as error:  # safetensors raises its own error types for bad headers
+            raise InputError(f"{weights}: unreadable weights: {error}") from None
+        expected = model.trainable_state_dict()
+        if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+            raise InputError(f"{weights}: weights do not match the architecture in config.json")
+        model.load_state_dict(tensors, strict=False)
+        model.meta = meta
+        return model.to(device).eval()
+
+    def prepare_for_inference(self) -> SegmentAnyCell:
+        """Merge LoRA into the encoder and switch to eval mode: the fastest form for prediction."""
+        merge_lora(self)
+        return self.eval()
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("sac") / "pretrained"))
+
+
+def read_checkpoint_meta(directory: Path) -> dict:
+    config_file = directory / CONFIG_FILE
+    if not config_file.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise InputError(f"{directory}: not a SAC checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(config_file.read_text())
+        _ = meta["model"], meta["weights_sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"{config_file}: invalid SAC checkpoint config ({error})") from None
+    return meta

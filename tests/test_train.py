@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from conftest import synthetic_nuclei
+from sac.data import NucleiSample, default_data_root
+from sac.io import InputError
+from sac.model import SegmentAnyCell
+from sac.train import TrainConfig, Trainer, read_log, resume, split_validation, train
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    settings = dict(
+        datasets=["folder"],
+        out=str(out),
+        backbone="tiny",
+        image_size=64,
+        generator_channels=4,
+        generator_depth=2,
+        num_points=2,
+        batch_size=2,
+        lr=3e-3,
+        warmup_steps=2,
+        max_steps=6,
+        checkpoint_every=3,
+        max_val_images=1,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def synthetic_samples(count: int = 4) -> list[NucleiSample]:
+    return [NucleiSample(f"s{i}", *synthetic_nuclei(96, 10, seed=i)) for i in range(count)]
+
+
+def test_training_lowers_the_loss(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, max_steps=1000), synthetic_samples(), [])
+    fixed = trainer.batch(0)
+    losses = [trainer.train_step(fixed) for _ in range(40)]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    samples = synthetic_samples()
+    straight = Trainer(tiny_config(tmp_path / "a"), samples, samples[:1])
+    straight.run(progress=False)
+
+    interrupted = Trainer(tiny_config(tmp_path / "b"), samples, samples[:1])
+    original_step = Trainer.train_step
+
+    def crash_after_three(self, batch):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run(progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    resumed = Trainer(tiny_config(tmp_path / "b"), samples, samples[:1])
+    resumed.load_state()
+    assert resumed.step == 3
+    resumed.run(progress=False)
+    for key, value in straight.model.trainable_state_dict().items():
+        torch.testing.assert_close(resumed.model.trainable_state_dict()[key], value, rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in read_log(tmp_path / "b" / "log.csv")] == ["6"]
+
+
+def test_run_folder_has_checkpoints_log_and_plot(tmp_path):
+    trainer = Trainer(
+        tiny_config(tmp_path, max_steps=4, checkpoint_every=100), synthetic_samples(), synthetic_samples(1)
+    )
+    trainer.run(progress=False)
+    for name in ("state.pt", "log.csv", "curve.png", "last/model.safetensors", "best/config.json"):
+        assert (tmp_path / name).is_file(), name
+    rows = read_log(tmp_path / "log.csv")
+    assert 0 <= float(rows[-1]["val_dice"]) <= 1 and math.isfinite(float(rows[-1]["train_loss"]))
+    model = SegmentAnyCell.load(tmp_path / "last")
+    assert model.predict(synthetic_nuclei(80)[0]).shape == (80, 80)
+
+
+def test_split_validation_is_deterministic_and_disjoint():
+    samples = synthetic_samples(10)
+    fit, held = split_validation(samples, 0.2, seed=3)
+    assert len(held) == 2 and len(fit) == 8
+    assert {s.name for s in fit}.isdisjoint({s.name for s in held})
+    assert [s.name for s in held] == [s.name for s in split_validation(samples, 0.2, seed=3)[1]]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="--resume"):
+        train(tiny_config(tmp_path))
+    with pytest.raises(InputError, match="not a SAC training run"):
+        resume(tmp_path / "nothing")
+
+
+@pytest.mark.data
+def test_monuseg_smoke_run(tmp_path):
+    root = default_data_root()
+    if root is None or not (root / "monuseg").is_dir():
+        pytest.skip("MoNuSeg not found in $SAC_DATA or ../shared/data")
+    config = tiny_config(tmp_path, datasets=["monuseg"], data_root=str(root), image_size=128, max_steps=2)
+    config.max_val_images = 1
+    result = train(config, progress=False)
+    assert result["step"] == 2 and 0 <= result["best_val_dice"] <= 1
