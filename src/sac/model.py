@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sac
-from sac.backbone import count_parameters, create_sam
+from sac.backbone import PRESETS, count_parameters, create_sam
 from sac.io import InputError, atomic_write, to_rgb_uint8
 from sac.lora import configure_encoder, merge_lora
 from sac.prompts import PromptGenerator, combine_points, sample_point_prompts
@@ -33,6 +33,7 @@ from sac.weights import sha256sum
 
 SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM_PIXEL_STD = (0.229, 0.224, 0.225)
+MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels predict_maps returns, in order
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -183,11 +184,13 @@ class SegmentAnyCell(nn.Module):
         tile: int | None = None,
         overlap: int = 32,
         batch_size: int = 4,
+        generate_points: bool = True,
     ) -> np.ndarray:
-        """(3, H, W) float32 maps for one image: final nuclei probability, generator probability, centre map.
+        """(4, H, W) float32 maps for one image, named by ``MAP_NAMES``: final nuclei probability, generator
+        probability, generator centre map, and SAM's own (upsampled) mask probability.
 
         ``points`` = (positive, negative) arrays of (x, y) image coordinates, given by hand; each tile receives
-        those falling inside it, in addition to its generated points.
+        those falling inside it, in addition to its generated points (or alone, with ``generate_points=False``).
         """
         rgb = to_rgb_uint8(image)
         tile = tile or self.config.image_size
@@ -200,18 +203,20 @@ class SegmentAnyCell(nn.Module):
             tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
             if tile != size:
                 tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-            manual = [self._tile_points(points, origin, tile, size) for origin in origins] if points else None
+            use_manual = points is not None or not generate_points
+            given = points if points is not None else (None, None)
+            manual = (
+                [self._tile_points(given, origin, tile, size) for origin in origins] if use_manual else None
+            )
             outputs = (
-                [self._forward_with_manual(tensor[i : i + 1], manual[i]) for i in range(len(tensor))]
-                if manual
+                [
+                    self._forward_with_manual(tensor[i : i + 1], manual[i], generate_points)
+                    for i in range(len(tensor))
+                ]
+                if manual is not None
                 else [self(tensor)]
             )
-            maps = torch.cat(
-                [
-                    torch.cat([torch.sigmoid(o.logits), torch.sigmoid(o.generator_logits)], dim=1)
-                    for o in outputs
-                ]
-            )
+            maps = torch.cat([self._maps(o) for o in outputs])
             if tile != size:
                 maps = F.interpolate(maps, size=(tile, tile), mode="bilinear", align_corners=False)
             return maps.float().cpu().numpy()
@@ -220,6 +225,11 @@ class SegmentAnyCell(nn.Module):
             return predict_tiled(run, rgb, tile, overlap, batch_size)
         finally:
             self.train(was_training)
+
+    def _maps(self, output: SACOutput) -> torch.Tensor:
+        size = self.config.image_size
+        sam = F.interpolate(output.sam_logits, size=(size, size), mode="bilinear", align_corners=False)
+        return torch.sigmoid(torch.cat([output.logits, output.generator_logits, sam], dim=1))
 
     @staticmethod
     def _tile_points(points, origin, tile, size):
@@ -236,15 +246,17 @@ class SegmentAnyCell(nn.Module):
             chosen += [(xy, label) for xy in inside]
         return chosen
 
-    def _forward_with_manual(self, tensor: torch.Tensor, manual: list) -> SACOutput:
-        if not manual:
+    def _forward_with_manual(self, tensor: torch.Tensor, manual: list, generate_points: bool) -> SACOutput:
+        if not manual and generate_points:
             return self(tensor)
+        if not manual:  # no prompt at all in this tile: SAM still needs one, a background point
+            manual = [(np.zeros(2, np.float32), 0)]
         positive = [xy for xy, label in manual if label == 1]
         negative = [xy for xy, label in manual if label == 0]
         empty_points = torch.zeros(1, 1, 0, 2)
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
-        return self(tensor, points.to(tensor.device), labels.to(tensor.device))
+        return self(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points)
 
     def predict(
         self,
@@ -273,8 +285,9 @@ class SegmentAnyCell(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The parts training changes: generator, fusion, decoder, prompt encoder, and LoRA or the whole encoder."""
-        names = {name for name, param in self.named_parameters() if param.requires_grad}
+        """What a checkpoint holds: generator, fusion, decoder, prompt encoder, and LoRA or the whole encoder."""
+        from_scratch = self.config.backbone in PRESETS  # a random base encoder cannot be rebuilt: keep it
+        names = {name for name, param in self.named_parameters() if param.requires_grad or from_scratch}
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
 
     def save(self, directory: str | Path, metrics: dict | None = None) -> Path:
