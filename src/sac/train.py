@@ -46,6 +46,7 @@ class TrainConfig:
     generator_channels: int = 8
     generator_depth: int = 4
     num_points: int = 8
+    num_negative: int | None = None  # None: as many negative points as positive ones
     batch_size: int = 4
     epochs: int = 10
     max_steps: int | None = None
@@ -68,7 +69,7 @@ class TrainConfig:
             generator_channels=self.generator_channels,
             generator_depth=self.generator_depth,
             num_positive=self.num_points,
-            num_negative=self.num_points,
+            num_negative=self.num_points if self.num_negative is None else self.num_negative,
         )
 
 
