@@ -39,6 +39,10 @@ def synthetic_nuclei(size: int = 96, count: int = 8, seed: int = 0) -> tuple[np.
     return np.clip(image + noise, 0, 255).astype(np.uint8), labels
 
 
+# One thread: the models in tests are tiny, and a second thread only contends with whatever else runs.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -273,15 +273,10 @@ class SegmentAnyCell(nn.Module):
         Returns a boolean nuclei mask, or with ``instances`` an int32 label image (``True``/``"fast"``: watershed
         on the probability seeded by the generator's centres; ``"sam"``: one SAM prompt per nucleus).
         """
-        maps = self.predict_maps(image, points, tile, overlap, batch_size)
-        if not instances:
-            return maps[0] >= threshold
-        from sac.instances import instances_from_maps, refine_instances_with_sam
+        from sac.inference import segment_image
 
-        labels = instances_from_maps(maps[0], maps[2], threshold)
-        if instances == "sam":
-            labels = refine_instances_with_sam(self, to_rgb_uint8(image), labels)
-        return labels
+        mask, labels = segment_image(self, image, points, instances, threshold, tile, overlap, batch_size)
+        return mask if labels is None else labels
 
     # ------------------------------------------------------------------ persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,119 @@
+"""Instance separation: watershed on the model's maps, and per-nucleus SAM refinement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import measure
+from skimage.draw import disk
+from transformers import SamModel
+
+from conftest import synthetic_nuclei, tiny_sam_config
+from sac.data import default_data_root, instance_distance_map
+from sac.instances import _paint, _prompts, instances_from_maps, refine_instances_with_sam
+from sac.io import InputError, read_labels
+from sac.metrics import aggregated_jaccard_index
+from sac.model import SACConfig, SegmentAnyCell
+
+
+def _touching_disks() -> np.ndarray:
+    labels = np.zeros((48, 64), np.int32)
+    labels[disk((24, 20), 10)] = 1
+    labels[disk((24, 36), 10)] = 2  # overlaps the first disk
+    return labels
+
+
+def _assert_clean_labels(labels: np.ndarray, shape: tuple[int, int]) -> None:
+    """int32, the right shape, ids 0..N without gaps, and every nucleus one connected piece."""
+    assert labels.dtype == np.int32 and labels.shape == shape
+    np.testing.assert_array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    for index in range(1, labels.max() + 1):
+        assert measure.label(labels == index).max() == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> SegmentAnyCell:
+    config = SACConfig(image_size=64, generator_channels=4, generator_depth=2)
+    return SegmentAnyCell(config, sam=SamModel(tiny_sam_config(64))).eval()
+
+
+def test_touching_disks_get_two_labels():
+    truth = _touching_disks()
+    labels = instances_from_maps((truth > 0).astype(np.float32), instance_distance_map(truth))
+    assert labels.max() == 2
+    assert aggregated_jaccard_index(truth, labels) > 0.9
+    _assert_clean_labels(labels, truth.shape)
+
+
+def test_blob_without_marker_keeps_one_label():
+    truth = _touching_disks()
+    probability = (truth > 0).astype(np.float32)
+    probability[5:12, 50:60] = 0.9  # foreground the centre map knows nothing about
+    labels = instances_from_maps(probability, instance_distance_map(truth))
+    assert labels.max() == 3
+    assert len(np.unique(labels[5:12, 50:60])) == 1 and labels[8, 55] > 0
+
+
+def test_small_objects_removed_and_small_holes_filled():
+    probability = np.zeros((40, 40), np.float32)
+    probability[5:15, 5:15] = 1
+    probability[9, 9] = 0  # a one-pixel hole
+    probability[30:32, 30:32] = 1  # 4 pixels, below min_size
+    labels = instances_from_maps(probability, probability, min_size=8)
+    assert labels.max() == 1 and labels[9, 9] == 1 and labels[30, 30] == 0
+
+
+def test_empty_and_mismatched_maps():
+    empty = instances_from_maps(np.zeros((10, 12)), np.zeros((10, 12)))
+    assert empty.dtype == np.int32 and not empty.any()
+    with pytest.raises(InputError, match="one shape"):
+        instances_from_maps(np.zeros((10, 12)), np.zeros((12, 10)))
+
+
+@pytest.mark.data
+def test_ground_truth_maps_recover_monuseg_nuclei():
+    root = default_data_root()
+    masks = sorted(Path(root, "monuseg", "test", "masks").glob("*.png")) if root else []
+    if not masks:
+        pytest.skip("MoNuSeg test masks not found under SAC_DATA or ../shared/data")
+    truth = read_labels(masks[0])
+    labels = instances_from_maps((truth > 0).astype(np.float32), instance_distance_map(truth))
+    assert aggregated_jaccard_index(truth, labels) > 0.95
+
+
+def test_sam_refinement_structure(tiny_model):
+    image, truth = synthetic_nuclei(size=150, count=20)
+    labels = refine_instances_with_sam(tiny_model, image, truth, batch_size=8)
+    _assert_clean_labels(labels, truth.shape)
+
+
+def test_sam_refinement_small_image_and_no_nuclei(tiny_model):
+    image, truth = synthetic_nuclei(size=40, count=3)
+    _assert_clean_labels(refine_instances_with_sam(tiny_model, image, truth), truth.shape)
+    empty = refine_instances_with_sam(tiny_model, image, np.zeros_like(truth))
+    assert empty.dtype == np.int32 and not empty.any()
+
+
+def test_sam_refinement_rejects_mismatched_image(tiny_model):
+    image, truth = synthetic_nuclei(size=40, count=3)
+    with pytest.raises(InputError, match="uint8 RGB"):
+        refine_instances_with_sam(tiny_model, image[:30], truth)
+
+
+def test_prompts_put_negatives_on_neighbours_inside_the_tile():
+    points = np.array([[10, 10], [10, 20], [50, 10]])
+    neighbours = np.array([[1, 2], [0, 3], [0, 1]])  # 3 = len(points): KDTree's "no more neighbours"
+    coords, labels = _prompts(points, neighbours, np.array([0, 1]), np.array([0, 0]), size=32)
+    np.testing.assert_array_equal(labels, [[1, 0, -1], [1, 0, -1]])  # (50, 10) lies outside the tile
+    np.testing.assert_array_equal(coords[0, :2], [[10, 10], [20, 10]])  # (x, y) = (column, row)
+
+
+def test_paint_prefers_higher_scores_and_drops_cut_off_pieces():
+    rows, cols = np.nonzero(np.ones((1, 9), bool))
+    points = np.array([[0, 0], [0, 4]])
+    low = (0.1, 0, rows, cols)  # nucleus 0 spans the row
+    high = (0.9, 1, rows[3:6], cols[3:6])  # nucleus 1 cuts it in two
+    labels = _paint([high, low], points, (1, 9))
+    np.testing.assert_array_equal(labels[0], [1, 1, 1, 2, 2, 2, 0, 0, 0])
