@@ -121,6 +121,7 @@ class SegmentAnyCell(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0
+        self.point_offset = 0  # global index of this batch's first sample (set by data-parallel training)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -162,14 +163,20 @@ class SegmentAnyCell(nn.Module):
         seed = self.point_seed
         if self.training:  # fresh points every step, reproducible from the step counter the trainer sets
             self.point_seed += 1
-        prompts, labels = sample_point_prompts(
-            probability,
-            self.config.num_positive,
-            self.config.num_negative,
-            seed,
-            threshold=self.config.point_threshold,
-            centre=centre,
-        )
+        # one stream per sample, so a batch split across processes draws the same points as in one process
+        sampled = [
+            sample_point_prompts(
+                probability[i : i + 1],
+                self.config.num_positive,
+                self.config.num_negative,
+                np.random.default_rng([seed, self.point_offset + i]),
+                threshold=self.config.point_threshold,
+                centre=centre[i : i + 1],
+            )
+            for i in range(len(probability))
+        ]
+        prompts = torch.cat([p for p, _ in sampled])
+        labels = torch.cat([lab for _, lab in sampled])
         if points is not None:
             prompts = torch.cat([prompts, points.to(prompts)], dim=2)
             labels = torch.cat([labels, point_labels.to(labels)], dim=2)

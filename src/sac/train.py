@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
@@ -74,11 +77,15 @@ class TrainConfig:
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE plus soft Dice over the batch: BCE for calibration, Dice for the foreground/background imbalance."""
+    """BCE plus per-sample soft Dice: BCE for calibration, Dice for the foreground/background imbalance.
+
+    Both are means over samples, so a batch split across data-parallel processes gives the same loss.
+    """
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits)
-    soft_dice = (2 * (prob * target).sum() + 1) / (prob.sum() + target.sum() + 1)
-    return bce + 1 - soft_dice
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    soft_dice = (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
+    return bce + 1 - soft_dice.mean()
 
 
 def sac_loss(output: SACOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -116,14 +123,33 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size), joining the process group that ``torchrun`` describes in the environment."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Trainer:
-    """Owns the model, optimiser and run folder; ``run()`` trains until ``total_steps``."""
+    """Owns the model, optimiser and run folder; ``run()`` trains until ``total_steps``.
+
+    Under ``torchrun`` every process takes a contiguous share of each global batch, DDP averages gradients,
+    and rank 0 alone validates, logs and writes checkpoints.
+    """
 
     def __init__(self, config: TrainConfig, train: list[NucleiSample], val: list[NucleiSample]):
         self.config = config
         self.out = Path(config.out)
+        self.rank, self.world = distributed_context()
+        if config.batch_size % self.world:
+            raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
         self.model = SegmentAnyCell(config.model_config())
+        self.forward = (
+            DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else self.model
+        )
         self.dataset = CropDataset(train, crop_size=config.image_size, augment=True, seed=config.seed)
         self.val = val[: config.max_val_images]
         self.steps_per_epoch = max(1, len(self.dataset) // config.batch_size)
@@ -184,13 +210,15 @@ class Trainer:
         order = torch.randperm(
             len(self.dataset), generator=torch.Generator().manual_seed(self.config.seed + epoch)
         )
-        chosen = order[index * self.config.batch_size : (index + 1) * self.config.batch_size].tolist()
-        return default_collate([self.dataset[i] for i in chosen])
+        share = self.config.batch_size // self.world
+        start = index * self.config.batch_size + self.rank * share
+        return default_collate([self.dataset[i] for i in order[start : start + share].tolist()])
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         self.model.train()
         self.model.point_seed = self.config.seed * 1_000_003 + self.step
-        output = self.model(batch["image"])
+        self.model.point_offset = self.rank * (self.config.batch_size // self.world)
+        output = self.forward(batch["image"])
         loss, _ = sac_loss(output, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,11 +226,22 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        loss = loss.detach()
+        if self.world > 1:
+            dist.all_reduce(loss)
+            loss /= self.world
+        return float(loss)
 
     def run(self, progress: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not progress, unit="step")
+        lead = self.rank == 0
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            disable=not (progress and lead),
+            unit="step",
+        )
         started = time.perf_counter() - self.elapsed
         while self.step < self.total_steps:
             self.epoch_losses.append(self.train_step(self.batch(self.step)))
@@ -211,9 +250,13 @@ class Trainer:
             bar.set_postfix(loss=f"{self.epoch_losses[-1]:.3f}")
             end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
             if end_of_epoch:
-                self.end_epoch()
-            if end_of_epoch or self.step % self.config.checkpoint_every == 0:
+                if lead:
+                    self.end_epoch()
+                self.epoch_losses = []
+            if (end_of_epoch or self.step % self.config.checkpoint_every == 0) and lead:
                 self.save_state()
+            if end_of_epoch and self.world > 1:
+                dist.barrier()
         bar.close()
         return {"step": self.step, "best_val_dice": self.best_dice, "elapsed_s": self.elapsed}
 
@@ -228,7 +271,6 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "elapsed_s": round(self.elapsed, 1),
         }
-        self.epoch_losses = []
         self._append_log(row)
         tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice {val_dice:.4f}")
         if not math.isnan(val_dice) and val_dice > self.best_dice:
@@ -297,8 +339,15 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     with atomic_write(out / "train_config.json") as tmp:
         tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2))
     trainer = Trainer(config, *load_training_data(config))
-    tqdm.write(f"parameters: {count_parameters(trainer.model)}; {trainer.total_steps} steps")
-    return trainer.run(progress)
+    if trainer.rank == 0:
+        tqdm.write(f"parameters: {count_parameters(trainer.model)}; {trainer.total_steps} steps")
+    return _finish(trainer.run(progress))
+
+
+def _finish(result: dict) -> dict:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
 
 
 def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = True) -> dict:
@@ -316,4 +365,4 @@ def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = T
     trainer = Trainer(config, *load_training_data(config))
     if (run_dir / STATE_FILE).exists():
         trainer.load_state()
-    return trainer.run(progress)
+    return _finish(trainer.run(progress))
