@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from typing import Any
+
 import numpy as np
 import pytest
+import tifffile
 import torch
+from PIL import Image
 
 from sac.backbone import sam_config
 
@@ -37,6 +42,16 @@ def synthetic_nuclei(size: int = 96, count: int = 8, seed: int = 0) -> tuple[np.
     image[labels > 0] = (90, 40, 140)
     noise = rng.normal(0, 8, image.shape)
     return np.clip(image + noise, 0, 255).astype(np.uint8), labels
+
+
+def encode_image(array: np.ndarray, suffix: str, **options: Any) -> bytes:
+    """The bytes of ``array`` saved as ``suffix`` (TIFF by tifffile, other formats by Pillow) with ``options``."""
+    buffer = io.BytesIO()
+    if suffix in (".tif", ".tiff"):
+        tifffile.imwrite(buffer, array, **options)
+    else:
+        Image.fromarray(array).save(buffer, format=Image.registered_extensions()[suffix], **options)
+    return buffer.getvalue()
 
 
 # One thread: the models in tests are tiny, and a second thread only contends with whatever else runs.

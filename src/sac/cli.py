@@ -103,14 +103,26 @@ def _predict(args: argparse.Namespace) -> int:
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 
-        cluster = (args.workers, args.dask, args.device, args.wsi, args.level)
-        failures = predict_many(args.model, paths, args.output, *cluster, **options)
+        failures = predict_many(
+            args.model,
+            paths,
+            args.output,
+            workers=args.workers,
+            scheduler=args.dask,
+            device=args.device,
+            wsi=args.wsi,
+            level=args.level,
+            **options,
+        )
     else:
         model = _load_model(args.model, args.device)
         failures = predict_files(model, images, args.output, **options) if images else []
         failures += segment_slides(model, slides, args.output, level=args.level, **options)
     if failures:
-        print(f"sac: {len(failures)} of {len(paths)} images failed", file=sys.stderr)
+        # listed again at the end, where they cannot scroll away behind a long batch's progress output
+        print(f"sac: {len(failures)} of {len(paths)} images failed:", file=sys.stderr)
+        for _, message in failures:
+            print(f"sac:   {message}", file=sys.stderr)
         return 1
     print(f"segmented {len(paths)} images into {args.output}")
     return 0

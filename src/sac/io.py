@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,14 +26,19 @@ class InputError(ValueError):
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The output gets the permissions of a plain ``open`` (0o666 less the umask), not the owner-only 0o600 of a
+    ``tempfile.mkstemp`` file, nor that of writers that rename their own temporary file onto ours (safetensors).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = tmp_path.stat().st_mode
     try:
         yield tmp_path
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -82,11 +87,19 @@ def _channels_last(array: np.ndarray) -> np.ndarray:
 
 
 def _stretch(array: np.ndarray) -> np.ndarray:
-    """Map the robust range to 0..1 so a few hot pixels in 16-bit or float data do not darken the rest."""
-    lo, hi = np.percentile(array, _ROBUST_PERCENTILES)
+    """Map the robust range to 0..1 so a few hot pixels in 16-bit or float data do not darken the rest.
+
+    Works in float64 (float32 would merge the values of a narrow range far from zero in 32- and 64-bit data),
+    on halved values so that even the span of the largest float64 values stays finite.
+    """
+    work = array.astype(np.float64)
+    work /= 2
+    lo, hi = np.percentile(work, _ROBUST_PERCENTILES)
     if hi <= lo:
         return np.zeros(array.shape, np.float32)
-    return np.clip((array.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    work -= lo
+    work /= hi - lo
+    return np.clip(work, 0.0, 1.0, out=work)
 
 
 def to_rgb_uint8(array: np.ndarray, name: str = "array") -> np.ndarray:
@@ -145,10 +158,12 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: mask labels must be integers, got {labels.dtype}")
     if labels.dtype.kind == "i" and labels.min() < 0:
         raise InputError(f"{path}: mask contains negative labels (min {labels.min()})")
-    labels = labels.astype(np.int32 if labels.max() <= np.iinfo(np.int32).max else np.int64)
-    # Most masks are already numbered 1..N; a bincount detects that far faster than relabelling.
-    if labels.max() < labels.size and np.bincount(labels.ravel())[1:].all():
-        return labels.astype(np.int32, copy=False)
+    if labels.dtype == np.bool_:
+        labels = labels.view(np.uint8)
+    # Most masks are already numbered 1..N; a bincount detects that far faster than relabelling. Ids are
+    # cast only once known to be small: uint64 ids from 2**63 up would turn negative as int64.
+    if labels.max() < labels.size and np.bincount(labels.ravel().astype(np.intp))[1:].all():
+        return labels.astype(np.int32)
     return relabel_sequential(labels)[0].astype(np.int32)
 
 

@@ -293,28 +293,33 @@ class SegmentAnyCell(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
 
     def save(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (with versions and the weights' sha256) atomically."""
+        """Write ``model.safetensors`` and ``config.json`` (with versions and the weights' sha256) atomically.
+
+        Both files are complete before either replaces its predecessor, and the two renames follow each other at
+        once, so a process killed while saving leaves the previous checkpoint loadable.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        weights = directory / WEIGHTS_FILE
-        with atomic_write(weights) as tmp:
+        with (
+            atomic_write(directory / WEIGHTS_FILE) as weights,
+            atomic_write(directory / CONFIG_FILE) as config,
+        ):
             save_file(
-                self.trainable_state_dict(), str(tmp), metadata={"format": "pt", "sac": sac.__version__}
+                self.trainable_state_dict(), str(weights), metadata={"format": "pt", "sac": sac.__version__}
             )
-        meta = {
-            "model": dataclasses.asdict(self.config),
-            "weights_sha256": sha256sum(weights),
-            "versions": {
-                "sac": sac.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "python": platform.python_version(),
-            },
-            "parameters": count_parameters(self),
-            "metrics": metrics or {},
-        }
-        with atomic_write(directory / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps(meta, indent=2))
+            meta = {
+                "model": dataclasses.asdict(self.config),
+                "weights_sha256": sha256sum(weights),
+                "versions": {
+                    "sac": sac.__version__,
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "python": platform.python_version(),
+                },
+                "parameters": count_parameters(self),
+                "metrics": metrics or {},
+            }
+            config.write_text(json.dumps(meta, indent=2))
         return directory
 
     @classmethod

@@ -193,8 +193,10 @@ class Trainer:
             self.model.load_state_dict(state["model"], strict=False)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (OSError, RuntimeError, KeyError, EOFError, ValueError) as error:
-            raise InputError(f"{path}: cannot resume from this training state ({error})") from None
+        except Exception as error:
+            # a corrupt or foreign file raises pickle, zip, EOF or size-mismatch errors, some of them multi-line
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise InputError(f"{path}: cannot resume from this training state ({reason})") from None
         self.step, self.best_dice = state["step"], state["best_dice"]
         self.epoch_losses, self.elapsed = state["epoch_losses"], state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])

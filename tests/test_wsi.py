@@ -1,0 +1,172 @@
+"""Whole-slide streaming: lazy slide access, seam-free block stitching, slide outputs and the slide CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from scipy import ndimage
+
+from conftest import synthetic_nuclei
+from sac.cli import main
+from sac.instances import instances_from_maps
+from sac.io import InputError, to_rgb_uint8
+from sac.model import SACConfig, SegmentAnyCell
+from sac.wsi import SLIDE_MIN_SIDE, open_slide, segment_slide, segment_slides, split_slides
+
+
+class LocalModel:
+    """Maps that depend only on a few pixels around each pixel, so a block with enough halo sees what the
+    whole image sees: probability is darkness, the centre map a smoothed distance to the background."""
+
+    def predict_maps(self, image: np.ndarray) -> np.ndarray:
+        darkness = 1 - to_rgb_uint8(image).mean(axis=2) / 255
+        centre = ndimage.gaussian_filter(ndimage.distance_transform_edt(darkness >= 0.5) / 3, 1)
+        return np.stack([darkness, darkness, np.clip(centre, 0, 1)]).astype(np.float32)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> None:
+    """``a`` and ``b`` split the same pixels into the same nuclei, whatever their ids."""
+    assert np.array_equal(a > 0, b > 0)
+    pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
+    assert pairs.shape[1] == np.unique(a[a > 0]).size == np.unique(b[b > 0]).size
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    config = SACConfig(backbone="tiny", image_size=64, generator_channels=4, generator_depth=2)
+    return SegmentAnyCell(config).save(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def slide(tmp_path) -> tuple[Path, np.ndarray]:
+    """A two-level pyramidal BigTIFF of synthetic nuclei and its full-resolution pixels."""
+    image, _ = synthetic_nuclei(size=200, count=40, seed=3)
+    path = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(image, subifds=1, tile=(64, 64), photometric="rgb")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(64, 64), photometric="rgb")
+    return path, image
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_stitched_blocks_match_whole_image(tmp_path, dtype):
+    image, _ = synthetic_nuclei(size=320, count=70, seed=1)
+    image[176:, 176:] = 220  # blank blocks: stretching each block on its own would fail there
+    if dtype == np.uint16:
+        image = image.astype(np.uint16) * 200 + 1000
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb")
+    block = 64
+    summary = segment_slide(LocalModel(), path, tmp_path / "out", block=block, halo=24, progress=False)
+
+    maps = LocalModel().predict_maps(image)
+    whole = instances_from_maps(maps[0], maps[2])
+    stitched = tifffile.imread(summary["labels"])
+    same_partition(whole, stitched)
+    assert stitched.dtype == np.uint32 and stitched.max() == summary["nuclei"] == whole.max()
+    assert np.array_equal(np.unique(stitched), np.arange(summary["nuclei"] + 1))
+    borders = np.arange(block, 320, block)
+    crossing = np.union1d(
+        np.intersect1d(whole[borders - 1], whole[borders]),
+        np.intersect1d(whole[:, borders - 1], whole[:, borders]),
+    )
+    assert crossing[crossing > 0].size >= 5  # the test covers nuclei cut by block borders
+
+    features = json.loads(summary["geojson"].read_text())["features"]
+    ids = sorted(feature["properties"]["id"] for feature in features)
+    assert ids == list(range(1, summary["nuclei"] + 1))
+    areas = {f["properties"]["id"]: f["properties"]["measurements"]["area"] for f in features}
+    assert all(areas[i] == count for i, count in enumerate(np.bincount(stitched.ravel())) if i)
+
+
+def test_open_slide_reads_regions_and_levels(slide):
+    path, image = slide
+    with open_slide(path) as level0:
+        assert level0.shape == image.shape
+        assert np.array_equal(level0[50:70, 10:140], image[50:70, 10:140])
+    with open_slide(path, level=1) as level1:
+        assert level1.shape == (100, 100, 3)
+    with pytest.raises(InputError, match="no pyramid level 2; available levels: 0, 1"):
+        open_slide(path, level=2)
+
+
+def test_open_slide_planar_and_bad_files(tmp_path, slide):
+    _, image = slide
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(planar, np.moveaxis(image, -1, 0), photometric="rgb", planarconfig="separate")
+    with open_slide(planar) as opened:
+        assert opened.shape == image.shape
+        assert np.array_equal(opened[5:9, 100:107], image[5:9, 100:107])
+    garbage = tmp_path / "garbage.tif"
+    garbage.write_bytes(b"not a tiff at all")
+    with pytest.raises(InputError, match=r"garbage\.tif: cannot read as a TIFF slide"):
+        open_slide(garbage)
+    with pytest.raises(InputError, match="file not found"):
+        open_slide(tmp_path / "missing.tif")
+
+
+def test_segment_slide_with_model_writes_tiled_bigtiff_and_geojson(checkpoint, slide, tmp_path):
+    path, _ = slide
+    model = SegmentAnyCell.load(checkpoint).prepare_for_inference()
+    summary = segment_slide(model, path, tmp_path / "out", level=1, block=64, halo=16, progress=False)
+    assert summary["shape"] == (100, 100) and summary["blocks"] == 4
+    with tifffile.TiffFile(summary["labels"]) as tif:
+        page = tif.pages[0]
+        assert tif.is_bigtiff and page.is_tiled and page.tilelength == page.tilewidth == 256
+        assert page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        labels = page.asarray()
+    assert labels.shape == (100, 100) and labels.dtype == np.uint32
+    features = json.loads(summary["geojson"].read_text())["features"]
+    assert len(features) == summary["nuclei"] == np.unique(labels[labels > 0]).size
+    assert sorted(tmp_path.joinpath("out").iterdir()) == [summary["geojson"], summary["labels"]]
+
+
+def test_bad_options_and_points_rejected_before_reading(slide, tmp_path):
+    path, _ = slide
+    with pytest.raises(InputError, match="halo"):
+        segment_slides(LocalModel(), [path], tmp_path, halo=-1)
+    with pytest.raises(InputError, match="instance mode"):
+        segment_slides(LocalModel(), [path], tmp_path, instances="exact")
+    with pytest.raises(InputError, match="not supported for slides"):
+        segment_slides(LocalModel(), [path], tmp_path, points_file=tmp_path / "points.csv")
+
+
+def test_segment_slides_skips_bad_slides(slide, tmp_path):
+    path, _ = slide
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 truncated")
+    failures = segment_slides(LocalModel(), [broken, path], tmp_path / "out", progress=False)
+    assert [failed for failed, _ in failures] == [broken]
+    assert failures[0][1].startswith(str(broken)) and "\n" not in failures[0][1]
+    assert (tmp_path / "out" / "slide_labels.tif").is_file()
+
+
+def test_split_slides_by_size_suffix_and_force(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "wide.tif", np.zeros((16, SLIDE_MIN_SIDE + 1), np.uint8), tile=(16, 1024))
+    tifffile.imwrite(folder / "small.tif", np.zeros((16, 16), np.uint8))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "tile.png")
+    svs = tmp_path / "scan.svs"
+    tifffile.imwrite(svs, np.zeros((16, 16), np.uint8))
+    images, slides = split_slides([folder, svs])
+    assert [p.name for p in images] == ["small.tif", "tile.png"]
+    assert [p.name for p in slides] == ["wide.tif", "scan.svs"]
+    assert split_slides([folder], force=True) == ([], sorted(folder.iterdir()))
+
+
+def test_cli_predict_slide(checkpoint, slide, tmp_path, capsys):
+    path, _ = slide
+    out = tmp_path / "out"
+    argv = ["predict", str(path), "-o", str(out), "--model", str(checkpoint), "--wsi"]
+    assert main([*argv, "--level", "1"]) == 0
+    assert "segmented 1 images" in capsys.readouterr().out
+    assert tifffile.imread(out / "slide_labels.tif").shape == (100, 100)
+    assert (out / "slide.geojson").is_file()
+    assert main([*argv, "--level", "4"]) == 1
+    assert "available levels: 0, 1" in capsys.readouterr().err
