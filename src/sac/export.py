@@ -104,8 +104,16 @@ def _outer_ring(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(ndi.binary_fill_holes(mask), 1).astype(np.float64)
     # fully_connected="high" keeps pixels that touch only at a corner in one outline
     contour = max(measure.find_contours(padded, 0.5, fully_connected="high"), key=len) - 1
-    simplified = measure.approximate_polygon(contour, tolerance=0.5)
-    return simplified if len(simplified) >= 4 else contour
+    return _drop_collinear(contour)
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """The same closed polygon without vertices in the middle of straight runs (most of a pixel outline)."""
+    points = ring[:-1]
+    incoming = points - np.roll(points, 1, axis=0)
+    outgoing = np.roll(points, -1, axis=0) - points
+    corners = points[np.abs(incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]) > 1e-9]
+    return np.vstack([corners, corners[:1]]) if len(corners) >= 3 else ring
 
 
 def labels_to_geojson(labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0)) -> dict:
