@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,3 +106,23 @@ def test_monuseg_smoke_run(tmp_path):
     config.max_val_images = 1
     result = train(config, progress=False)
     assert result["step"] == 2 and 0 <= result["best_val_dice"] <= 1
+
+
+def test_lora_training_from_an_official_checkpoint(tmp_path):
+    """The paper's setting in miniature: official-layout SAM weights, frozen encoder with LoRA, then reload."""
+    from conftest import tiny_sam_config
+    from test_backbone import official_layout, randomized_model
+
+    checkpoint = tmp_path / "sam_tiny_official.pth"
+    torch.save(official_layout(randomized_model(tiny_sam_config(64)).state_dict()), checkpoint)
+    config = tiny_config(tmp_path / "run", backbone=str(checkpoint), max_steps=2, checkpoint_every=100)
+    assert config.model_config().encoder_mode == "lora"
+    trainer = Trainer(config, synthetic_samples(), synthetic_samples(1))
+    frozen = trainer.model.sam.vision_encoder.layers[0].attn.qkv.base.weight.clone()
+    trainer.run(progress=False)
+    assert torch.equal(trainer.model.sam.vision_encoder.layers[0].attn.qkv.base.weight, frozen)
+    saved = set(trainer.model.trainable_state_dict())
+    assert any(".lora_" in k for k in saved) and not any(k.endswith("qkv.base.weight") for k in saved)
+    reloaded = SegmentAnyCell.load(tmp_path / "run" / "last")
+    image = synthetic_nuclei(64)[0]
+    np.testing.assert_allclose(reloaded.predict_maps(image), trainer.model.predict_maps(image), atol=1e-4)
