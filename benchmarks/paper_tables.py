@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="score only the first N test images of each dataset")
     parser.add_argument("--only", help="comma-separated substrings: run only matching rows")
     parser.add_argument("--out", default="runs/paper_tables")
+    parser.add_argument(
+        "--model", help="instead of training: score this checkpoint's final, generator-only and SAM-only maps"
+    )
     args = parser.parse_args(argv)
+    if args.model:
+        return score_checkpoint(args, argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     datasets = args.datasets.split(",")
     tests = {name: load_dataset(name, args.data_root, "test")[: args.limit] for name in datasets}
@@ -130,6 +135,25 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     write_tables(out, results, args, argv if argv is not None else sys.argv[1:])
+    return 0
+
+
+def score_checkpoint(args, argv: list[str]) -> int:
+    """Which part of a trained model carries its quality: the fused output, the generator, or SAM's mask."""
+    model = SegmentAnyCell.load(args.model).prepare_for_inference()
+    results = []
+    for dataset in args.datasets.split(","):
+        samples = load_dataset(dataset, args.data_root, "test")[: args.limit]
+        for map_name, label in [
+            ("nuclei", "SAC output"),
+            ("generator", "generator alone"),
+            ("sam", "SAM mask"),
+        ]:
+            summary = score(model, samples, Variant(f"{args.model}: {label}", None, map_name))
+            results.append({"dataset": dataset, "method": f"{label} (`{args.model}`)", **summary})
+            print(f"{dataset:8s} {label:20s} Dice {summary['dice']:.3f} AJI {summary['aji']:.3f}", flush=True)
+    args.backbone, args.image_size, args.steps = model.config.backbone, model.config.image_size, 0
+    write_tables(Path(args.out), results, args, argv)
     return 0
 
 
@@ -161,8 +185,9 @@ def write_tables(out: Path, results: list[dict], args, argv: list[str]) -> None:
         f"    python benchmarks/paper_tables.py {shlex.join(argv)}",
         "",
         f"Backbone `{args.backbone}` at {args.image_size} px, {args.steps} training steps of batch {args.batch_size} "
-        "per trained row; metrics on the test split (Dice/IoU per-image mean of the semantic mask; AJI and PQ "
-        "from watershed instances)."
+        "per trained row; metrics on the test split"
+        + (f" (first {args.limit} images of each)" if args.limit else "")
+        + " (Dice/IoU: per-image mean of the semantic mask; AJI and PQ from watershed instances)."
         + (" No pretrained SAM weights were used." if args.backbone in PRESETS else ""),
         "",
         "| dataset | method | Dice | IoU | AJI | PQ | F1@0.5 |",

@@ -117,6 +117,15 @@ def test_tiny_preset_runs_and_counts_parameters():
     assert predict(model.eval(), 256).shape[-2:] == (64, 64)
 
 
+def test_from_scratch_encoder_is_alive():
+    """A preset must start trainable: its image embeddings vary with the input instead of vanishing."""
+    model = create_sam("tiny").eval()
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(torch.randn(2, 3, 256, 256))
+    assert embeddings.std() > 0.1
+    assert (embeddings[0] - embeddings[1]).abs().mean() > 0.01
+
+
 def test_vit_b_matches_official_size():
     with torch.device("meta"):
         model = SamModel(preset_config("vit_b"))

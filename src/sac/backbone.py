@@ -91,6 +91,9 @@ def sam_config(
         output_channels=output_channels,
         num_pos_feats=output_channels // 2,
         mlp_dim=mlp_dim,
+        # transformers' default (1e-10) assumes pretrained weights overwrite it; from scratch it leaves the
+        # encoder's output at ~1e-20, a dead network. Loaded checkpoints replace these values anyway.
+        initializer_range=0.02,
     )
     prompt = dict(hidden_size=output_channels, image_size=image_size, patch_size=patch_size)
     decoder = dict(
