@@ -5,4 +5,4 @@
 set -euo pipefail
 RUN_DIR=${1:-runs/default}
 sac train --dataset monuseg,dsb2018 --backbone tiny --encoder-mode full --image-size 256 \
-  --batch-size 4 --lr 1e-3 --num-points 8 --max-steps 2000 --seed 0 --out "$RUN_DIR"
+  --batch-size 4 --lr 1e-3 --num-points 8 --max-steps 1600 --seed 0 --out "$RUN_DIR"

@@ -102,6 +102,11 @@ def test_lora_mode_trains_adapters_decoder_and_generator_only(tmp_path):
     assert any(n.startswith("sam.mask_decoder.") for n in trainable)
     assert any(n.startswith("generator.") for n in trainable)
     assert set(model.trainable_state_dict()) == trainable
+    model(torch.rand(1, 3, 64, 64)).logits.mean().backward()
+    encoder_grads = [
+        p.grad for n, p in model.named_parameters() if ".lora_b." in n
+    ]  # A's grad is 0 while B = 0
+    assert encoder_grads and all(g is not None and g.abs().sum() > 0 for g in encoder_grads)
     counts = count_parameters(model)
     assert counts["trainable"] < counts["total"]
     before = model.predict_maps(synthetic_nuclei(64)[0])

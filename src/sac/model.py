@@ -141,7 +141,8 @@ class SegmentAnyCell(nn.Module):
             raise InputError(f"model expects {size}x{size} tiles, got {tuple(images.shape[-2:])}")
         generated = self.generator(images)
         prompts, prompt_labels = self._prompts(generated.logits, points, point_labels, generate_points)
-        embeddings = self.sam.get_image_embeddings((images - self.pixel_mean) / self.pixel_std)
+        # not SamModel.get_image_embeddings: it runs under no_grad, which would freeze the encoder (LoRA too)
+        embeddings = self.sam.vision_encoder((images - self.pixel_mean) / self.pixel_std)[0]
         sam_logits = self.sam(
             image_embeddings=embeddings,
             input_points=prompts,
