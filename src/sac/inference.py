@@ -119,11 +119,16 @@ def predict_files(
             )
             _write_outputs(out_dir / path.stem, image, mask, labels)
         except InputError as error:
-            message = str(error).splitlines()[0]
-            message = message if str(path) in message else f"{path}: {message}"
-            tqdm.write(f"sac: skipped {message}", file=sys.stderr)
-            failures.append((path, message))
+            failures.append(report_skipped(path, error))
     return failures
+
+
+def report_skipped(path: Path, error: InputError) -> tuple[Path, str]:
+    """Say on stderr that ``path`` was skipped, in one line that names it; returns (path, message)."""
+    message = str(error).splitlines()[0]
+    message = message if str(path) in message else f"{path}: {message}"
+    tqdm.write(f"sac: skipped {message}", file=sys.stderr)
+    return path, message
 
 
 def _check_unique_stems(paths: list[Path]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import zarr
 from tqdm import tqdm
 
 from sac.export import labels_to_geojson
-from sac.inference import _check_unique_stems, instance_mode
+from sac.inference import _check_unique_stems, instance_mode, report_skipped
 from sac.instances import instances_from_maps, refine_instances_with_sam
 from sac.io import _ROBUST_PERCENTILES, InputError, _check_file, atomic_write, list_images, to_rgb_uint8
 
@@ -236,10 +235,7 @@ def segment_slides(
                 model, path, out_dir, level, block, halo, instances, threshold, progress, **map_options
             )
         except InputError as error:
-            message = str(error).splitlines()[0]
-            message = message if str(path) in message else f"{path}: {message}"
-            tqdm.write(f"sac: skipped {message}", file=sys.stderr)
-            failures.append((path, message))
+            failures.append(report_skipped(path, error))
     return failures
 
 
