@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     side_by_side = np.concatenate([overlay(crop, truth), overlay(crop, labels)], axis=1)
     Image.fromarray(side_by_side).save(args.out / "monuseg_overlay.png")
     shutil.copyfile(args.run / "curve.png", args.out / "training_curve.png")
-    print(f"{sample.name}: left ground truth ({truth.max()} nuclei), right SAC ({labels.max()} nuclei)")
+    print(
+        f"{sample.name}: left ground truth ({len(np.unique(truth)) - 1} nuclei), right SAC ({labels.max()} nuclei)"
+    )
     return 0
 
 
