@@ -71,6 +71,7 @@ class SACConfig:
 class SACOutput(NamedTuple):
     logits: torch.Tensor  # (B, 1, H, W) final nuclei logits at input resolution
     sam_logits: torch.Tensor  # (B, 1, H/4, W/4) SAM mask decoder logits
+    sam_upsampled: torch.Tensor  # (B, 1, H, W) the same, at input resolution
     generator_logits: torch.Tensor  # (B, 2, H, W) generator foreground and centre logits
     points: torch.Tensor  # (B, 1, N, 2) the prompts used
     point_labels: torch.Tensor  # (B, 1, N)
@@ -151,7 +152,7 @@ class SegmentAnyCell(nn.Module):
         ).pred_masks[:, 0]
         sam_up = F.interpolate(sam_logits, size=(size, size), mode="bilinear", align_corners=False)
         logits = self.fusion(sam_up, generated.logits, generated.features)
-        return SACOutput(logits, sam_logits, generated.logits, prompts, prompt_labels)
+        return SACOutput(logits, sam_logits, sam_up, generated.logits, prompts, prompt_labels)
 
     def _prompts(self, generator_logits, points, point_labels, generate_points):
         if not generate_points:
@@ -207,12 +208,13 @@ class SegmentAnyCell(nn.Module):
         was_training = self.training
         self.eval()
 
+        use_manual = points is not None or not generate_points
+        given = points if points is not None else (None, None)
+
         def run(batch: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
             tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
             if tile != size:
                 tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-            use_manual = points is not None or not generate_points
-            given = points if points is not None else (None, None)
             manual = (
                 [self._tile_points(given, origin, tile, size) for origin in origins] if use_manual else None
             )
@@ -234,10 +236,9 @@ class SegmentAnyCell(nn.Module):
         finally:
             self.train(was_training)
 
-    def _maps(self, output: SACOutput) -> torch.Tensor:
-        size = self.config.image_size
-        sam = F.interpolate(output.sam_logits, size=(size, size), mode="bilinear", align_corners=False)
-        return torch.sigmoid(torch.cat([output.logits, output.generator_logits, sam], dim=1))
+    @staticmethod
+    def _maps(output: SACOutput) -> torch.Tensor:
+        return torch.sigmoid(torch.cat([output.logits, output.generator_logits, output.sam_upsampled], dim=1))
 
     @staticmethod
     def _tile_points(points, origin, tile, size):
