@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 from skimage import measure
 
 from sac.io import InputError
@@ -13,6 +14,7 @@ from sac.prompts import (
     GeneratorOutput,
     PromptGenerator,
     combine_points,
+    peak_pixels,
     read_points_file,
     sample_point_prompts,
     sample_points,
@@ -119,6 +121,19 @@ def test_negatives_favour_the_rim_around_nuclei():
 def test_empty_prediction_still_gives_points():
     coords, labels = sample_points(np.zeros((8, 8)), 3, 3, np.random.default_rng(0))
     assert coords.shape == (6, 2) and labels.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12))
+def test_peak_pixels_is_the_first_maximum_of_each_region(seed, num_regions):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_regions + 1, size=(17, 23))
+    values = rng.integers(0, 4, size=labels.shape).astype(float)  # few levels, so ties are common
+    ids = rng.permutation(np.unique(labels[labels > 0]))
+    peaks = peak_pixels(values, labels, ids)
+    np.testing.assert_array_equal(values.flat[peaks], ndimage.maximum(values, labels, ids))
+    for region, peak in zip(ids, peaks, strict=True):
+        assert peak == np.flatnonzero((labels == region) & (values == values[labels == region].max()))[0]
 
 
 def test_sample_points_rejects_bad_input():

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from scipy.spatial import KDTree
 from skimage import measure, morphology, segmentation
 
 from sac.data import instance_distance_map
 from sac.io import InputError
+from sac.prompts import peak_pixels
 from sac.tiling import pad_to, tile_grid
 
 NEGATIVES_PER_NUCLEUS = 2
@@ -75,7 +75,9 @@ def refine_instances_with_sam(
     if ids.size == 0:
         return np.zeros(labels.shape, np.int32)
     size = model.config.image_size
-    points = np.array(ndimage.maximum_position(instance_distance_map(labels), labels, ids))
+    points = np.stack(
+        np.unravel_index(peak_pixels(instance_distance_map(labels), labels, ids), labels.shape), 1
+    )
     origins = np.array(tile_grid(labels.shape, size, size // 4 if overlap is None else overlap))
     margin = np.minimum(points[:, None] - origins, origins + size - 1 - points[:, None]).min(axis=2)
     home = margin.argmax(axis=1)
