@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from sac.io import InputError
+from sac.tiling import DEFAULT_OVERLAP
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -146,7 +147,12 @@ def _add_predict_parser(commands) -> None:
         help="also separate nuclei: fast (watershed, the default) or sam (one SAM prompt per nucleus)",
     )
     parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
@@ -205,7 +211,12 @@ def _add_evaluate_parser(commands) -> None:
     parser.add_argument("--json", metavar="OUT", help="also write the summary and per-image metrics here")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default: 32)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
     parser.set_defaults(run=_evaluate)

@@ -9,6 +9,7 @@ from sac.data import NucleiSample
 from sac.inference import instance_mode, segment_image
 from sac.io import InputError
 from sac.metrics import evaluate_image, summarize
+from sac.tiling import DEFAULT_OVERLAP
 
 # Taken from the semantic mask, so Dice/IoU measure the probability map, not the instance post-processing.
 SEMANTIC_KEYS = ("dice", "iou", "fg_intersection", "fg_total", "fg_union")
@@ -19,7 +20,7 @@ def evaluate_model(
     samples: list[NucleiSample],
     instances: str = "fast",
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     progress: bool = True,
     threshold: float = 0.5,
 ) -> dict:

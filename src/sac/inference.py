@@ -20,7 +20,7 @@ from sac.export import write_geojson, write_labels_tif, write_mask_png, write_nu
 from sac.instances import instances_from_maps, refine_instances_with_sam
 from sac.io import InputError, list_images, read_image, to_rgb_uint8
 from sac.prompts import read_points_file
-from sac.tiling import tile_starts
+from sac.tiling import DEFAULT_OVERLAP, tile_starts
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 INSTANCE_MODES = ("fast", "sam")
@@ -59,7 +59,7 @@ def segment_image(
     instances: bool | str = False,
     threshold: float = 0.5,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The semantic mask and, with ``instances``, the labels, from a single pass of the model.
@@ -89,7 +89,7 @@ def predict_files(
     instances: bool | str = False,
     points_file: str | os.PathLike | None = None,
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     threshold: float = 0.5,
     progress: bool = True,

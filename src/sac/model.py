@@ -28,7 +28,7 @@ from sac.backbone import PRESETS, count_parameters, create_sam
 from sac.io import InputError, atomic_write, to_rgb_uint8
 from sac.lora import configure_encoder, merge_lora
 from sac.prompts import PromptGenerator, combine_points, sample_point_prompts
-from sac.tiling import predict_tiled
+from sac.tiling import DEFAULT_OVERLAP, predict_tiled
 from sac.weights import sha256sum
 
 SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -191,7 +191,7 @@ class SegmentAnyCell(nn.Module):
         image: np.ndarray,
         points: tuple[np.ndarray | None, np.ndarray | None] | None = None,
         tile: int | None = None,
-        overlap: int = 32,
+        overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 4,
         generate_points: bool = True,
     ) -> np.ndarray:
@@ -274,7 +274,7 @@ class SegmentAnyCell(nn.Module):
         instances: bool | str = False,
         threshold: float = 0.5,
         tile: int | None = None,
-        overlap: int = 32,
+        overlap: int = DEFAULT_OVERLAP,
         batch_size: int = 4,
     ) -> np.ndarray:
         """Segment one image (H, W) or (H, W, C) of any dtype.
