@@ -101,7 +101,7 @@ def predict_files(
     not surface as one failure per file.
     """
     paths = list_images(inputs)
-    _check_unique_stems(paths)
+    check_unique_stems(paths)
     instance_mode(instances)
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold must be in [0, 1], got {threshold}")
@@ -131,7 +131,7 @@ def report_skipped(path: Path, error: InputError) -> tuple[Path, str]:
     return path, message
 
 
-def _check_unique_stems(paths: list[Path]) -> None:
+def check_unique_stems(paths: list[Path]) -> None:
     """Outputs are named after the stem, so ``a.png`` and ``a.tif`` would silently overwrite each other."""
     counts = Counter(path.stem for path in paths)
     clashing = [str(path) for path in paths if counts[path.stem] > 1]

@@ -47,10 +47,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # PIL modes whose numpy view is already a usable intensity array; others (palette, CMYK, YCbCr...) go to RGB.
 _PIL_ARRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"})
-_ROBUST_PERCENTILES = (0.1, 99.9)
+# the intensity range stretched to 0..1 for non-8-bit data, shared by single images and whole slides
+ROBUST_PERCENTILES = (0.1, 99.9)
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """Fail with a one-line message naming ``path`` before a decoder gives a confusing one."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_file():
@@ -61,7 +63,7 @@ def _check_file(path: Path) -> None:
 
 def _decode(path: Path, *, palette_as_rgb: bool) -> np.ndarray:
     """Decode ``path`` to its raw array; palette images stay indices for masks but become RGB for images."""
-    _check_file(path)
+    check_file(path)
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
             array = tifffile.imread(path)
@@ -94,7 +96,7 @@ def _stretch(array: np.ndarray) -> np.ndarray:
     """
     work = array.astype(np.float64)
     work /= 2
-    lo, hi = np.percentile(work, _ROBUST_PERCENTILES)
+    lo, hi = np.percentile(work, ROBUST_PERCENTILES)
     if hi <= lo:
         return np.zeros(array.shape, np.float32)
     work -= lo

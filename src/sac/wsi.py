@@ -22,9 +22,9 @@ import zarr
 from tqdm import tqdm
 
 from sac.export import labels_to_geojson
-from sac.inference import _check_unique_stems, instance_mode, report_skipped
+from sac.inference import check_unique_stems, instance_mode, report_skipped
 from sac.instances import instances_from_maps, refine_instances_with_sam
-from sac.io import _ROBUST_PERCENTILES, InputError, _check_file, atomic_write, list_images, to_rgb_uint8
+from sac.io import ROBUST_PERCENTILES, InputError, atomic_write, check_file, list_images, to_rgb_uint8
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
@@ -78,7 +78,7 @@ class Slide:
 def open_slide(path: str | os.PathLike, level: int = 0) -> Slide:
     """Open one pyramid level of a TIFF, BigTIFF, OME-TIFF or SVS slide without reading its pixels."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         store = tifffile.imread(path, aszarr=True)
         node = zarr.open(store, mode="r")
@@ -119,7 +119,7 @@ def split_slides(inputs: Iterable[str | os.PathLike], force: bool = False) -> tu
         is_svs = path.is_file() and path.suffix.lower() == ".svs"
         paths += [path] if is_svs else list_images([path])
     paths = list(dict.fromkeys(paths))
-    _check_unique_stems(paths)
+    check_unique_stems(paths)
     slides = [path for path in paths if force or is_slide(path)]
     return [path for path in paths if path not in slides], slides
 
@@ -248,7 +248,7 @@ def _value_range(slide: Slide) -> tuple[float, float] | None:
     if slide.dtype in (np.uint8, np.bool_):
         return None
     step = max(1, -(-max(slide.shape[:2]) // _RANGE_SAMPLE_SIDE))
-    lo, hi = np.percentile(slide[::step, ::step], _ROBUST_PERCENTILES)
+    lo, hi = np.percentile(slide[::step, ::step], ROBUST_PERCENTILES)
     return lo, hi  # numpy scalars, so blocks are scaled with the same arithmetic as whole images
 
 
