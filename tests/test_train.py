@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -126,3 +127,42 @@ def test_lora_training_from_an_official_checkpoint(tmp_path):
     reloaded = SegmentAnyCell.load(tmp_path / "run" / "last")
     image = synthetic_nuclei(64)[0]
     np.testing.assert_allclose(reloaded.predict_maps(image), trainer.model.predict_maps(image), atol=1e-4)
+
+
+def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
+    samples = synthetic_samples()
+    source = Trainer(
+        tiny_config(tmp_path / "source", max_steps=2, checkpoint_every=100), samples, samples[:1]
+    )
+    source.run(progress=False)
+    # a run asking for another generator width and a tiny learning rate: it must take the source's
+    # architecture, and after one step of lr 1e-12 still hold the source's weights
+    config = tiny_config(tmp_path / "fine", init=str(tmp_path / "source" / "last"), generator_channels=8)
+    fine = Trainer(dataclasses.replace(config, lr=1e-12, max_steps=1), samples, samples[:1])
+    assert fine.config.generator_channels == 4
+    fine.run(progress=False)
+    for key, value in source.model.trainable_state_dict().items():
+        torch.testing.assert_close(fine.model.trainable_state_dict()[key], value, rtol=0, atol=1e-6)
+    scratch = Trainer(tiny_config(tmp_path / "scratch", seed=1), samples, samples[:1])
+    assert any(
+        not torch.allclose(scratch.model.trainable_state_dict()[k], v)
+        for k, v in source.model.trainable_state_dict().items()
+    )
+
+
+def test_init_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(InputError, match="not a SAC checkpoint"):
+        Trainer(tiny_config(tmp_path / "run", init=str(tmp_path / "nowhere")), synthetic_samples(), [])
+
+
+def test_init_default_is_the_shipped_model(tmp_path):
+    from sac.model import default_model_path
+
+    if not (default_model_path() / "config.json").is_file():
+        pytest.skip("no model ships with this installation")
+    config = tiny_config(tmp_path / "run", init="default", datasets=["folder"])
+    trainer = Trainer(config, synthetic_samples(), [])
+    shipped = SegmentAnyCell.load()
+    assert trainer.config.image_size == shipped.config.image_size
+    for key, value in shipped.trainable_state_dict().items():
+        torch.testing.assert_close(trainer.model.trainable_state_dict()[key], value)

@@ -63,6 +63,11 @@ def _add_train_parser(commands) -> None:
     parser.add_argument("--encoder-mode", choices=["frozen", "lora", "full"])
     parser.add_argument("--image-size", type=int, help="SAM input size = training crop size")
     parser.add_argument("--lora-rank", type=int)
+    parser.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from a SAC checkpoint folder, or 'default' for the shipped model (its architecture is kept)",
+    )
     parser.add_argument("--num-points", type=int, help="positive and negative points per image, each")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--epochs", type=int)

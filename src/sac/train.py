@@ -28,7 +28,7 @@ from sac.backbone import PRESETS, count_parameters
 from sac.data import CropDataset, NucleiSample, load_dataset
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
-from sac.model import SACConfig, SACOutput, SegmentAnyCell
+from sac.model import SACConfig, SACOutput, SegmentAnyCell, default_model_path, read_checkpoint_meta
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
@@ -60,6 +60,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_val_images: int = 16
     checkpoint_every: int = 200
+    init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
 
     def model_config(self) -> SACConfig:
         mode = self.encoder_mode or ("full" if self.backbone in PRESETS else "lora")
@@ -74,6 +75,29 @@ class TrainConfig:
             num_positive=self.num_points,
             num_negative=self.num_points if self.num_negative is None else self.num_negative,
         )
+
+
+ARCHITECTURE_FIELDS = (
+    "backbone",
+    "image_size",
+    "encoder_mode",
+    "lora_rank",
+    "generator_channels",
+    "generator_depth",
+)
+
+
+def init_checkpoint(init: str) -> Path:
+    """The checkpoint folder ``TrainConfig.init`` names; "default" is the model shipped with the package."""
+    return default_model_path() if init == "default" else Path(init)
+
+
+def adopt_init_architecture(config: TrainConfig) -> TrainConfig:
+    """With ``init``, take the architecture from that checkpoint, so its weights fit the model being trained."""
+    if not config.init:
+        return config
+    model = SACConfig.from_dict(read_checkpoint_meta(init_checkpoint(config.init))["model"])
+    return dataclasses.replace(config, **{name: getattr(model, name) for name in ARCHITECTURE_FIELDS})
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -140,13 +164,15 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, train: list[NucleiSample], val: list[NucleiSample]):
-        self.config = config
+        self.config = config = adopt_init_architecture(config)
         self.out = Path(config.out)
         self.rank, self.world = distributed_context()
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
         self.model = SegmentAnyCell(config.model_config())
+        if config.init and not (self.out / STATE_FILE).exists():  # a resumed run continues from its own state
+            self.model.load_state_dict(SegmentAnyCell.load(init_checkpoint(config.init)).state_dict())
         self.forward = (
             DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else self.model
         )
@@ -338,9 +364,9 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     if (out / STATE_FILE).exists():
         raise InputError(f"{out}: a run already exists there; use --resume {out} or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "train_config.json") as tmp:
-        tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2))
     trainer = Trainer(config, *load_training_data(config))
+    with atomic_write(out / "train_config.json") as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(trainer.config), indent=2))
     if trainer.rank == 0:
         tqdm.write(f"parameters: {count_parameters(trainer.model)}; {trainer.total_steps} steps")
     return _finish(trainer.run(progress))
