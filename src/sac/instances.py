@@ -27,14 +27,15 @@ def instances_from_maps(
     centre: np.ndarray,
     threshold: float = 0.5,
     min_size: int = 8,
-    peak_threshold: float = 0.5,
+    peak_threshold: float = 0.4,
 ) -> np.ndarray:
     """Int32 labels 1..N: the thresholded probability split by a watershed seeded at the centre map's cores.
 
     Thresholded cores rather than h-maxima: the centre target peaks at 1 in every nucleus, so on noisy maps
     simulated from MoNuSeg masks its cores split touching nuclei about as well (AJI 0.96 vs 0.97) at a sixth of
-    the cost. Foreground without a core (a nucleus the centre map missed) keeps one label per connected piece
-    instead of being dropped.
+    the cost. A core threshold of 0.4 gave the best AJI on the validation images of both MoNuSeg and DSB 2018
+    (0.3 to 0.6 tried with the shipped model). Foreground without a core (a nucleus the centre map missed) keeps
+    one label per connected piece instead of being dropped.
     """
     probability, centre = np.asarray(probability), np.asarray(centre)
     if probability.ndim != 2 or probability.shape != centre.shape:
