@@ -159,7 +159,8 @@ def _pairwise(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
     true_ids, pred_ids = np.unique(true[true > 0]), np.unique(pred[pred > 0])
     inter = np.array([[np.sum((true == t) & (pred == p)) for p in pred_ids] for t in true_ids])
     union = np.array([[np.sum((true == t) | (pred == p)) for p in pred_ids] for t in true_ids])
-    return true_ids, pred_ids, inter.reshape(true_ids.size, pred_ids.size), union.reshape(inter.shape)
+    shape = (true_ids.size, pred_ids.size)  # np.array of an empty list loses the second axis
+    return true_ids, pred_ids, inter.reshape(shape), union.reshape(shape)
 
 
 def _reference_aji(true: np.ndarray, pred: np.ndarray) -> float:
