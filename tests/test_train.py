@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -140,7 +141,10 @@ def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
     config = tiny_config(tmp_path / "fine", init=str(tmp_path / "source" / "last"), generator_channels=8)
     fine = Trainer(dataclasses.replace(config, lr=1e-12, max_steps=1), samples, samples[:1])
     assert fine.config.generator_channels == 4
+    assert fine.config.init_sha256 == SegmentAnyCell.load(tmp_path / "source" / "last").meta["weights_sha256"]
     fine.run(progress=False)
+    shutil.rmtree(tmp_path / "source")  # resuming needs only the run's own state
+    Trainer(dataclasses.replace(fine.config, max_steps=2), samples, samples[:1]).load_state()
     for key, value in source.model.trainable_state_dict().items():
         torch.testing.assert_close(fine.model.trainable_state_dict()[key], value, rtol=0, atol=1e-6)
     scratch = Trainer(tiny_config(tmp_path / "scratch", seed=1), samples, samples[:1])

@@ -61,6 +61,7 @@ class TrainConfig:
     max_val_images: int = 16
     checkpoint_every: int = 200
     init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
+    init_sha256: str | None = None  # filled in from the init checkpoint when the run starts
 
     def model_config(self) -> SACConfig:
         mode = self.encoder_mode or ("full" if self.backbone in PRESETS else "lora")
@@ -92,12 +93,12 @@ def init_checkpoint(init: str) -> Path:
     return default_model_path() if init == "default" else Path(init)
 
 
-def adopt_init_architecture(config: TrainConfig) -> TrainConfig:
-    """With ``init``, take the architecture from that checkpoint, so its weights fit the model being trained."""
-    if not config.init:
-        return config
-    model = SACConfig.from_dict(read_checkpoint_meta(init_checkpoint(config.init))["model"])
-    return dataclasses.replace(config, **{name: getattr(model, name) for name in ARCHITECTURE_FIELDS})
+def adopt_init(config: TrainConfig) -> TrainConfig:
+    """Take the architecture from the ``init`` checkpoint, so its weights fit, and record which weights they were."""
+    meta = read_checkpoint_meta(init_checkpoint(config.init))
+    model = SACConfig.from_dict(meta["model"])
+    architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
+    return dataclasses.replace(config, init_sha256=meta["weights_sha256"], **architecture)
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -164,14 +165,17 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, train: list[NucleiSample], val: list[NucleiSample]):
-        self.config = config = adopt_init_architecture(config)
+        # a resumed run has its architecture in train_config.json and its weights in state.pt: the init
+        # checkpoint is read only when a run starts, so it may since have moved or changed
+        starting = config.init is not None and not (Path(config.out) / STATE_FILE).exists()
+        self.config = config = adopt_init(config) if starting else config
         self.out = Path(config.out)
         self.rank, self.world = distributed_context()
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
         self.model = SegmentAnyCell(config.model_config())
-        if config.init and not (self.out / STATE_FILE).exists():  # a resumed run continues from its own state
+        if starting:
             self.model.load_state_dict(SegmentAnyCell.load(init_checkpoint(config.init)).state_dict())
         self.forward = (
             DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else self.model
