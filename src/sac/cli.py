@@ -78,6 +78,20 @@ def _add_train_parser(commands) -> None:
     parser.set_defaults(run=_train)
 
 
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """The model and tiling options ``predict`` and ``evaluate`` share, so both run a model the same way."""
+    parser.add_argument("--model", metavar="PATH", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
+
+
 def _load_model(path: str | None, device: str):
     """The checkpoint at ``path`` (else the shipped model) on ``device``, with LoRA merged for speed."""
     from sac.inference import resolve_device
@@ -142,7 +156,6 @@ def _add_predict_parser(commands) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the outputs")
-    parser.add_argument("--model", metavar="PATH", help="checkpoint folder (default: the shipped model)")
     parser.add_argument("--points", metavar="FILE", help="manual prompts: CSV x,y,label or JSON")
     parser.add_argument(
         "--instances",
@@ -151,15 +164,7 @@ def _add_predict_parser(commands) -> None:
         metavar="fast|sam",
         help="also separate nuclei: fast (watershed, the default) or sam (one SAM prompt per nucleus)",
     )
-    parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
-    parser.add_argument(
-        "--overlap",
-        type=int,
-        default=DEFAULT_OVERLAP,
-        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
-    )
-    parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
+    _add_inference_options(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
     parser.add_argument(
         "--wsi",
@@ -208,22 +213,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate_parser(commands) -> None:
     parser = commands.add_parser("evaluate", help="score a model on a labelled dataset (Dice, AJI, PQ, F1)")
-    parser.add_argument("--model", metavar="PATH", help="checkpoint folder (default: the shipped model)")
     parser.add_argument("--dataset", required=True, help="monuseg, dsb2018, glas or folder")
     parser.add_argument("--data-root", help="datasets folder (default: $SAC_DATA or ../shared/data)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--instances", default="fast", metavar="fast|sam", help="default: fast")
     parser.add_argument("--json", metavar="OUT", help="also write the summary and per-image metrics here")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
-    parser.add_argument(
-        "--overlap",
-        type=int,
-        default=DEFAULT_OVERLAP,
-        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
-    )
-    parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
+    _add_inference_options(parser)
     parser.set_defaults(run=_evaluate)
 
 
