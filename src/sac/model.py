@@ -330,6 +330,16 @@ class SegmentAnyCell(nn.Module):
         directory = Path(path) if path is not None else default_model_path()
         meta = read_checkpoint_meta(directory)
         model = cls(SACConfig.from_dict(meta["model"]))
+        model.load_weights(directory, meta)
+        return model.to(device).eval()
+
+    def load_weights(self, directory: str | Path, meta: dict | None = None) -> None:
+        """Load a checkpoint's weights into this model, whose architecture must match the checkpoint's.
+
+        ``meta`` is the checkpoint's config.json when the caller has already read it. Sets ``self.meta``.
+        """
+        directory = Path(directory)
+        meta = meta or read_checkpoint_meta(directory)
         weights = directory / WEIGHTS_FILE
         if sha256sum(weights) != meta["weights_sha256"]:
             raise InputError(
@@ -340,12 +350,11 @@ class SegmentAnyCell(nn.Module):
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise InputError(f"{weights}: unreadable weights: {error}") from None
-        expected = model.trainable_state_dict()
+        expected = self.trainable_state_dict()
         if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
             raise InputError(f"{weights}: weights do not match the architecture in config.json")
-        model.load_state_dict(tensors, strict=False)
-        model.meta = meta
-        return model.to(device).eval()
+        self.load_state_dict(tensors, strict=False)
+        self.meta = meta
 
     def prepare_for_inference(self) -> SegmentAnyCell:
         """Merge LoRA into the encoder, use channels-last convolutions, eval mode: the fastest form to predict."""

@@ -165,18 +165,18 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, train: list[NucleiSample], val: list[NucleiSample]):
+        self.out = Path(config.out)
         # a resumed run has its architecture in train_config.json and its weights in state.pt: the init
         # checkpoint is read only when a run starts, so it may since have moved or changed
-        starting = config.init is not None and not (Path(config.out) / STATE_FILE).exists()
+        starting = config.init is not None and not (self.out / STATE_FILE).exists()
         self.config = config = adopt_init(config) if starting else config
-        self.out = Path(config.out)
         self.rank, self.world = distributed_context()
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
         self.model = SegmentAnyCell(config.model_config())
         if starting:
-            self.model.load_state_dict(SegmentAnyCell.load(init_checkpoint(config.init)).state_dict())
+            self.model.load_weights(init_checkpoint(config.init))
         self.forward = (
             DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else self.model
         )
