@@ -189,10 +189,8 @@ def peak_pixels(values: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> np.n
     pixels = np.flatnonzero(np.isin(labels, ids))
     owner = labels.flat[pixels]
     order = np.lexsort((pixels, -values.flat[pixels], owner))
-    owner_sorted = owner[order]
-    first = np.flatnonzero(np.r_[True, owner_sorted[1:] != owner_sorted[:-1]])
-    best = dict(zip(owner_sorted[first].tolist(), pixels[order[first]].tolist(), strict=True))
-    return np.array([best[i] for i in ids.tolist()], dtype=np.intp)
+    regions, first = np.unique(owner[order], return_index=True)  # each region's best pixel leads its run
+    return pixels[order[first]][np.searchsorted(regions, ids)].astype(np.intp)
 
 
 def _negative_pixels(
