@@ -1,11 +1,13 @@
 """Nuclei datasets on disk and the random-crop training dataset built from them.
 
-Datasets follow the shared layout ``<name>/<split>/images/<id>.png`` + ``masks/<id>.png`` (16-bit instance
-labels); DSB2018 keeps every sample under ``train/`` and takes its split from ``split.json``.
+Datasets follow the shared layout ``<name>/<split>/images/<id>.png`` (or ``.jpg``) + ``masks/<id>.png`` (16-bit
+instance labels); any dataset in that layout loads by its folder name. DSB2018 keeps every sample under ``train/``
+and takes its split from ``split.json``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -17,14 +19,26 @@ import numpy as np
 import torch
 from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
+from skimage.transform import resize
 
 from sac.io import InputError, check_pair, list_images, read_image, read_labels
 
-DATASETS = ("monuseg", "dsb2018", "glas", "folder")
+# Pixel size (µm/px) of each known dataset, from its release notes. DSB 2018 mixes microscopes and magnifications
+# without recording them: None, its images are used at their native scale. A dataset's provenance.csv column
+# ``microns_per_pixel`` (CryoNuSeg has one) gives per-image values that take precedence.
+DATASET_MPP: dict[str, float | None] = {
+    "monuseg": 0.25,
+    "consep": 0.25,
+    "cryonuseg": 0.25,
+    "dsb2018": None,
+    "glas": 0.62,
+}
 
 # Augmentation strengths: multiplicative ranges are 1 +/- value, HED shift is in optical-density units.
 _BRIGHTNESS, _CONTRAST, _SATURATION = 0.15, 0.15, 0.15
-_HED_SCALE, _HED_SHIFT = 0.05, 0.005
+_HED_SCALE, _HED_SHIFT = 0.15, 0.01
+_GREY_PROBABILITY = 0.1  # an H&E crop shown as grey now and then, so colour alone never decides
+_SCALE_PROBABILITY = 0.5  # half of the crops keep the model's scale; the rest are zoomed in [1/max, max]
 
 
 def default_data_root() -> Path | None:
@@ -43,10 +57,17 @@ class NucleiSample:
     name: str
     image: np.ndarray
     labels: np.ndarray
+    mpp: float | None = None  # µm per pixel, None when unknown
 
 
-def _load_pairs(folder: Path, ids: Sequence[str] | None = None) -> list[NucleiSample]:
-    """Load ``folder/images`` with the same-stem files of ``folder/masks``, optionally only ``ids``."""
+def _load_pairs(
+    folder: Path, ids: Sequence[str] | None = None, mpp: dict[str, float | None] | None = None
+) -> list[NucleiSample]:
+    """Load ``folder/images`` with the same-stem files of ``folder/masks``, optionally only ``ids``.
+
+    ``mpp`` maps ids to their pixel size (``None`` key: the default for ids it does not list).
+    """
+    mpp = mpp or {}
     images_dir, masks_dir = folder / "images", folder / "masks"
     for sub in (images_dir, masks_dir):
         if not sub.is_dir():
@@ -61,8 +82,20 @@ def _load_pairs(folder: Path, ids: Sequence[str] | None = None) -> list[NucleiSa
     for stem in wanted:
         image, labels = read_image(images[stem]), read_labels(masks[stem])
         check_pair(image, labels, images[stem], masks[stem])
-        samples.append(NucleiSample(stem, image, labels))
+        samples.append(NucleiSample(stem, image, labels, mpp.get(stem, mpp.get(None))))
     return samples
+
+
+def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
+    """Per-id pixel sizes from ``provenance.csv`` where it has them, else the dataset's documented one."""
+    sizes: dict[str, float | None] = {None: DATASET_MPP.get(name)}
+    provenance = dataset / "provenance.csv"
+    if provenance.is_file():
+        with open(provenance, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("microns_per_pixel"):
+                    sizes[row["id"]] = float(row["microns_per_pixel"])
+    return sizes
 
 
 def load_dataset(name: str, root: Path | str | None = None, split: str = "train") -> list[NucleiSample]:
@@ -71,8 +104,6 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     ``root`` is the shared data folder (default :func:`default_data_root`); for ``folder`` it is the folder
     holding ``images/`` and ``masks/`` itself, or their parent ``<root>/<split>`` when that exists.
     """
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if root is None:
         root = default_data_root()
         if root is None:
@@ -80,6 +111,12 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     root = Path(root)
     if name == "folder":
         return _load_pairs(root / split if (root / split).is_dir() else root)
+    if not (root / name).is_dir():
+        known = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+        raise InputError(
+            f"unknown dataset {name!r}: no folder {root / name}; found {', '.join(known) or 'none'}"
+        )
+    mpp = _pixel_sizes(root / name, name)
     if name == "dsb2018":
         split_file = root / name / "split.json"
         if not split_file.is_file():
@@ -87,13 +124,11 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         splits = json.loads(split_file.read_text())
         if split not in ("train", "test"):
             raise InputError(f"{split_file}: unknown split {split!r}; expected train or test")
-        return _load_pairs(root / name / "train", splits[split])
+        return _load_pairs(root / name / "train", splits[split], mpp)
     folder = root / name / split
     if not folder.is_dir():
-        if name == "glas":
-            raise InputError(f"{folder}: not found; GlaS is not packaged; add it as {split}/images|masks")
         raise InputError(f"{folder}: dataset split not found")
-    return _load_pairs(folder)
+    return _load_pairs(folder, mpp=mpp)
 
 
 def instance_distance_map(labels: np.ndarray) -> np.ndarray:
@@ -147,14 +182,20 @@ class CropDataset(torch.utils.data.Dataset):
         crops_per_epoch: int | None = None,
         augment: bool = True,
         seed: int = 0,
+        target_mpp: float | None = None,
+        max_zoom: float = 1.0,
     ) -> None:
         if not samples:
             raise ValueError("CropDataset needs at least one sample")
+        if max_zoom < 1:
+            raise InputError(f"max_zoom must be at least 1, got {max_zoom}")
         self.samples = list(samples)
         self.crop_size = crop_size
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.target_mpp = target_mpp
+        self.max_zoom = max_zoom
         self._distances = [instance_distance_map(sample.labels) for sample in self.samples]
         shapes = [sample.labels.shape for sample in self.samples]
         areas = np.array([h * w for h, w in shapes], np.float64)
@@ -175,7 +216,8 @@ class CropDataset(torch.utils.data.Dataset):
             raise IndexError(f"crop index {index} out of range for {len(self)} crops")
         rng = np.random.default_rng([self.seed, self.epoch, index])
         which = rng.choice(len(self.samples), p=self._probabilities)
-        image, labels, distance = self._crop(which, rng)
+        zoom = self._zoom(self.samples[which], rng)
+        image, labels, distance = self._crop(which, rng) if zoom == 1 else self._zoomed_crop(which, zoom, rng)
         if self.augment:
             image, labels, distance = self._augment(image, labels, distance, rng)
         else:
@@ -186,6 +228,37 @@ class CropDataset(torch.utils.data.Dataset):
             "distance": torch.from_numpy(np.ascontiguousarray(distance[None], np.float32)),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, np.int64)),
         }
+
+    def _zoom(self, sample: NucleiSample, rng: np.random.Generator) -> float:
+        """Model pixels per image pixel: the pixel-size ratio, times a random zoom for half of the crops."""
+        zoom = 1.0
+        if self.target_mpp is not None and sample.mpp is not None:
+            zoom = sample.mpp / self.target_mpp
+        if self.augment and self.max_zoom > 1 and rng.random() < _SCALE_PROBABILITY:
+            zoom *= math.exp(rng.uniform(-math.log(self.max_zoom), math.log(self.max_zoom)))
+        return zoom
+
+    def _zoomed_crop(
+        self, which: int, zoom: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A crop of ``crop_size / zoom`` image pixels resampled to ``crop_size``; targets rebuilt at that scale."""
+        sample, size = self.samples[which], self.crop_size
+        source = max(1, round(size / zoom))
+        height, width = sample.labels.shape
+        top = int(rng.integers(0, max(height - source, 0) + 1))
+        left = int(rng.integers(0, max(width - source, 0) + 1))
+        window = np.s_[top : top + source, left : left + source]
+        image, labels = sample.image[window], sample.labels[window]
+        shape = (round(image.shape[0] * zoom), round(image.shape[1] * zoom))
+        shape = (min(size, max(1, shape[0])), min(size, max(1, shape[1])))
+        image = resize(image, shape, order=1, anti_aliasing=zoom < 1, preserve_range=True)
+        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        labels = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
+        pad = ((0, size - shape[0]), (0, size - shape[1]))
+        if pad != ((0, 0), (0, 0)):
+            image = np.pad(image, (*pad, (0, 0)), mode="symmetric")
+            labels = np.pad(labels, pad)
+        return image, labels, instance_distance_map(labels)
 
     def _crop(self, which: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cut a random window, padding images smaller than the crop (reflected image, zero targets)."""
@@ -215,5 +288,7 @@ class CropDataset(torch.utils.data.Dataset):
         image = image / 255.0
         if colour:
             image = _stain_jitter(image, rng)
+            if rng.random() < _GREY_PROBABILITY:
+                image, colour = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2), False
         image = np.clip(_colour_jitter(image, rng, colour), 0.0, 1.0)
         return image, labels, distance

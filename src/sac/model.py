@@ -54,6 +54,8 @@ class SACConfig:
     num_positive: int = 8
     num_negative: int = 8
     point_threshold: float = 0.5
+    mpp: float | None = None  # µm per pixel of the training images the model works at; None: unknown
+    instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -75,6 +77,19 @@ class SACOutput(NamedTuple):
     generator_logits: torch.Tensor  # (B, 2, H, W) generator foreground and centre logits
     points: torch.Tensor  # (B, 1, N, 2) the prompts used
     point_labels: torch.Tensor  # (B, 1, N)
+    image_embeddings: torch.Tensor  # (B, C, H/16, W/16) SAM encoder output, reused by instance prompts
+    features: torch.Tensor  # (B, F, H, W) generator features, reused by the fusion head of instance prompts
+
+
+class InstanceOutput(NamedTuple):
+    """SAM's answer to one prompt per row: one nucleus, refined at full resolution around its first point."""
+
+    logits: torch.Tensor  # (N, 1, w, w) refined logits in the window
+    origins: (
+        torch.Tensor
+    )  # (N, 2) (row, column) of each window's top-left corner in the tile, may be negative
+    sam_logits: torch.Tensor  # (N, 1, H/4, W/4) SAM's low-resolution mask of the whole tile
+    iou: torch.Tensor  # (N,) SAM's predicted IoU of the mask
 
 
 class FusionHead(nn.Module):
@@ -152,7 +167,54 @@ class SegmentAnyCell(nn.Module):
         ).pred_masks[:, 0]
         sam_up = F.interpolate(sam_logits, size=(size, size), mode="bilinear", align_corners=False)
         logits = self.fusion(sam_up, generated.logits, generated.features)
-        return SACOutput(logits, sam_logits, sam_up, generated.logits, prompts, prompt_labels)
+        return SACOutput(
+            logits,
+            sam_logits,
+            sam_up,
+            generated.logits,
+            prompts,
+            prompt_labels,
+            embeddings,
+            generated.features,
+        )
+
+    def prompt_instances(
+        self,
+        output: SACOutput,
+        image_index: torch.Tensor,
+        points: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor | None = None,
+    ) -> InstanceOutput:
+        """One nucleus per prompt: SAM's first multimask token answers (points, labels), the fusion head refines it.
+
+        ``image_index`` (N,) picks each prompt's tile in ``output``; ``points`` (N, K, 2) as (x, y) with
+        ``point_labels`` (N, K) (1 positive, 0 negative, -1 padding); the first point must be the positive click,
+        which centres the refinement window. ``mask_input`` (N, 1, H/4, W/4) is a previous answer's
+        ``sam_logits``, as in SAM's iterative correction. The semantic mask uses token 0; instances use their own
+        token so that "all nuclei" and "this nucleus" are different questions for the decoder.
+        """
+        answer = self.sam(
+            image_embeddings=output.image_embeddings[image_index],
+            input_points=points[:, None],
+            input_labels=point_labels[:, None],
+            input_masks=mask_input,
+            multimask_output=True,
+        )
+        sam_logits = answer.pred_masks[:, 0, :1]
+        window = self.config.instance_window
+        origins = points[:, 0].round().long().flip(-1) - window // 2  # (row, column)
+        # the fusion head sees what it sees for the semantic mask, cut to the window around the click
+        context = F.pad(torch.cat([output.generator_logits, output.features], dim=1), (window,) * 4)
+        context = torch.stack(
+            [
+                context[image, :, row + window : row + 2 * window, col + window : col + 2 * window]
+                for image, (row, col) in zip(image_index.tolist(), origins.tolist(), strict=True)
+            ]
+        )
+        sam_up = _upsampled_windows(sam_logits, origins, window, self.config.image_size)
+        logits = self.fusion(sam_up, context[:, :2], context[:, 2:])
+        return InstanceOutput(logits, origins, sam_logits, answer.iou_scores[:, 0, 0])
 
     def _prompts(self, generator_logits, points, point_labels, generate_points):
         if not generate_points:
@@ -362,6 +424,18 @@ class SegmentAnyCell(nn.Module):
         self.generator.to(memory_format=torch.channels_last)
         self.fusion.to(memory_format=torch.channels_last)
         return self.eval()
+
+
+def _upsampled_windows(low: torch.Tensor, origins: torch.Tensor, window: int, size: int) -> torch.Tensor:
+    """Windows of ``low`` (N, 1, h, w) bilinearly upsampled to ``size`` (as ``F.interpolate`` would), cut at
+    (row, column) ``origins`` of the upsampled frame without upsampling the rest; edges are replicated."""
+    scale = low.shape[-1] / size
+    offsets = torch.arange(window, device=low.device, dtype=torch.float32)
+    # the upsampled pixel p samples the low-resolution map at (p + 0.5) * scale, in grid_sample's [-1, 1]
+    rows = ((origins[:, :1].float() + offsets + 0.5) * scale) / low.shape[-2] * 2 - 1
+    cols = ((origins[:, 1:].float() + offsets + 0.5) * scale) / low.shape[-1] * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(cols[:, None, :], rows[:, :, None]), dim=-1)
+    return F.grid_sample(low, grid.to(low.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def default_model_path() -> Path:

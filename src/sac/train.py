@@ -15,11 +15,14 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
@@ -28,11 +31,19 @@ from sac.backbone import PRESETS, count_parameters
 from sac.data import CropDataset, NucleiSample, load_dataset
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
-from sac.model import SACConfig, SACOutput, SegmentAnyCell, default_model_path, read_checkpoint_meta
+from sac.model import (
+    InstanceOutput,
+    SACConfig,
+    SACOutput,
+    SegmentAnyCell,
+    default_model_path,
+    read_checkpoint_meta,
+)
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
-LOG_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "elapsed_s")
+LOG_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_click_iou", "lr", "elapsed_s")
+VAL_CLICKS = 256  # nuclei clicked once each for the validation click IoU
 
 
 @dataclass
@@ -62,6 +73,10 @@ class TrainConfig:
     checkpoint_every: int = 200
     init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
     init_sha256: str | None = None  # filled in from the init checkpoint when the run starts
+    mpp: float | None = 0.25  # pixel size the model works at; images of known pixel size are resampled to it
+    max_zoom: float = 2.0  # random zoom in [1/max_zoom, max_zoom] for half of the crops (1: none)
+    instance_prompts: int = 8  # nuclei prompted one by one per crop and step (0: the semantic objective only)
+    correction_clicks: int = 2  # clicks on each instance mask's errors after the first, as SAM is trained
 
     def model_config(self) -> SACConfig:
         mode = self.encoder_mode or ("full" if self.backbone in PRESETS else "lora")
@@ -75,6 +90,7 @@ class TrainConfig:
             generator_depth=self.generator_depth,
             num_positive=self.num_points,
             num_negative=self.num_points if self.num_negative is None else self.num_negative,
+            mpp=self.mpp,
         )
 
 
@@ -101,16 +117,19 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, init_sha256=meta["weights_sha256"], **architecture)
 
 
-def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE plus per-sample soft Dice: BCE for calibration, Dice for the foreground/background imbalance.
+def dice_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE plus soft Dice per sample (N,): BCE for calibration, Dice for the foreground/background imbalance.
 
-    Both are means over samples, so a batch split across data-parallel processes gives the same loss.
+    Per sample, so a batch split across data-parallel processes averages to the same loss. ``valid`` (0/1, like
+    ``target``) leaves pixels out of both, e.g. a window's part beyond the tile.
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits).flatten(1)
-    target = target.flatten(1)
+    valid = torch.ones_like(target) if valid is None else valid
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
+    bce = bce.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+    prob = (torch.sigmoid(logits) * valid).flatten(1)
+    target = (target * valid).flatten(1)
     soft_dice = (2 * (prob * target).sum(1) + 1) / (prob.sum(1) + target.sum(1) + 1)
-    return bce + 1 - soft_dice.mean()
+    return bce + 1 - soft_dice
 
 
 def sac_loss(output: SACOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -118,13 +137,189 @@ def sac_loss(output: SACOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.T
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
     parts = {
-        "final": dice_bce(output.logits, mask),
-        "sam": dice_bce(output.sam_logits, low_res),
-        "generator": dice_bce(output.generator_logits[:, :1], mask),
+        "final": dice_bce(output.logits, mask).mean(),
+        "sam": dice_bce(output.sam_logits, low_res).mean(),
+        "generator": dice_bce(output.generator_logits[:, :1], mask).mean(),
         "centre": F.binary_cross_entropy_with_logits(output.generator_logits[:, 1:], batch["distance"]),
     }
     total = parts["final"] + 0.5 * parts["sam"] + parts["generator"] + parts["centre"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+MAX_NEIGHBOUR_NEGATIVES = 2  # negative clicks on the nearest other nuclei, given with half of the prompts
+_MIN_PROMPTED_AREA = 10  # pixels; smaller slivers at the crop border are not prompted
+
+
+class InstancePrompts(NamedTuple):
+    """Prompts for single nuclei of a batch of crops, with what each should give."""
+
+    image_index: torch.Tensor  # (N,) the crop each prompt belongs to
+    points: torch.Tensor  # (N, K, 2) (x, y); the first is the positive click
+    labels: torch.Tensor  # (N, K) 1 positive, 0 negative, -1 padding
+    targets: torch.Tensor  # (N, 1, S, S) the prompted nucleus's mask in its crop
+
+
+def sample_instance_prompts(
+    labels: np.ndarray, distance: np.ndarray, count: int, rngs: list[np.random.Generator]
+) -> InstancePrompts | None:
+    """Up to ``count`` nuclei per crop of ``labels`` (B, S, S), each with a positive click inside it.
+
+    The click is the nucleus's centre (``distance`` peak) or, as often, any of its pixels, so a user's click
+    anywhere inside works; half of the prompts add negative clicks on the centres of the nearest other nuclei,
+    which is how SAM instance mode separates touching nuclei.
+    """
+    rows = []
+    for index, (crop, centre, rng) in enumerate(zip(labels, distance, rngs, strict=True)):
+        flat = crop.ravel()
+        areas = np.bincount(flat)
+        ids = np.flatnonzero(areas >= _MIN_PROMPTED_AREA)
+        ids = ids[ids > 0]
+        if ids.size == 0:
+            continue
+        ys, xs = np.indices(crop.shape)
+        centroids = (
+            np.stack([np.bincount(flat, ys.ravel())[ids], np.bincount(flat, xs.ravel())[ids]], 1)
+            / areas[ids, None]
+        )
+        peaks = ndimage.maximum_position(centre, crop, ids)
+        for which in rng.choice(ids.size, size=min(count, ids.size), replace=False):
+            pixels = np.flatnonzero(flat == ids[which])
+            row, col = (
+                peaks[which] if rng.random() < 0.5 else np.unravel_index(rng.choice(pixels), crop.shape)
+            )
+            points, point_labels = [(col, row)], [1]
+            if rng.random() < 0.5 and ids.size > 1:
+                nearest = np.argsort(((centroids - centroids[which]) ** 2).sum(1))[
+                    1 : 1 + MAX_NEIGHBOUR_NEGATIVES
+                ]
+                for other in nearest[: int(rng.integers(1, MAX_NEIGHBOUR_NEGATIVES + 1))]:
+                    points.append(peaks[other][::-1])
+                    point_labels.append(0)
+            rows.append((index, ids[which], points, point_labels))
+    if not rows:
+        return None
+    width = 1 + MAX_NEIGHBOUR_NEGATIVES
+    points = np.zeros((len(rows), width, 2), np.float32)
+    point_labels = np.full((len(rows), width), -1, np.int64)
+    for n, (_, _, xy, lab) in enumerate(rows):
+        points[n, : len(xy)] = xy
+        point_labels[n, : len(lab)] = lab
+    image_index = np.array([row[0] for row in rows])
+    targets = labels[image_index] == np.array([row[1] for row in rows])[:, None, None]
+    return InstancePrompts(
+        torch.from_numpy(image_index),
+        torch.from_numpy(points),
+        torch.from_numpy(point_labels),
+        torch.from_numpy(targets[:, None].astype(np.float32)),
+    )
+
+
+def window_targets(
+    targets: torch.Tensor, origins: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prompt's target and a 0/1 validity mask (inside the crop) in its refinement window."""
+    size = targets.shape[-1]
+    padded = F.pad(targets, (window,) * 4)
+    valid = F.pad(torch.ones_like(targets), (window,) * 4)
+    cut = [
+        (
+            padded[i, :, r + window : r + 2 * window, c + window : c + 2 * window],
+            valid[i, :, r + window : r + 2 * window, c + window : c + 2 * window],
+        )
+        for i, (r, c) in enumerate(origins.clamp(-window, size).tolist())
+    ]
+    return torch.stack([t for t, _ in cut]), torch.stack([v for _, v in cut])
+
+
+def correction_clicks(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, origins: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next click on each window's largest error: positive in a missed region, negative in a false one.
+
+    Placed at the error's most interior pixel, where a user would click. A mask without errors gets a padding
+    point (label -1). Returns (N, 1, 2) (x, y) tile coordinates and (N, 1) labels.
+    """
+    predicted = (logits.detach() > 0).cpu().numpy()[:, 0]
+    truth = target.cpu().numpy()[:, 0] > 0.5
+    inside = valid.cpu().numpy()[:, 0] > 0.5
+    points = np.zeros((len(predicted), 1, 2), np.float32)
+    labels = np.full((len(predicted), 1), -1, np.int64)
+    for n, (pred, true, ok) in enumerate(zip(predicted, truth, inside, strict=True)):
+        missed, extra = true & ~pred & ok, pred & ~true & ok
+        error, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
+        if not error.any():
+            continue
+        depth = ndimage.distance_transform_edt(np.pad(error, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(np.argmax(depth), depth.shape)
+        points[n, 0] = (col + origins[n, 1].item(), row + origins[n, 0].item())
+        labels[n, 0] = label
+    return torch.from_numpy(points), torch.from_numpy(labels)
+
+
+def instance_loss(
+    model: SegmentAnyCell, output: SACOutput, prompts: InstancePrompts, clicks: int, batch_size: int
+) -> torch.Tensor:
+    """Single-nucleus prompts, then ``clicks`` rounds of correction clicks, each fed the previous mask.
+
+    Per prompt: Dice + BCE of the refined window, half that on SAM's low-resolution mask of the whole crop
+    (so everything away from the nucleus is background), and the squared error of SAM's predicted IoU. Averaged
+    per crop, then over the ``batch_size`` crops (a crop without nuclei counts as 0), so data-parallel shares
+    average to the single-process loss.
+    """
+    device = output.logits.device
+    index = prompts.image_index.to(device)
+    points, labels = prompts.points.to(device), prompts.labels.to(device)
+    targets = prompts.targets.to(device)
+    low_targets = F.adaptive_avg_pool2d(targets, output.sam_logits.shape[-2:])
+    window = model.config.instance_window
+    mask_input = None
+    per_prompt = torch.zeros(len(index), device=device)
+    for _ in range(clicks + 1):
+        answer: InstanceOutput = model.prompt_instances(output, index, points, labels, mask_input)
+        target, valid = window_targets(targets, answer.origins, window)
+        loss = dice_bce(answer.logits, target, valid)
+        loss = loss + 0.5 * dice_bce(answer.sam_logits, low_targets)
+        with torch.no_grad():
+            predicted = (answer.logits > 0).float() * valid
+            iou = (predicted * target).flatten(1).sum(1) / (
+                (predicted + target * valid).clamp(max=1).flatten(1).sum(1).clamp(min=1)
+            )
+        per_prompt = per_prompt + loss + (answer.iou - iou) ** 2
+        new_points, new_labels = correction_clicks(answer.logits, target, valid, answer.origins)
+        points = torch.cat([points, new_points.to(device)], dim=1)
+        labels = torch.cat([labels, new_labels.to(device)], dim=1)
+        mask_input = answer.sam_logits.detach()
+    per_prompt = per_prompt / (clicks + 1)
+    per_crop = torch.zeros(batch_size, device=device).index_add(0, index, per_prompt)
+    counts = torch.bincount(index, minlength=batch_size).clamp(min=1)
+    return (per_crop / counts).mean()
+
+
+class TrainingObjective(nn.Module):
+    """Every loss of one step in one forward, so data-parallel training sees a single graph.
+
+    The paper's objective (generated K+K points -> the nuclei mask) plus single-nucleus prompts with iterated
+    correction clicks, which is what makes SAM answer a click with the nucleus under it.
+    """
+
+    def __init__(self, model: SegmentAnyCell, instance_prompts: int, correction_clicks: int):
+        super().__init__()
+        self.model = model
+        self.instance_prompts = instance_prompts
+        self.correction_clicks = correction_clicks
+
+    def forward(self, batch: dict[str, torch.Tensor], rngs: list[np.random.Generator]) -> torch.Tensor:
+        output = self.model(batch["image"])
+        loss, _ = sac_loss(output, batch)
+        if self.instance_prompts:
+            prompts = sample_instance_prompts(
+                batch["labels"].numpy(), batch["distance"][:, 0].numpy(), self.instance_prompts, rngs
+            )
+            if prompts is not None:
+                loss = loss + instance_loss(
+                    self.model, output, prompts, self.correction_clicks, len(batch["image"])
+                )
+        return loss
 
 
 def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
@@ -140,6 +335,42 @@ def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
 def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float:
     scores = [dice(model.predict(s.image), s.labels) for s in samples]
     return float(np.mean(scores)) if scores else float("nan")
+
+
+@torch.no_grad()
+def validation_click_iou(model: SegmentAnyCell, samples: list[NucleiSample], seed: int = 0) -> float:
+    """Mean IoU, in the refinement window, of the mask SAM gives for one click inside a nucleus.
+
+    The same crops, nuclei and clicks every epoch (fixed seed), so epochs compare.
+    """
+    if not samples:
+        return float("nan")
+    crops = CropDataset(samples, crop_size=model.config.image_size, augment=False, seed=seed)
+    was_training = model.training
+    model.eval()
+    ious: list[torch.Tensor] = []
+    try:
+        for start in range(0, len(crops), 4):
+            batch = default_collate([crops[i] for i in range(start, min(start + 4, len(crops)))])
+            rngs = [np.random.default_rng([seed, start + i]) for i in range(len(batch["image"]))]
+            prompts = sample_instance_prompts(
+                batch["labels"].numpy(), batch["distance"][:, 0].numpy(), 8, rngs
+            )
+            if prompts is None:
+                continue
+            alone = prompts.labels.clone()
+            alone[:, 1:] = -1  # the click only, no neighbour negatives
+            output = model(batch["image"])
+            answer = model.prompt_instances(output, prompts.image_index, prompts.points, alone)
+            target, valid = window_targets(prompts.targets, answer.origins, model.config.instance_window)
+            predicted = (answer.logits > 0).float() * valid
+            union = (predicted + target * valid).clamp(max=1).flatten(1).sum(1)
+            ious.append((predicted * target).flatten(1).sum(1) / union.clamp(min=1))
+            if sum(len(i) for i in ious) >= VAL_CLICKS:
+                break
+    finally:
+        model.train(was_training)
+    return float(torch.cat(ious).mean()) if ious else float("nan")
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -177,10 +408,18 @@ class Trainer:
         self.model = SegmentAnyCell(config.model_config())
         if starting:
             self.model.load_weights(init_checkpoint(config.init))
-        self.forward = (
-            DistributedDataParallel(self.model, find_unused_parameters=True) if self.world > 1 else self.model
+        objective = TrainingObjective(self.model, config.instance_prompts, config.correction_clicks)
+        self.objective = (
+            DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
         )
-        self.dataset = CropDataset(train, crop_size=config.image_size, augment=True, seed=config.seed)
+        self.dataset = CropDataset(
+            train,
+            crop_size=config.image_size,
+            augment=True,
+            seed=config.seed,
+            target_mpp=config.mpp,
+            max_zoom=config.max_zoom,
+        )
         self.val = val[: config.max_val_images]
         self.steps_per_epoch = max(1, len(self.dataset) // config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
@@ -249,9 +488,12 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         self.model.train()
         self.model.point_seed = self.config.seed * 1_000_003 + self.step
-        self.model.point_offset = self.rank * (self.config.batch_size // self.world)
-        output = self.forward(batch["image"])
-        loss, _ = sac_loss(output, batch)
+        self.model.point_offset = offset = self.rank * (self.config.batch_size // self.world)
+        rngs = [  # one stream per sample, so a batch split across processes prompts the same nuclei
+            np.random.default_rng([self.config.seed, self.step, offset + i, 7])
+            for i in range(len(batch["image"]))
+        ]
+        loss = self.objective(batch, rngs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm=1.0)
@@ -294,20 +536,27 @@ class Trainer:
 
     def end_epoch(self) -> None:
         val_dice = validation_dice(self.model, self.val)
+        click_iou = validation_click_iou(self.model, self.val, self.config.seed)
         epoch = math.ceil(self.step / self.steps_per_epoch)
         row = {
             "epoch": epoch,
             "step": self.step,
             "train_loss": float(np.mean(self.epoch_losses)),
             "val_dice": val_dice,
+            "val_click_iou": click_iou,
             "lr": self.scheduler.get_last_lr()[0],
             "elapsed_s": round(self.elapsed, 1),
         }
         self._append_log(row)
-        tqdm.write(f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice {val_dice:.4f}")
-        if not math.isnan(val_dice) and val_dice > self.best_dice:
-            self.best_dice = val_dice
-            self.model.save(self.out / "best", metrics={"step": self.step, "val_dice": val_dice})
+        tqdm.write(
+            f"epoch {epoch}: loss {row['train_loss']:.4f}, val Dice {val_dice:.4f}, click IoU {click_iou:.4f}"
+        )
+        # the model answers both questions: all nuclei (Dice) and the nucleus under a click (IoU)
+        score = val_dice + (0.0 if math.isnan(click_iou) else click_iou)
+        if not math.isnan(val_dice) and score > self.best_dice:
+            self.best_dice = score
+            metrics = {"step": self.step, "val_dice": val_dice, "val_click_iou": click_iou}
+            self.model.save(self.out / "best", metrics=metrics)
         plot_log(self.out / LOG_FILE, self.out / "curve.png")
 
     def _append_log(self, row: dict) -> None:
