@@ -7,6 +7,7 @@ and takes its split from ``split.json``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -93,8 +94,8 @@ def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
     if provenance.is_file():
         with open(provenance, newline="") as handle:
             for row in csv.DictReader(handle):
-                if row.get("microns_per_pixel"):
-                    sizes[row["id"]] = float(row["microns_per_pixel"])
+                with contextlib.suppress(TypeError, ValueError):  # notes such as "~0.25 (not in files)"
+                    sizes[row["id"]] = float(row.get("microns_per_pixel"))
     return sizes
 
 
