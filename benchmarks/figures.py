@@ -14,7 +14,7 @@ import numpy as np
 
 from sac.data import load_dataset
 from sac.export import overlay
-from sac.model import SegmentAnyCell
+from sac.segmenter import Segmenter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     sample = load_dataset("monuseg", args.data_root, "test")[0]
     crop, truth = sample.image[:400, :400], sample.labels[:400, :400]
-    labels = SegmentAnyCell.load().prepare_for_inference().predict(crop, instances=True)
+    labels = Segmenter.load().predict(crop, instances=True)
     from PIL import Image
 
     side_by_side = np.concatenate([overlay(crop, truth), overlay(crop, labels)], axis=1)

@@ -32,7 +32,9 @@ def write_mosaic(images: list[Path], path: Path) -> None:
         np.concatenate([read_image(p) for p in images[r * MOSAIC_SIDE : (r + 1) * MOSAIC_SIDE]], axis=1)
         for r in range(MOSAIC_SIDE)
     ]
-    tifffile.imwrite(path, np.concatenate(rows, axis=0), tile=(512, 512), compression="zlib", photometric="rgb")
+    tifffile.imwrite(
+        path, np.concatenate(rows, axis=0), tile=(512, 512), compression="zlib", photometric="rgb"
+    )
 
 
 def output_hashes(extra: list[str]) -> dict[str, str]:
@@ -45,8 +47,29 @@ def output_hashes(extra: list[str]) -> dict[str, str]:
         mosaic = work / "mosaic.tif"
         write_mosaic((images * 2)[: MOSAIC_SIDE**2], mosaic)
         commands = [
-            [sys.executable, "-m", "sac.cli", "predict", *map(str, images), "-o", str(work / "images"), "--instances", *extra],
-            [sys.executable, "-m", "sac.cli", "predict", str(mosaic), "-o", str(work / "slide"), "--wsi", "--instances", *extra],
+            [
+                sys.executable,
+                "-m",
+                "sac.cli",
+                "predict",
+                *map(str, images),
+                "-o",
+                str(work / "images"),
+                "--instances",
+                *extra,
+            ],
+            [
+                sys.executable,
+                "-m",
+                "sac.cli",
+                "predict",
+                str(mosaic),
+                "-o",
+                str(work / "slide"),
+                "--wsi",
+                "--instances",
+                *extra,
+            ],
         ]
         for command in commands:
             subprocess.run(command, check=True)
@@ -58,7 +81,9 @@ def output_hashes(extra: list[str]) -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--save", type=Path, help="write the hashes here")
     group.add_argument("--compare", type=Path, help="compare with hashes saved earlier")

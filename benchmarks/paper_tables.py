@@ -32,6 +32,7 @@ from sac.instances import instances_from_maps
 from sac.io import atomic_write
 from sac.metrics import evaluate_image, summarize
 from sac.model import MAP_NAMES, SACConfig, SegmentAnyCell
+from sac.segmenter import Segmenter
 from sac.train import TrainConfig, Trainer, load_training_data
 
 
@@ -83,7 +84,7 @@ def score(model: SegmentAnyCell, samples, variant: Variant) -> dict:
             if variant.grid_points
             else None
         )
-        maps = model.predict_maps(sample.image, points=points, generate_points=not variant.grid_points)
+        maps = Segmenter(model).maps(sample.image, points=points, generate_points=not variant.grid_points)
         probability = maps[channel]
         labels = instances_from_maps(probability, maps[MAP_NAMES.index("centre")])
         metrics = evaluate_image(sample.labels, labels)
@@ -160,17 +161,19 @@ def score_checkpoint(args, argv: list[str]) -> int:
 def build(variant: Variant, dataset: str, args, run_dir: Path) -> SegmentAnyCell:
     if variant.train is None:
         return SegmentAnyCell(SACConfig(backbone=args.backbone, image_size=args.image_size)).eval()
-    config = TrainConfig(
-        datasets=[dataset],
-        data_root=args.data_root,
-        out=str(run_dir),
-        backbone=args.backbone,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        max_steps=args.steps,
-        max_val_images=0,
-        checkpoint_every=10**9,
-        **variant.train,
+    config = TrainConfig.from_dict(
+        {
+            "datasets": [dataset],
+            "data_root": args.data_root,
+            "out": str(run_dir),
+            "backbone": args.backbone,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "max_steps": args.steps,
+            "max_val_images": 0,
+            "checkpoint_every": 10**9,
+            **variant.train,
+        }
     )
     trainer = Trainer(config, *load_training_data(config))
     trainer.run(progress=False)

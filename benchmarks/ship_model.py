@@ -1,9 +1,11 @@
-"""Copy a trained checkpoint into the package as the default model, with its model card.
+"""Copy a trained checkpoint into the package as a shipped model, with its model card and data list.
 
-    python benchmarks/ship_model.py runs/default/best [--results benchmarks/RESULTS.md]
+    python benchmarks/ship_model.py runs/nuclei/best                 # the default model, sac/models/nuclei
+    python benchmarks/ship_model.py runs/glands/best --name glands   # sac/models/glands
 
-Writes src/sac/pretrained/{model.safetensors, config.json, training_data.json, MODEL_CARD.md}; the checkpoint is
-loaded first (sha256 and architecture checks) so a broken one is never shipped.
+Writes src/sac/models/<name>/{model.safetensors, config.json, training_data.json, MODEL_CARD.md}; the checkpoint
+is loaded first (sha256 and architecture checks) so a broken one is never shipped. A checkpoint from a run that
+did not record the median nucleus area (what ``--mpp auto`` compares with) gets it from the same training data.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import shutil
 import sys
 from pathlib import Path
 
-from sac.model import CONFIG_FILE, WEIGHTS_FILE, SegmentAnyCell, default_model_path
+from sac.data import median_nucleus_area
+from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SegmentAnyCell, model_path
 from sac.train import TrainConfig, load_training_data
 
 MAX_BYTES = 25 * 1024 * 1024
-LICENCE = """The weights were trained on MoNuSeg 2018 (CC BY-NC-SA 4.0: non-commercial, share-alike, attribution;
-Kumar et al., IEEE TMI 2017 and 2019) and on the Kaggle Data Science Bowl 2018 stage 1 training set (CC0, Broad
-Institute). As a work derived from MoNuSeg, the shipped weights are distributed under CC BY-NC-SA 4.0; the code of
-Segment Any Cell is under its own licence."""
+LICENCES = {
+    "monuseg": "MoNuSeg 2018 (CC BY-NC-SA 4.0; Kumar et al., IEEE TMI 2017 and 2019)",
+    "cryonuseg": "CryoNuSeg (CC BY-NC-SA 4.0; Mahbod et al., Computers in Biology and Medicine 2021)",
+    "consep": "CoNSeP (Graham et al., HoVer-Net, Medical Image Analysis 2019; cite on use)",
+    "dsb2018": "the Kaggle Data Science Bowl 2018 stage 1 training set (CC0, Broad Institute; Caicedo et al. 2019)",
+    "glas": "GlaS (research use only, no commercial use; Sirinukunwattana et al., Medical Image Analysis 2017)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "checkpoint", type=Path, help="a checkpoint folder inside a training run (e.g. RUN/best)"
     )
+    parser.add_argument("--name", default="nuclei", choices=list(SHIPPED_MODELS))
+    parser.add_argument("--command", default="", help="the training command, for the model card")
     args = parser.parse_args(argv)
     model = SegmentAnyCell.load(args.checkpoint)
     weights = args.checkpoint / WEIGHTS_FILE
@@ -37,31 +45,44 @@ def main(argv: list[str] | None = None) -> int:
             f"{weights}: {weights.stat().st_size / 2**20:.1f} MB exceeds the 25 MB package budget"
         )
     run = args.checkpoint.parent
-    config = TrainConfig(**json.loads((run / "train_config.json").read_text()))
+    train_config = json.loads((run / "train_config.json").read_text())
+    config = TrainConfig.from_dict(train_config)
     train, val = load_training_data(config)
-    target = default_model_path()
+    target = model_path(args.name)
     target.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copyfile(args.checkpoint / name, target / name)
+    shutil.copyfile(weights, target / WEIGHTS_FILE)
+    meta = json.loads((args.checkpoint / CONFIG_FILE).read_text())
+    if meta["model"].get("nucleus_area") is None:
+        meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
+    (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     data = {
-        "train_config": json.loads((run / "train_config.json").read_text()),
+        "train_config": train_config,
         "trained_on": [s.name for s in train],
         "validated_on": [s.name for s in val],
     }
     (target / "training_data.json").write_text(json.dumps(data, indent=1))
     card = [
-        "# Segment Any Cell default model",
+        f"# Segment Any Cell `{args.name}` model: {SHIPPED_MODELS[args.name]}",
         "",
-        f"Backbone preset `{model.config.backbone}` trained from scratch (no pretrained SAM weights), encoder mode "
-        f"`{model.config.encoder_mode}`, input {model.config.image_size} px, "
-        f"{model.config.num_positive}+{model.config.num_negative} auto-generated point prompts.",
+        f"Backbone preset `{model.config.backbone}` (no pretrained SAM weights: trained here, from scratch or from "
+        f"another SAC model trained here), encoder mode `{model.config.encoder_mode}`, input "
+        f"{model.config.image_size} px at {model.config.mpp} µm/px, {model.config.num_positive}+"
+        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px.",
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
-        f"{len(val)} held out for validation; the test splits were never used). Command: `benchmarks/train_default.sh`.",
+        f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
+        f"`{config.init or 'random'}`.",
+        f"Command: `{args.command}`" if args.command else "",
         f"Checkpoint metrics: `{json.dumps(model.meta['metrics'])}`; test-set results: benchmarks/RESULTS.md.",
         "",
         "## Licence of the weights",
         "",
-        LICENCE,
+        "Trained on " + "; ".join(LICENCES[name] for name in config.datasets if name in LICENCES) + ".",
+        "As a work derived from data under CC BY-NC-SA 4.0"
+        + (" and GlaS's research-only terms" if "glas" in config.datasets else "")
+        + ", the weights are for non-commercial research use and are distributed under CC BY-NC-SA 4.0; the code"
+        " of Segment Any Cell is under its own licence."
+        if {"monuseg", "cryonuseg", "glas"} & set(config.datasets)
+        else "The code of Segment Any Cell is under its own licence.",
         "",
     ]
     (target / "MODEL_CARD.md").write_text("\n".join(card))

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sac import prompts
 from sac.data import default_data_root, load_dataset
-from sac.inference import predict_files
 from sac.model import SegmentAnyCell
+from sac.pipeline import segment_files
+from sac.segmenter import Segmenter
 from sac.tiling import DEFAULT_OVERLAP, tile_grid
 
 
@@ -43,8 +43,8 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def load_model(path: str | None) -> SegmentAnyCell:
-    return SegmentAnyCell.load(path).prepare_for_inference()
+def load_model(path: str | None) -> Segmenter:
+    return Segmenter.load(path)
 
 
 def he_image(size: int) -> np.ndarray:
@@ -79,7 +79,9 @@ class Timers:
                 lambda *_, n=name: self._starts.__setitem__(n, time.perf_counter())
             )
             module.register_forward_hook(lambda *_, n=name: self._stop(n))
-        original = prompts.sample_point_prompts
+        import sac.model
+
+        original = sac.model.sample_point_prompts
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
@@ -88,15 +90,13 @@ class Timers:
             finally:
                 self.seconds["point sampling"] += time.perf_counter() - started
 
-        import sac.model
-
         sac.model.sample_point_prompts = timed
 
     def _stop(self, name: str) -> None:
         self.seconds[name] += time.perf_counter() - self._starts[name]
 
 
-def end_to_end(model: SegmentAnyCell, image: np.ndarray, instances: bool, repeats: int = 5) -> dict:
+def end_to_end(segmenter: Segmenter, image: np.ndarray, instances: bool, repeats: int = 5) -> dict:
     """Median and fastest of ``repeats`` runs, each next to a matmul measurement.
 
     Shared virtual machines change speed from minute to minute (matmul 29-69 GFLOP/s on the same 2 cores within
@@ -105,19 +105,20 @@ def end_to_end(model: SegmentAnyCell, image: np.ndarray, instances: bool, repeat
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "he.png"
         Image.fromarray(image).save(path)
-        predict_files(model, [path], Path(folder) / "out", instances=instances, progress=False)  # warm-up
+        segmenter = segmenter.with_options(instances=instances or None)
+        segment_files(segmenter, [path], Path(folder) / "out", progress=False)  # warm-up
         times, gflops = [], []
         for _ in range(repeats):
             gflops.append(matmul_gflops(repeats=2))
             started = time.perf_counter()
-            predict_files(model, [path], Path(folder) / "out", instances=instances, progress=False)
+            segment_files(segmenter, [path], Path(folder) / "out", progress=False)
             times.append(time.perf_counter() - started)
     return {"median": float(np.median(times)), "fastest": min(times), "gflops": float(np.median(gflops))}
 
 
 def scaling_child(model_path: str | None, size: int, instances: bool) -> None:
     """Runs in a fresh process: one image of ``size``^2 end to end; prints JSON with time and peak RSS."""
-    model = load_model(model_path)
+    segmenter = load_model(model_path).with_options(instances=instances or None)
     image = he_image(size)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "he.tif"
@@ -126,7 +127,7 @@ def scaling_child(model_path: str | None, size: int, instances: bool) -> None:
         tifffile.imwrite(path, image)
         del image
         started = time.perf_counter()
-        predict_files(model, [path], Path(folder) / "out", instances=instances, progress=False)
+        segment_files(segmenter, [path], Path(folder) / "out", progress=False)
         seconds = time.perf_counter() - started
     print(
         json.dumps(
@@ -150,16 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         scaling_child(args.model, args.child, args.instances)
         return 0
-    model = load_model(args.model)
+    segmenter = load_model(args.model)
+    model = segmenter.model
     gflops = matmul_gflops()
     image = he_image(1000)
-    semantic = end_to_end(model, image, instances=False)
-    with_instances = end_to_end(model, image, instances=True)
+    semantic = end_to_end(segmenter, image, instances=False)
+    with_instances = end_to_end(segmenter, image, instances=True)
     tiles = len(tile_grid(image.shape[:2], model.config.image_size, DEFAULT_OVERLAP))
     timers = Timers(model)
     with contextlib.redirect_stderr(None):
         started = time.perf_counter()
-        maps = model.predict_maps(image)
+        maps = segmenter.maps(image)
         predict_total = time.perf_counter() - started
     from sac.instances import instances_from_maps
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     lines += [f"| {name} | {seconds:.3f} |" for name, seconds in timers.seconds.items()]
     lines += [
-        f"| all of predict_maps (incl. tiling and blending) | {predict_total:.3f} |",
+        f"| all of Segmenter.maps (incl. tiling and blending) | {predict_total:.3f} |",
         f"| instance post-processing (watershed) | {post:.3f} |",
         "",
         "| image | megapixels | seconds (semantic) | peak RSS MB |",

@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
@@ -28,6 +27,7 @@ import torch
 
 from sac.io import InputError
 from sac.model import SACConfig, SegmentAnyCell
+from sac.segmenter import Segmentation, Segmenter
 from sac.wsi import segment_slide
 
 SLIDE_TILE = 512
@@ -95,15 +95,14 @@ def peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-class RecordingModel:
-    """Passes ``predict_maps`` through to the model, noting the RSS as each block starts."""
+class RecordingSegmenter(Segmenter):
+    """A Segmenter that notes the RSS as each block starts."""
 
-    def __init__(self, model: SegmentAnyCell):
-        self.model, self.rss = model, []
+    rss: list[float]
 
-    def predict_maps(self, image: np.ndarray, **options: Any) -> np.ndarray:
+    def segment(self, image: np.ndarray, points=None) -> Segmentation:
         self.rss.append(rss_mb())
-        return self.model.predict_maps(image, **options)
+        return super().segment(image, points)
 
 
 def load_model(path: str | None) -> tuple[SegmentAnyCell, str]:
@@ -138,7 +137,8 @@ def main() -> None:
         )
 
         model, model_name = load_model(args.model)
-        recorder = RecordingModel(model)
+        recorder = RecordingSegmenter(model, instances="fast")
+        recorder.rss = []
         rss_before = rss_mb()
         start = time.perf_counter()
         summary = segment_slide(recorder, slide, workdir / "out", block=args.block, halo=args.halo)

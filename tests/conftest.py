@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny SAM configurations and synthetic nuclei images, so tests run in seconds on a CPU."""
+"""Shared fixtures: tiny SAM configurations and models, and synthetic nuclei images, so tests run in seconds on a
+CPU."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,11 @@ import torch
 from PIL import Image
 
 from sac.backbone import sam_config
+from sac.model import SACConfig, SegmentAnyCell
+from sac.segmenter import Segmenter
+
+# The smallest SAC that runs end to end: the "tiny" backbone at 64 px with a two-level, four-channel generator.
+TINY_MODEL = dict(backbone="tiny", image_size=64, generator_channels=4, generator_depth=2)
 
 
 def tiny_sam_config(image_size: int = 64):
@@ -26,6 +33,11 @@ def tiny_sam_config(image_size: int = 64):
         output_channels=32,
         decoder_mlp_dim=64,
     )
+
+
+def tiny_model(**overrides: Any) -> SegmentAnyCell:
+    """A freshly initialised tiny SAC (in training mode); ``overrides`` change its SACConfig fields."""
+    return SegmentAnyCell(SACConfig(**{**TINY_MODEL, **overrides}))
 
 
 def synthetic_nuclei(size: int = 96, count: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,3 +74,19 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved tiny model, the same weights in every test session whatever test builds it first."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = tiny_model()
+    return model.save(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tiny_checkpoint) -> Segmenter:
+    """``tiny_checkpoint`` loaded on the CPU with default options (a mask only); shared, so never mutate it:
+    derive variants with ``with_options``."""
+    return Segmenter.load(tiny_checkpoint)

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from sac.data import (
-    DATASETS,
+    DATASET_MPP,
     CropDataset,
     NucleiSample,
     default_data_root,
@@ -78,17 +78,39 @@ def test_load_folder_errors(tmp_path, samples):
 
 
 def test_load_dataset_unknown_and_missing(tmp_path):
-    with pytest.raises(InputError, match="known datasets: monuseg, dsb2018, glas, folder"):
+    _write_folder(tmp_path / "mine" / "train", [_sample("a", (20, 20), False, 0)])
+    (tmp_path / "notes").mkdir()  # neither train/ nor test/: not a dataset
+    with pytest.raises(InputError, match=r"unknown dataset 'kaggle': no folder .*kaggle; found mine$"):
         load_dataset("kaggle", tmp_path, "train")
-    with pytest.raises(InputError, match="GlaS is not packaged"):
+    with pytest.raises(InputError, match="unknown dataset 'glas'"):
         load_dataset("glas", tmp_path, "train")
+    with pytest.raises(InputError, match="found none"):
+        load_dataset("monuseg", tmp_path / "notes", "train")
     with pytest.raises(InputError, match="dataset split not found"):
-        load_dataset("monuseg", tmp_path, "train")
+        load_dataset("mine", tmp_path, "test")
+    (tmp_path / "dsb2018" / "train").mkdir(parents=True)
     with pytest.raises(InputError, match=r"split\.json"):
         load_dataset("dsb2018", tmp_path, "train")
     with pytest.raises(InputError, match="images/ and masks/"):
         load_dataset("folder", tmp_path, "train")
-    assert set(DATASETS) == {"monuseg", "dsb2018", "glas", "folder"}
+
+
+def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_path, samples):
+    _write_folder(tmp_path / "mine" / "train", samples)
+    _write_folder(tmp_path / "monuseg" / "test", samples[:1])
+    loaded = load_dataset("mine", tmp_path, "train")
+    assert [(s.name, s.mpp) for s in loaded] == [("big", None), ("small", None)]  # unknown pixel size
+    assert [(s.name, s.mpp) for s in load_dataset("monuseg", tmp_path, "test")] == [
+        ("big", DATASET_MPP["monuseg"])
+    ]
+    # provenance.csv gives per-image values; notes that are not numbers fall back to the documented one
+    provenance = "id,microns_per_pixel\nbig,0.5\nsmall,~0.25 (not in files)\n"
+    (tmp_path / "mine" / "provenance.csv").write_text(provenance)
+    assert [s.mpp for s in load_dataset("mine", tmp_path, "train")] == [0.5, None]
+    (tmp_path / "monuseg" / "provenance.csv").write_text(provenance)
+    assert [s.mpp for s in load_dataset("monuseg", tmp_path, "test")] == [0.5]
+    assert NucleiSample("x", samples[0].image, samples[0].labels).mpp is None
+    assert all(s.mpp is None for s in load_dataset("folder", tmp_path / "mine", "train"))
 
 
 def test_instance_distance_map():
@@ -155,6 +177,59 @@ def test_crop_dataset_samples_by_area(samples):
     dataset = CropDataset(samples, crop_size=16, crops_per_epoch=300, augment=False)
     colour = [not torch.equal(dataset[i]["image"][0], dataset[i]["image"][1]) for i in range(len(dataset))]
     assert 0.76 < np.mean(colour) < 0.92
+
+
+def _whole_nucleus_areas(labels: torch.Tensor) -> list[int]:
+    """Pixel counts of the nuclei of a crop that do not touch its border (cut nuclei would look small)."""
+    labels = labels.numpy()
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    counts = np.bincount(labels.ravel())
+    return [int(counts[i]) for i in np.flatnonzero(counts) if i and i not in border]
+
+
+def _grid_of_disks(mpp: float | None) -> NucleiSample:
+    """Disks of radius 4 (45 pixels) every 16 pixels, so every crop holds several whole ones."""
+    labels = np.zeros((128, 128), np.int32)
+    for index, (row, col) in enumerate(np.ndindex(8, 8), start=1):
+        labels[disk((row * 16 + 8, col * 16 + 8), 4)] = index
+    image = np.where(labels[..., None] > 0, 60, 220).astype(np.uint8).repeat(3, axis=2)
+    return NucleiSample("grid", image, labels, mpp)
+
+
+def test_crop_dataset_resamples_to_the_target_pixel_size():
+    native = CropDataset([_grid_of_disks(0.5)], crop_size=64, crops_per_epoch=6, augment=False, seed=3)
+    zoomed = CropDataset(
+        [_grid_of_disks(0.5)], crop_size=64, crops_per_epoch=6, augment=False, seed=3, target_mpp=0.25
+    )
+    unknown = CropDataset(
+        [_grid_of_disks(None)], crop_size=64, crops_per_epoch=6, augment=False, seed=3, target_mpp=0.25
+    )
+    native_areas = [a for i in range(6) for a in _whole_nucleus_areas(native[i]["labels"])]
+    zoomed_areas = [a for i in range(6) for a in _whole_nucleus_areas(zoomed[i]["labels"])]
+    assert set(native_areas) == {45} and len(zoomed_areas) >= 6
+    # 0.5 µm pixels shown at 0.25 µm: nuclei twice as wide, four times the area
+    assert np.mean(zoomed_areas) / np.mean(native_areas) == pytest.approx(4, rel=0.1)
+    item = zoomed[0]
+    assert item["image"].shape == (3, 64, 64) and item["labels"].shape == (64, 64)
+    assert torch.equal(item["mask"][0], (item["labels"] > 0).float())
+    assert torch.equal(item["distance"][0] > 0, item["labels"] > 0)
+    again = CropDataset(
+        [_grid_of_disks(0.5)], crop_size=64, crops_per_epoch=6, augment=False, seed=3, target_mpp=0.25
+    )
+    assert all(torch.equal(zoomed[i][key], again[i][key]) for i in range(6) for key in item)  # by seed
+    for i in range(6):  # a sample without a pixel size is used at its own scale
+        assert torch.equal(unknown[i]["labels"], native[i]["labels"])
+
+
+def test_crop_dataset_zoom_augmentation():
+    sample = _grid_of_disks(None)
+    zoom = CropDataset([sample], crop_size=64, crops_per_epoch=24, seed=1, max_zoom=2.0)
+    areas = [np.mean(_whole_nucleus_areas(zoom[i]["labels"]) or [0]) for i in range(len(zoom))]
+    assert min(areas) < 40 and max(areas) > 60  # both zoomed out and zoomed in
+    again = CropDataset([sample], crop_size=64, crops_per_epoch=24, seed=1, max_zoom=2.0)
+    assert all(torch.equal(zoom[i]["labels"], again[i]["labels"]) for i in range(len(zoom)))
+    with pytest.raises(InputError, match="max_zoom must be at least 1"):
+        CropDataset([sample], max_zoom=0.5)
 
 
 @pytest.fixture(scope="module")

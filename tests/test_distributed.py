@@ -14,17 +14,11 @@ import sac.distributed
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.distributed import predict_many
-from sac.inference import predict_files
 from sac.io import InputError
-from sac.model import SACConfig, SegmentAnyCell
+from sac.pipeline import segment_files
+from sac.segmenter import Segmenter, SegmentOptions
 
 distributed = pytest.importorskip("dask.distributed")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    config = SACConfig(backbone="tiny", image_size=64, generator_channels=4, generator_depth=2)
-    return SegmentAnyCell(config).save(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture
@@ -48,11 +42,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_two_worker_processes_match_single_process_bytes(checkpoint, images, tmp_path, one_thread):
-    model = SegmentAnyCell.load(checkpoint).prepare_for_inference()
-    local = predict_files(model, [images], tmp_path / "local", instances="fast", progress=False)
+def test_two_worker_processes_match_single_process_bytes(
+    tiny_checkpoint, tiny_segmenter, images, tmp_path, one_thread
+):
+    options = SegmentOptions(instances="fast")
+    local = segment_files(
+        tiny_segmenter.with_options(instances="fast"), [images], tmp_path / "local", progress=False
+    )
     failures = predict_many(
-        checkpoint, [images], tmp_path / "dask", workers=2, device="cpu", instances="fast", progress=False
+        tiny_checkpoint, [images], tmp_path / "dask", options, workers=2, device="cpu", progress=False
     )
     assert [path for path, _ in failures] == [path for path, _ in local] == [images / "corrupt.png"]
     assert "corrupt.png" in failures[0][1]
@@ -62,16 +60,16 @@ def test_two_worker_processes_match_single_process_bytes(checkpoint, images, tmp
         assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
-def test_scheduler_address_and_one_model_load_per_worker(checkpoint, images, tmp_path, monkeypatch):
+def test_scheduler_address_and_one_model_load_per_worker(tiny_checkpoint, images, tmp_path, monkeypatch):
     loads = []
-    real_load = SegmentAnyCell.load
+    real_load = Segmenter.load
 
     def counting_load(*args, **kwargs):
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(SegmentAnyCell, "load", counting_load)
-    monkeypatch.setattr(sac.distributed, "_MODELS", {})
+    monkeypatch.setattr(Segmenter, "load", counting_load)
+    monkeypatch.setattr(sac.distributed, "_SEGMENTERS", {})
     slide = tmp_path / "slide.tif"
     tifffile.imwrite(slide, synthetic_nuclei(size=90, count=8)[0], tile=(32, 32))
     inputs = [images / "img0.png", images / "img1.png", slide]
@@ -79,25 +77,38 @@ def test_scheduler_address_and_one_model_load_per_worker(checkpoint, images, tmp
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
     ) as cluster:
         address = cluster.scheduler_address
-        assert predict_many(checkpoint, inputs, tmp_path / "out", scheduler=address, progress=False) == []
+        options = SegmentOptions()  # a mask only, except for slides
+        run = dict(scheduler=address, progress=False)
+        assert predict_many(tiny_checkpoint, inputs, tmp_path / "out", options, **run) == []
         monkeypatch.setattr("sac.wsi.SLIDE_MIN_SIDE", 64)  # the TIFF now counts as a slide
-        assert predict_many(checkpoint, [slide], tmp_path / "wsi", scheduler=address, progress=False) == []
+        assert predict_many(tiny_checkpoint, [slide], tmp_path / "wsi", options, **run) == []
     assert len(loads) == 1
-    assert (tmp_path / "out" / "slide_mask.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "img0_mask.png",
+        "img1_mask.png",
+        "slide_mask.png",
+    ]
     assert sorted(p.name for p in (tmp_path / "wsi").iterdir()) == ["slide.geojson", "slide_labels.tif"]
     assert tifffile.imread(tmp_path / "wsi" / "slide_labels.tif").dtype == np.uint32
 
 
-def test_bad_arguments(checkpoint, images, tmp_path):
+def test_bad_arguments(tiny_checkpoint, images, tmp_path):
+    options = SegmentOptions()
     with pytest.raises(InputError, match="not both"):
-        predict_many(checkpoint, [images], tmp_path, workers=2, scheduler="tcp://localhost:1")
+        predict_many(tiny_checkpoint, [images], tmp_path, options, workers=2, scheduler="tcp://localhost:1")
     with pytest.raises(InputError, match="at least 1"):
-        predict_many(checkpoint, [images], tmp_path, workers=0)
+        predict_many(tiny_checkpoint, [images], tmp_path, options, workers=0)
     with pytest.raises(InputError, match="not a SAC checkpoint"):
-        predict_many(tmp_path, [images], tmp_path, workers=1)
+        predict_many(tmp_path, [images], tmp_path, options, workers=1)
+    points = tmp_path / "points.csv"  # clicks are matched to the inputs before any cluster starts
+    points.write_text("x,y,label,image\n1,2,1,elsewhere.png\n")
+    with pytest.raises(InputError, match="not among the inputs"):
+        predict_many(tiny_checkpoint, [images], tmp_path, options, workers=1, points_file=points)
 
 
-def test_cli_rejects_workers_with_scheduler(checkpoint, images, tmp_path, capsys):
-    argv = ["predict", str(images), "-o", str(tmp_path), "--model", str(checkpoint)]
+def test_cli_rejects_workers_with_scheduler(tiny_checkpoint, images, tmp_path, capsys):
+    argv = ["predict", str(images), "-o", str(tmp_path), "--model", str(tiny_checkpoint)]
     assert main([*argv, "--workers", "2", "--dask", "tcp://localhost:1"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main([*argv, "--workers", "2", "--batch-size", "0"]) == 2  # options fail before any cluster starts
+    assert "batch size" in capsys.readouterr().err

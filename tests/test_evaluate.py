@@ -15,12 +15,6 @@ from sac.data import load_dataset
 from sac.evaluate import evaluate_model
 from sac.io import InputError
 from sac.metrics import METRICS
-from sac.model import SACConfig, SegmentAnyCell
-
-
-@pytest.fixture(scope="module")
-def model() -> SegmentAnyCell:
-    return SegmentAnyCell(SACConfig(image_size=64, generator_channels=4, generator_depth=2)).eval()
 
 
 @pytest.fixture
@@ -35,27 +29,40 @@ def dataset(tmp_path) -> Path:
     return tmp_path
 
 
-def test_evaluate_model_metrics_in_unit_range(model, dataset):
-    result = evaluate_model(model, load_dataset("folder", dataset), progress=False)
+def test_evaluate_model_metrics_in_unit_range(tiny_segmenter, dataset):
+    result = evaluate_model(tiny_segmenter, load_dataset("folder", dataset), progress=False)
     assert [entry["name"] for entry in result["per_image"]] == ["sample0", "sample1"]
     assert result["summary"]["n_images"] == 2
     for entry in [result["summary"], *result["per_image"]]:
         assert all(0.0 <= entry[key] <= 1.0 for key in METRICS)
 
 
-def test_evaluate_model_rejects_bad_requests(model, dataset):
+def test_evaluate_model_rejects_bad_requests(tiny_segmenter, dataset):
     with pytest.raises(InputError, match="no samples"):
-        evaluate_model(model, [], progress=False)
-    with pytest.raises(InputError, match="instance labels"):
-        evaluate_model(model, load_dataset("folder", dataset), instances=False, progress=False)
+        evaluate_model(tiny_segmenter, [], progress=False)
+    # scores need instance labels: a segmenter without an instance mode is evaluated in fast mode
+    samples = load_dataset("folder", dataset)
+    fast = evaluate_model(tiny_segmenter.with_options(instances="fast"), samples, progress=False)
+    assert evaluate_model(tiny_segmenter, samples, progress=False) == fast
 
 
-def test_cli_evaluate_writes_json(model, dataset, tmp_path, capsys):
-    checkpoint = model.save(tmp_path / "model")
+def test_evaluate_model_uses_the_segmenters_options(tiny_segmenter, dataset):
+    samples = load_dataset("folder", dataset)[:1]
+    lenient, strict = (
+        evaluate_model(tiny_segmenter.with_options(threshold=threshold), samples, progress=False)
+        for threshold in (0.0, 1.0)
+    )
+    assert lenient["per_image"][0]["fg_total"] > strict["per_image"][0]["fg_total"]
+
+
+def test_cli_evaluate_writes_json(tiny_checkpoint, dataset, tmp_path, capsys):
     report = tmp_path / "report" / "metrics.json"
-    argv = ["evaluate", "--model", str(checkpoint), "--dataset", "folder", "--data-root", str(dataset)]
+    argv = ["evaluate", "--model", str(tiny_checkpoint), "--dataset", "folder", "--data-root", str(dataset)]
     assert main([*argv, "--json", str(report), "--limit", "1"]) == 0
     assert "aji" in capsys.readouterr().out
     written = json.loads(report.read_text())
     assert written["summary"]["n_images"] == 1 and written["dataset"] == "folder"
+    assert written["instances"] == "fast"
     assert main([*argv, "--limit", "0"]) == 2
+    assert main([*argv, "--instances", "exact"]) == 2
+    assert "unknown instance mode" in capsys.readouterr().err

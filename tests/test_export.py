@@ -13,10 +13,12 @@ from PIL import Image
 from skimage.draw import disk
 
 from sac.export import (
+    OUTPUT_SUFFIXES,
     TABLE_COLUMNS,
     geojson_to_labels,
     labels_to_geojson,
     nuclei_table,
+    output_path,
     overlay,
     write_geojson,
     write_labels_tif,
@@ -42,6 +44,24 @@ def _random_disks(seed: int, shape: tuple[int, int] = (96, 128), count: int = 12
 
 def _ids(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels[labels > 0])
+
+
+def test_output_paths_are_named_after_the_input_stem(tmp_path):
+    assert OUTPUT_SUFFIXES == {
+        "mask": "_mask.png",
+        "labels": "_labels.tif",
+        "table": "_nuclei.csv",
+        "geojson": ".geojson",
+        "overlay": "_overlay.png",
+    }
+    source = tmp_path / "in" / "slide.01.svs"
+    names = {kind: output_path(tmp_path / "out", source, kind) for kind in OUTPUT_SUFFIXES}
+    assert names["labels"] == tmp_path / "out" / "slide.01_labels.tif"
+    assert names["geojson"] == tmp_path / "out" / "slide.01.geojson"
+    assert len(set(names.values())) == len(OUTPUT_SUFFIXES)
+    assert output_path("out", "a.png", "mask") == output_path("out", tmp_path / "a.tif", "mask")  # same stem
+    with pytest.raises(KeyError):
+        output_path(tmp_path, source, "thumbnail")
 
 
 def test_write_mask_png(tmp_path):

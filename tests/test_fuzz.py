@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import encode_image, synthetic_nuclei
+from sac.clicks import read_points_file, write_points_file
 from sac.export import TABLE_COLUMNS, geojson_to_labels, labels_to_geojson, nuclei_table, write_nuclei_csv
 from sac.io import InputError, read_image, read_labels, to_rgb_uint8
-from sac.prompts import read_points_file, write_points_file
 
 MUTANTS = 300
 fast = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from skimage import measure
 from skimage.draw import disk
-from transformers import SamModel
 
-from conftest import synthetic_nuclei, tiny_sam_config
+from conftest import synthetic_nuclei
 from sac.data import default_data_root, instance_distance_map
-from sac.instances import _paint, _prompts, instances_from_maps, refine_instances_with_sam
+from sac.instances import NucleusMask, _paint, _tile_prompts, instances_from_maps, sam_instances
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
-from sac.model import SACConfig, SegmentAnyCell
+from sac.model import SegmentAnyCell
 
 
 def _touching_disks() -> np.ndarray:
@@ -33,10 +32,14 @@ def _assert_clean_labels(labels: np.ndarray, shape: tuple[int, int]) -> None:
         assert measure.label(labels == index).max() == 1
 
 
-@pytest.fixture(scope="module")
-def tiny_model() -> SegmentAnyCell:
-    config = SACConfig(image_size=64, generator_channels=4, generator_depth=2)
-    return SegmentAnyCell(config, sam=SamModel(tiny_sam_config(64))).eval()
+@pytest.fixture
+def model(tiny_segmenter) -> SegmentAnyCell:
+    return tiny_segmenter.model
+
+
+def _sam_instances(model: SegmentAnyCell, image: np.ndarray, seeds: np.ndarray, **options) -> np.ndarray:
+    """SAM instances prompted at the centres of ``seeds``, as the generator's centre map would place them."""
+    return sam_instances(model, image, seeds, instance_distance_map(seeds), **options)
 
 
 def test_touching_disks_get_two_labels():
@@ -83,37 +86,41 @@ def test_ground_truth_maps_recover_monuseg_nuclei():
     assert aggregated_jaccard_index(truth, labels) > 0.95
 
 
-def test_sam_refinement_structure(tiny_model):
+def test_sam_instances_structure(model):
     image, truth = synthetic_nuclei(size=150, count=20)
-    labels = refine_instances_with_sam(tiny_model, image, truth, batch_size=8)
+    labels = _sam_instances(model, image, truth, batch_size=8)
     _assert_clean_labels(labels, truth.shape)
 
 
-def test_sam_refinement_small_image_and_no_nuclei(tiny_model):
+def test_sam_instances_small_image_and_no_nuclei(model):
     image, truth = synthetic_nuclei(size=40, count=3)
-    _assert_clean_labels(refine_instances_with_sam(tiny_model, image, truth), truth.shape)
-    empty = refine_instances_with_sam(tiny_model, image, np.zeros_like(truth))
+    _assert_clean_labels(_sam_instances(model, image, truth), truth.shape)
+    empty = _sam_instances(model, image, np.zeros_like(truth))
     assert empty.dtype == np.int32 and not empty.any()
 
 
-def test_sam_refinement_rejects_mismatched_image(tiny_model):
+def test_sam_instances_rejects_mismatched_image(model):
     image, truth = synthetic_nuclei(size=40, count=3)
     with pytest.raises(InputError, match="uint8 RGB"):
-        refine_instances_with_sam(tiny_model, image[:30], truth)
+        _sam_instances(model, image[:30], truth)
 
 
 def test_prompts_put_negatives_on_neighbours_inside_the_tile():
-    points = np.array([[10, 10], [10, 20], [50, 10]])
-    neighbours = np.array([[1, 2], [0, 3], [0, 1]])  # 3 = len(points): KDTree's "no more neighbours"
-    coords, labels = _prompts(points, neighbours, np.array([0, 1]), np.array([0, 0]), size=32)
-    np.testing.assert_array_equal(labels, [[1, 0, -1], [1, 0, -1]])  # (50, 10) lies outside the tile
+    clicks = np.array([[10, 10], [10, 20]])  # (row, column)
+    negatives = np.array([[[10, 20], [50, 10]], [[10, 10], [-1, -1]]])  # (50, 10) lies outside; -1: unused
+    coords, labels = _tile_prompts(clicks, negatives, (0, 0), size=32)
+    np.testing.assert_array_equal(labels, [[1, 0, -1], [1, 0, -1]])
     np.testing.assert_array_equal(coords[0, :2], [[10, 10], [20, 10]])  # (x, y) = (column, row)
+    moved = np.where(negatives >= 0, negatives + 32, -1)
+    shifted, shifted_labels = _tile_prompts(clicks + 32, moved, (32, 32), size=32)  # in the tile's own frame
+    np.testing.assert_array_equal(shifted, coords)
+    np.testing.assert_array_equal(shifted_labels, labels)
 
 
 def test_paint_prefers_higher_scores_and_drops_cut_off_pieces():
     rows, cols = np.nonzero(np.ones((1, 9), bool))
     points = np.array([[0, 0], [0, 4]])
-    low = (0.1, 0, rows, cols)  # nucleus 0 spans the row
-    high = (0.9, 1, rows[3:6], cols[3:6])  # nucleus 1 cuts it in two
-    labels = _paint([high, low], points, (1, 9))
+    low = NucleusMask(0.1, rows, cols)  # nucleus 0 spans the row
+    high = NucleusMask(0.9, rows[3:6], cols[3:6])  # nucleus 1 cuts it in two
+    labels = _paint([low, high], points, (1, 9))
     np.testing.assert_array_equal(labels[0], [1, 1, 1, 2, 2, 2, 0, 0, 0])

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
-from sac.io import InputError, check_pair, list_images, read_image, read_labels, to_rgb_uint8
+from sac.io import (
+    InputError,
+    check_pair,
+    check_state_dict,
+    first_line,
+    is_channel_first,
+    list_images,
+    read_image,
+    read_labels,
+    sha256sum,
+    stretch,
+    to_rgb_uint8,
+)
 
 
 def _png(path, array):
@@ -165,6 +180,33 @@ def test_to_rgb_uint8_keeps_uint8_rgb_unchanged(rgb):
 
 
 @pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((3, 20, 30), True), ((4, 5, 6), True), ((20, 30, 3), False), ((3, 4, 4), False), ((20, 30), False)],
+)
+def test_is_channel_first(shape, expected):
+    assert is_channel_first(shape) is expected
+
+
+def test_stretch_maps_a_range_to_unit_interval():
+    data = np.array([[1000, 1500, 2000, 3000]], np.uint16)
+    np.testing.assert_allclose(stretch(data, (1000, 2000)), [[0, 0.5, 1, 1]])
+    np.testing.assert_allclose(stretch(data, (0, 4000)), [[0.25, 0.375, 0.5, 0.75]])
+    assert stretch(data).min() == 0 and stretch(data).max() == 1  # default: the image's robust range
+    assert not stretch(data, (5, 5)).any()  # an empty range is black, not a division by zero
+
+
+def test_to_rgb_uint8_with_a_fixed_range():
+    """A whole slide's range, so that every block gets the same contrast, whatever its own values."""
+    block = np.array([[1500, 1750, 2000]], np.uint16)
+    np.testing.assert_array_equal(to_rgb_uint8(block, value_range=(1000, 2000))[0, :, 0], [128, 191, 255])
+    np.testing.assert_array_equal(to_rgb_uint8(block)[0, :, 0], [0, 128, 255])
+    unit = np.array([[0.0, 0.5, 1.0]], np.float32)  # floats in [0, 1] too are scaled by the given range
+    np.testing.assert_array_equal(to_rgb_uint8(unit, value_range=(0.0, 2.0))[0, :, 0], [0, 64, 128])
+    uint8 = np.array([[0, 128, 255]], np.uint8)  # 8-bit data is used as it is
+    np.testing.assert_array_equal(to_rgb_uint8(uint8, value_range=(0, 1))[0, :, 0], [0, 128, 255])
+
+
+@pytest.mark.parametrize(
     ("array", "match"),
     [
         (np.zeros((0, 5), np.uint8), "empty image"),
@@ -248,3 +290,38 @@ def test_check_pair(rgb):
     check_pair(rgb, np.zeros((12, 9), np.int32), "i.png", "m.png")
     with pytest.raises(InputError, match=r"mask size 9x12 differs from image size 12x9 \(m\.png vs i\.png\)"):
         check_pair(rgb, np.zeros((9, 12), np.int32), "i.png", "m.png")
+
+
+def test_first_line():
+    assert first_line(ValueError("bad header\nat byte 12")) == "bad header"
+    assert first_line(OSError("x" * 300)) == "x" * 200
+    assert first_line(OSError("x" * 300), limit=10) == "x" * 10
+    assert first_line(KeyError()) == "KeyError" and first_line(RuntimeError("  \n")) == "RuntimeError"
+
+
+def test_sha256sum(tmp_path):
+    data = np.random.default_rng(0).bytes(3 << 20)  # more than one read block
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256sum(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+    assert sha256sum(str(tmp_path / "blob")) == hashlib.sha256(data).hexdigest()
+
+
+def test_check_state_dict():
+    expected = {"a.weight": torch.zeros(2, 3), "b.bias": torch.zeros(4)}
+    check_state_dict({"a.weight": torch.ones(2, 3), "b.bias": torch.ones(4)}, expected, "ok")
+    problems = [
+        ({"a.weight": torch.zeros(2, 3)}, "1 missing"),
+        ({**expected, "c.weight": torch.zeros(1)}, "1 unexpected"),
+        (
+            {"a.weight": torch.zeros(3, 2), "b.bias": torch.zeros(4)},
+            r"1 of wrong shape \(e\.g\. \[\('a\.weight', \(3, 2\)\)\]\)",
+        ),
+    ]
+    for loaded, detail in problems:
+        with pytest.raises(
+            InputError, match=rf"^weights\.bin: weights do not fit the architecture: .*{detail}"
+        ):
+            check_state_dict(loaded, expected, "weights.bin")
+    with pytest.raises(InputError) as info:
+        check_state_dict({}, expected, "weights.bin")
+    assert "\n" not in str(info.value)

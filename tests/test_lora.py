@@ -98,8 +98,14 @@ def test_adapters_save_and_load(model_and_pixels, tmp_path):
     torch.testing.assert_close(encode(fresh, pixels), expected, rtol=1e-4, atol=1e-5)
     wrong_rank = SamModel(tiny_sam_config(64))
     configure_encoder(wrong_rank.vision_encoder, "lora", rank=2)
-    with pytest.raises(InputError, match="has shape"):
+    with pytest.raises(
+        InputError, match=r"adapters\.safetensors: weights do not fit the architecture: .*wrong shape"
+    ):
         load_lora(tmp_path / "adapters.safetensors", wrong_rank)
+    other_targets = SamModel(tiny_sam_config(64))
+    configure_encoder(other_targets.vision_encoder, "lora", rank=4, targets=("q", "k", "v"))
+    with pytest.raises(InputError, match=r"do not fit the architecture: [1-9][0-9]* missing"):
+        load_lora(tmp_path / "adapters.safetensors", other_targets)
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputError, match="cannot read LoRA"):
         load_lora(tmp_path / "bad.safetensors", wrong_rank)

@@ -17,6 +17,7 @@ from sac.metrics import (
     aggregated_jaccard_index,
     dice,
     evaluate_image,
+    gland_metrics,
     iou,
     object_f1,
     panoptic_quality,
@@ -248,3 +249,81 @@ def test_relabelling_gives_identical_metrics(pair, random):
     for key in before:
         if key != "aji" or not _has_best_iou_tie(true, pred):
             assert math.isclose(before[key], after[key], rel_tol=1e-12), key
+
+
+GLAND_KEYS = (
+    "object_f1",
+    "object_precision",
+    "object_recall",
+    "object_dice",
+    "object_hausdorff",
+    "dice",
+    "iou",
+)
+
+
+def _glands(*values: float) -> dict[str, float]:
+    """Expected :func:`gland_metrics` result, values in ``GLAND_KEYS`` order."""
+    return dict(zip(GLAND_KEYS, values, strict=True))
+
+
+def test_glands_perfect_prediction_with_gappy_ids():
+    true = _image((1, 0, 2, 0, 2), (2, 3, 5, 4, 7))
+    pred = np.where(true == 1, 900, true * 5).astype(np.uint16)
+    assert gland_metrics(true, pred) == pytest.approx(_glands(1, 1, 1, 1, 0, 1, 1))
+
+
+def test_glands_missing_one():
+    # True A 2x2 (area 4) and B 3x3 (area 9); only A predicted, exactly. TP 1, FN 1: f1 2/3.
+    # Object dice: truth side 4/13 * 1 + 9/13 * 0, prediction side 1 -> (4/13 + 1)/2 = 17/26.
+    # Hausdorff: B overlaps nothing, so it is paired with the nearest prediction, A, whose farthest
+    # pixels are (5, 7) and (1, 1): sqrt(4^2 + 6^2) = sqrt(52), weighted 9/13 and halved.
+    true = _image((1, 0, 2, 0, 2), (2, 3, 6, 5, 8))
+    pred = _image((1, 0, 2, 0, 2))
+    expected = _glands(2 / 3, 1, 0.5, 17 / 26, 9 * math.sqrt(52) / 26, 8 / 17, 4 / 13)
+    assert gland_metrics(true, pred) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("pred", "expected"),
+    [
+        # Halves of 4 pixels cover exactly, not more than, half of the gland: no TP, 2 FP, 1 FN.
+        # Object dice 2*4/(8 + 4) = 2/3 on both sides; each half is 2 columns from the far end: H 2.
+        (_image((1, 0, 2, 0, 2), (2, 0, 2, 2, 4)), _glands(0, 0, 0, 2 / 3, 2, 1, 1)),
+        # A 6-pixel part (TP, dice 2*6/14 = 6/7, H 1) and a 2-pixel part (FP, dice 2*2/10 = 2/5, H 3).
+        # f1 = 2/(2 + 1 + 0); object dice (6/7 + 6/8 * 6/7 + 2/8 * 2/5)/2 = 4/5;
+        # Hausdorff (1 + 6/8 * 1 + 2/8 * 3)/2 = 5/4.
+        (_image((1, 0, 2, 0, 3), (2, 0, 2, 3, 4)), _glands(2 / 3, 0.5, 1, 0.8, 1.25, 1, 1)),
+    ],
+)
+def test_glands_split_gland(pred, expected):
+    assert gland_metrics(_image((1, 0, 2, 0, 4)), pred) == pytest.approx(expected)
+
+
+def test_glands_shifted_square():
+    # A 4x4 square moved by (1, 2): Hausdorff = |(1, 2)| = sqrt(5); overlap 3x2 = 6 of 16 is no TP.
+    # Object dice = pixel dice = 2*6/32 = 3/8, iou 6/26.
+    true = _image((1, 1, 5, 1, 5), shape=(8, 8))
+    pred = _image((4, 2, 6, 3, 7), shape=(8, 8))
+    assert gland_metrics(true, pred) == pytest.approx(_glands(0, 0, 0, 3 / 8, math.sqrt(5), 3 / 8, 3 / 13))
+
+
+def test_glands_nearest_object_when_nothing_overlaps():
+    # True A (top left) and B (top right); the prediction P, 3 rows below A, touches neither.
+    # H(A, P) = 3, H(B, P) = |(3, 6)| = sqrt(45). Truth side (3 + sqrt(45))/2; P's nearest is A: 3.
+    true = _image((1, 0, 2, 0, 2), (2, 0, 2, 6, 8))
+    pred = _image((1, 3, 5, 0, 2))
+    expected = _glands(0, 0, 0, 0, (9 + math.sqrt(45)) / 4, 0, 0)
+    assert gland_metrics(true, pred) == pytest.approx(expected)
+
+
+def test_glands_empty_conventions():
+    empty, gland = _image(), _image((1, 0, 2, 0, 2))
+    assert gland_metrics(empty, empty) == _glands(1, 1, 1, 1, 0, 1, 1)
+    assert gland_metrics(gland, empty) == _glands(0, 0, 0, 0, math.inf, 0, 0)
+    assert gland_metrics(empty, gland) == _glands(0, 0, 0, 0, math.inf, 0, 0)
+
+
+def test_glands_bad_input():
+    with pytest.raises(InputError, match="shape mismatch"):
+        gland_metrics(np.zeros((3, 3), int), np.zeros((3, 4), int))

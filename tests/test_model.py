@@ -1,3 +1,6 @@
+"""The SAC network on fixed-size tiles: forward, per-nucleus prompts, checkpoints and LoRA (images of any size
+go through ``sac.segmenter``, tested in test_segmenter.py)."""
+
 import json
 
 import numpy as np
@@ -5,17 +8,12 @@ import pytest
 import torch
 from transformers import SamModel
 
-from conftest import synthetic_nuclei, tiny_sam_config
+from conftest import synthetic_nuclei, tiny_model, tiny_sam_config
 from sac.backbone import count_parameters
 from sac.io import InputError
 from sac.lora import lora_layers
 from sac.model import SACConfig, SegmentAnyCell
-
-
-def tiny_model(**overrides) -> SegmentAnyCell:
-    settings = dict(backbone="tiny", image_size=64, generator_channels=4, generator_depth=2)
-    config = SACConfig(**{**settings, **overrides})
-    return SegmentAnyCell(config)
+from sac.segmenter import Segmenter
 
 
 def test_forward_shapes_and_generated_points():
@@ -42,19 +40,34 @@ def test_manual_points_are_added_or_used_alone():
         model(torch.rand(1, 3, 32, 32))
 
 
-def test_predict_any_size_and_manual_points():
-    model = tiny_model().eval()
-    image, _ = synthetic_nuclei(100)
-    mask = model.predict(image)
-    assert mask.shape == (100, 100) and mask.dtype == bool
-    maps = model.predict_maps(image[:30, :7], overlap=8)
-    assert maps.shape == (4, 30, 7) and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
-    with_points = model.predict_maps(image, points=(np.array([[50.0, 50.0]]), None), overlap=8)
-    assert with_points.shape == (4, 100, 100)
-    alone = model.predict_maps(image, points=(np.array([[50.0, 50.0]]), None), generate_points=False)
-    assert not np.allclose(alone, with_points)
-    labels = model.predict(image, instances=True)
-    assert labels.dtype == np.int32 and labels.shape == (100, 100)
+def test_prompt_instances_windows_are_centred_on_the_clicks():
+    window = 16
+    model = tiny_model(instance_window=window).eval()
+    # (x, y) clicks; the last one's window leaves the tile
+    clicks = torch.tensor([[20.0, 30.0], [40.0, 12.0], [3.0, 60.0]])
+    points = torch.stack([clicks, torch.tensor([[0.0, 0.0], [50.0, 50.0], [0.0, 0.0]])], dim=1)  # (N, 2, 2)
+    labels = torch.tensor([[1, -1], [1, 0], [1, -1]])
+    image_index = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, 64, 64))
+        answer = model.prompt_instances(output, image_index, points, labels)
+        assert answer.logits.shape == (3, 1, window, window) and answer.iou.shape == (3,)
+        assert answer.sam_logits.shape == (3, 1, 16, 16)
+        assert torch.isfinite(answer.logits).all()
+        # the window's centre pixel is the click's (row, column)
+        assert (answer.origins + window // 2).tolist() == clicks.flip(-1).long().tolist()
+        # and the answer sees the full-resolution features there and nowhere else
+        row, col = answer.origins[0].tolist()
+        outside = torch.ones_like(output.features)
+        outside[0, :, row : row + window, col : col + window] = 0
+        changed = output._replace(features=output.features + 5 * outside)
+        again = model.prompt_instances(changed, image_index, points, labels)
+        torch.testing.assert_close(again.logits[0], answer.logits[0], rtol=1e-5, atol=1e-5)
+        poked = output.features.clone()
+        poked[0, :, 30, 20] += 5  # the click's own pixel
+        moved = model.prompt_instances(output._replace(features=poked), image_index, points, labels)
+        assert not torch.allclose(moved.logits[0], answer.logits[0])
+        torch.testing.assert_close(moved.logits[1:], answer.logits[1:])  # other tiles' windows
 
 
 def test_save_load_round_trip(tmp_path):
@@ -64,7 +77,7 @@ def test_save_load_round_trip(tmp_path):
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert meta["versions"]["torch"] == torch.__version__ and meta["metrics"]["val_dice"] == 0.5
     loaded = SegmentAnyCell.load(tmp_path / "ckpt")
-    np.testing.assert_array_equal(loaded.predict_maps(image), model.predict_maps(image))
+    np.testing.assert_array_equal(Segmenter(loaded).maps(image), Segmenter(model).maps(image))
 
 
 def test_corrupted_or_mismatched_checkpoints_are_refused(tmp_path):
@@ -80,7 +93,7 @@ def test_corrupted_or_mismatched_checkpoints_are_refused(tmp_path):
     meta = json.loads((other / "config.json").read_text())
     meta["model"]["generator_channels"] = 4
     (other / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match="do not match the architecture"):
+    with pytest.raises(InputError, match="do not fit the architecture"):
         SegmentAnyCell.load(other)
     with pytest.raises(InputError, match="not a SAC checkpoint"):
         SegmentAnyCell.load(tmp_path / "missing")
@@ -109,7 +122,7 @@ def test_lora_mode_trains_adapters_decoder_and_generator_only(tmp_path):
     assert encoder_grads and all(g is not None and g.abs().sum() > 0 for g in encoder_grads)
     counts = count_parameters(model)
     assert counts["trainable"] < counts["total"]
-    before = model.predict_maps(synthetic_nuclei(64)[0])
+    before = Segmenter(model).maps(synthetic_nuclei(64)[0])
     model.prepare_for_inference()
-    after = model.predict_maps(synthetic_nuclei(64)[0])
+    after = Segmenter(model).maps(synthetic_nuclei(64)[0])
     np.testing.assert_allclose(after, before, atol=1e-5)

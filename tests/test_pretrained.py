@@ -8,11 +8,12 @@ import pytest
 from sac.cli import main
 from sac.data import default_data_root, load_dataset
 from sac.metrics import dice
-from sac.model import SegmentAnyCell, default_model_path
+from sac.model import SegmentAnyCell, model_path
+from sac.segmenter import Segmenter
 
 
 def test_shipped_model_loads_with_its_card():
-    folder = default_model_path()
+    folder = model_path()
     model = SegmentAnyCell.load()
     assert (folder / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
     assert "CC BY-NC-SA" in (folder / "MODEL_CARD.md").read_text()
@@ -28,7 +29,7 @@ def test_shipped_model_segments_a_monuseg_test_image(tmp_path):
         pytest.skip("MoNuSeg not found in $SAC_DATA or ../shared/data")
     sample = load_dataset("monuseg", root, "test")[0]
     crop = sample.image[:384, :384]
-    mask = SegmentAnyCell.load().prepare_for_inference().predict(crop)
+    mask = Segmenter.load().predict(crop)
     # a regression guard far below the measured quality (benchmarks/RESULTS.md), not a quality claim
     assert dice(mask, sample.labels[:384, :384]) > 0.6
     from PIL import Image

@@ -23,20 +23,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import sac.model
-from conftest import encode_image, synthetic_nuclei
+from conftest import encode_image, synthetic_nuclei, tiny_model
 from sac.cli import main
 from sac.model import SegmentAnyCell
 from sac.train import LOG_FILE, STATE_FILE, Trainer, read_log
 from test_data import _write_folder
-from test_model import tiny_model
 from test_train import synthetic_samples, tiny_config
 
 INSTANCE_OUTPUTS = ("_mask.png", "_labels.tif", "_nuclei.csv", ".geojson", "_overlay.png")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return tiny_model().save(tmp_path_factory.mktemp("model"))
 
 
 def _input_matrix() -> dict[str, tuple[bytes, tuple[int, int] | None]]:
@@ -93,7 +87,7 @@ def _assert_plain_file_mode(paths: list[Path], folder: Path) -> None:
     assert {name: mode for name, mode in modes.items() if mode != oct(expected)} == {}, oct(expected)
 
 
-def test_predict_over_every_kind_of_input(checkpoint, tmp_path, capsys):
+def test_predict_over_every_kind_of_input(tiny_checkpoint, tmp_path, capsys):
     inputs, out = tmp_path / "inputs", tmp_path / "out"
     inputs.mkdir()
     matrix = _input_matrix()
@@ -101,7 +95,7 @@ def test_predict_over_every_kind_of_input(checkpoint, tmp_path, capsys):
         (inputs / name).write_bytes(content)
     bad = sorted(name for name, (_, shape) in matrix.items() if shape is None)
 
-    assert main(["predict", str(inputs), "-o", str(out), "--model", str(checkpoint), "--instances"]) == 1
+    assert main(["predict", str(inputs), "-o", str(out), "--model", str(tiny_checkpoint), "--instances"]) == 1
 
     # the failures are listed together at the end, one line per file naming the file and its problem
     summary = capsys.readouterr().err.split(f"sac: {len(bad)} of {len(matrix)} images failed:\n")[-1]
@@ -135,10 +129,10 @@ def _evaluate(checkpoint: Path, data: Path) -> int:
     return main(["evaluate", "--model", str(checkpoint), "--dataset", "folder", "--data-root", str(data)])
 
 
-def test_evaluate_scores_gappy_labels_like_sequential_ones(checkpoint, tmp_path, capsys):
-    assert _evaluate(checkpoint, _labelled_folder(tmp_path / "sequential")) == 0
+def test_evaluate_scores_gappy_labels_like_sequential_ones(tiny_checkpoint, tmp_path, capsys):
+    assert _evaluate(tiny_checkpoint, _labelled_folder(tmp_path / "sequential")) == 0
     sequential = capsys.readouterr().out
-    assert _evaluate(checkpoint, _labelled_folder(tmp_path / "gappy", id_step=7)) == 0
+    assert _evaluate(tiny_checkpoint, _labelled_folder(tmp_path / "gappy", id_step=7)) == 0
     assert capsys.readouterr().out == sequential and "dice" in sequential
 
 
@@ -149,11 +143,11 @@ def test_evaluate_scores_gappy_labels_like_sequential_ones(checkpoint, tmp_path,
         (np.full((96, 96), -1, np.int16), "mask contains negative labels"),
     ],
 )
-def test_evaluate_refuses_a_bad_mask_in_one_line(checkpoint, tmp_path, capsys, mask, problem):
+def test_evaluate_refuses_a_bad_mask_in_one_line(tiny_checkpoint, tmp_path, capsys, mask, problem):
     labelled_folder = _labelled_folder(tmp_path)
     (labelled_folder / "masks" / "s1.png").unlink()
     tifffile.imwrite(labelled_folder / "masks" / "s1.tif", mask)
-    assert _evaluate(checkpoint, labelled_folder) == 2
+    assert _evaluate(tiny_checkpoint, labelled_folder) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert problem in line and str(labelled_folder / "masks" / "s1.tif") in line
     if "size" in problem:

@@ -1,15 +1,18 @@
 import dataclasses
+import json
 import math
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import synthetic_nuclei
 from sac.data import NucleiSample, default_data_root
 from sac.io import InputError
-from sac.model import SegmentAnyCell
+from sac.model import SACConfig, SegmentAnyCell
+from sac.segmenter import Segmenter
 from sac.train import TrainConfig, Trainer, read_log, resume, split_validation, train
 
 
@@ -30,7 +33,7 @@ def tiny_config(out, **overrides) -> TrainConfig:
         max_val_images=1,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_dict(settings)
 
 
 def synthetic_samples(count: int = 4) -> list[NucleiSample]:
@@ -80,7 +83,7 @@ def test_run_folder_has_checkpoints_log_and_plot(tmp_path):
     rows = read_log(tmp_path / "log.csv")
     assert 0 <= float(rows[-1]["val_dice"]) <= 1 and math.isfinite(float(rows[-1]["train_loss"]))
     model = SegmentAnyCell.load(tmp_path / "last")
-    assert model.predict(synthetic_nuclei(80)[0]).shape == (80, 80)
+    assert Segmenter(model).predict(synthetic_nuclei(80)[0]).shape == (80, 80)
 
 
 def test_split_validation_is_deterministic_and_disjoint():
@@ -118,7 +121,7 @@ def test_lora_training_from_an_official_checkpoint(tmp_path):
     checkpoint = tmp_path / "sam_tiny_official.pth"
     torch.save(official_layout(randomized_model(tiny_sam_config(64)).state_dict()), checkpoint)
     config = tiny_config(tmp_path / "run", backbone=str(checkpoint), max_steps=2, checkpoint_every=100)
-    assert config.model_config().encoder_mode == "lora"
+    assert config.model.encoder_mode == "lora"
     trainer = Trainer(config, synthetic_samples(), synthetic_samples(1))
     frozen = trainer.model.sam.vision_encoder.layers[0].attn.qkv.base.weight.clone()
     trainer.run(progress=False)
@@ -127,7 +130,9 @@ def test_lora_training_from_an_official_checkpoint(tmp_path):
     assert any(".lora_" in k for k in saved) and not any(k.endswith("qkv.base.weight") for k in saved)
     reloaded = SegmentAnyCell.load(tmp_path / "run" / "last")
     image = synthetic_nuclei(64)[0]
-    np.testing.assert_allclose(reloaded.predict_maps(image), trainer.model.predict_maps(image), atol=1e-4)
+    np.testing.assert_allclose(
+        Segmenter(reloaded).maps(image), Segmenter(trainer.model).maps(image), atol=1e-4
+    )
 
 
 def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
@@ -140,7 +145,7 @@ def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
     # architecture, and after one step of lr 1e-12 still hold the source's weights
     config = tiny_config(tmp_path / "fine", init=str(tmp_path / "source" / "last"), generator_channels=8)
     fine = Trainer(dataclasses.replace(config, lr=1e-12, max_steps=1), samples, samples[:1])
-    assert fine.config.generator_channels == 4
+    assert fine.config.model.generator_channels == 4
     assert fine.config.init_sha256 == SegmentAnyCell.load(tmp_path / "source" / "last").meta["weights_sha256"]
     fine.run(progress=False)
     shutil.rmtree(tmp_path / "source")  # resuming needs only the run's own state
@@ -160,13 +165,53 @@ def test_init_names_a_missing_checkpoint(tmp_path):
 
 
 def test_init_default_is_the_shipped_model(tmp_path):
-    from sac.model import default_model_path
+    from sac.model import model_path
 
-    if not (default_model_path() / "config.json").is_file():
+    if not (model_path() / "config.json").is_file():
         pytest.skip("no model ships with this installation")
     config = tiny_config(tmp_path / "run", init="default", datasets=["folder"])
     trainer = Trainer(config, synthetic_samples(), [])
     shipped = SegmentAnyCell.load()
-    assert trainer.config.image_size == shipped.config.image_size
+    assert trainer.config.model.image_size == shipped.config.image_size
     for key, value in shipped.trainable_state_dict().items():
         torch.testing.assert_close(trainer.model.trainable_state_dict()[key], value)
+
+
+def test_config_holds_the_model_config_and_reads_old_flat_files(tmp_path):
+    """train_config.json files written before the model config moved under "model" still resume."""
+    old = {
+        "datasets": ["folder"],
+        "out": str(tmp_path),
+        "backbone": "tiny",
+        "encoder_mode": None,
+        "image_size": 64,
+        "lora_rank": 4,
+        "generator_channels": 4,
+        "generator_depth": 2,
+        "num_points": 3,
+        "num_negative": None,
+        "batch_size": 2,
+        "max_steps": 6,
+    }
+    config = TrainConfig.from_dict(old)
+    assert config.model == SACConfig(
+        backbone="tiny",
+        image_size=64,
+        generator_channels=4,
+        generator_depth=2,
+        num_positive=3,
+        num_negative=3,
+    )
+    assert config.model.encoder_mode == "full" and config.model.lora_alpha == 4.0
+    assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    (tmp_path / "data").mkdir()
+    for index, sample in enumerate(synthetic_samples(2)):
+        for kind, array in (("images", sample.image), ("masks", sample.labels.astype(np.uint16))):
+            (tmp_path / "data" / kind).mkdir(exist_ok=True)
+            Image.fromarray(array).save(tmp_path / "data" / kind / f"s{index}.png")
+    old["data_root"] = str(tmp_path / "data")
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    assert resume(tmp_path, max_steps=1, progress=False)["step"] == 1
+    with pytest.raises(InputError, match="unknown keys"):
+        TrainConfig.from_dict({"learning_rate": 1})

@@ -2,31 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
+import torch
 from scipy import ndimage
 
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.instances import instances_from_maps
 from sac.io import InputError, to_rgb_uint8
-from sac.model import SACConfig, SegmentAnyCell
-from sac.wsi import SLIDE_MIN_SIDE, open_slide, segment_slide, segment_slides, split_slides
+from sac.pipeline import segment_files
+from sac.segmenter import Segmenter, SegmentOptions
+from sac.wsi import open_slide, segment_slide
 
 
-class LocalModel:
+class LocalSegmenter(Segmenter):
     """Maps that depend only on a few pixels around each pixel, so a block with enough halo sees what the
-    whole image sees: probability is darkness, the centre map a smoothed distance to the background."""
+    whole image sees: probability is darkness, the centre map a smoothed distance to the background.
 
-    def predict_maps(self, image: np.ndarray) -> np.ndarray:
+    No network: of its model, ``segment`` needs only the configuration (without a pixel size, so images are
+    segmented at their own scale) and the device (in fast instance mode).
+    """
+
+    def __init__(self, options: SegmentOptions | None = None, **settings) -> None:
+        config = SimpleNamespace(image_size=64, mpp=None, nucleus_area=None)
+        model = SimpleNamespace(config=config, pixel_mean=torch.zeros(1))
+        super().__init__(model, options, **settings)  # type: ignore[arg-type]
+
+    def with_options(self, **changes) -> LocalSegmenter:
+        return LocalSegmenter(dataclasses.replace(self.options, **changes))
+
+    def maps(self, image: np.ndarray, points=None, generate_points: bool = True) -> np.ndarray:
         darkness = 1 - to_rgb_uint8(image).mean(axis=2) / 255
         centre = ndimage.gaussian_filter(ndimage.distance_transform_edt(darkness >= 0.5) / 3, 1)
-        return np.stack([darkness, darkness, np.clip(centre, 0, 1)]).astype(np.float32)
+        return np.stack([darkness, darkness, np.clip(centre, 0, 1), darkness]).astype(np.float32)
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> None:
@@ -34,12 +49,6 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> None:
     assert np.array_equal(a > 0, b > 0)
     pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
     assert pairs.shape[1] == np.unique(a[a > 0]).size == np.unique(b[b > 0]).size
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    config = SACConfig(backbone="tiny", image_size=64, generator_channels=4, generator_depth=2)
-    return SegmentAnyCell(config).save(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture
@@ -55,22 +64,23 @@ def slide(tmp_path) -> tuple[Path, np.ndarray]:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_stitched_blocks_match_whole_image(tmp_path, dtype):
-    image, _ = synthetic_nuclei(size=320, count=70, seed=1)
-    image[176:, 176:] = 220  # blank blocks: stretching each block on its own would fail there
+    image, _ = synthetic_nuclei(size=640, count=240, seed=1)
+    image[352:, 352:] = 220  # blank blocks: stretching each block on its own would fail there
     if dtype == np.uint16:
         image = image.astype(np.uint16) * 200 + 1000
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, tile=(64, 64), photometric="rgb")
-    block = 64
-    summary = segment_slide(LocalModel(), path, tmp_path / "out", block=block, halo=24, progress=False)
+    block = 256
+    summary = segment_slide(LocalSegmenter(), path, tmp_path / "out", block=block, halo=32, progress=False)
 
-    maps = LocalModel().predict_maps(image)
+    maps = LocalSegmenter().maps(image)
     whole = instances_from_maps(maps[0], maps[2])
     stitched = tifffile.imread(summary["labels"])
     same_partition(whole, stitched)
     assert stitched.dtype == np.uint32 and stitched.max() == summary["nuclei"] == whole.max()
     assert np.array_equal(np.unique(stitched), np.arange(summary["nuclei"] + 1))
-    borders = np.arange(block, 320, block)
+    assert summary["blocks"] == 9
+    borders = np.arange(block, 640, block)
     crossing = np.union1d(
         np.intersect1d(whole[borders - 1], whole[borders]),
         np.intersect1d(whole[:, borders - 1], whole[:, borders]),
@@ -110,11 +120,11 @@ def test_open_slide_planar_and_bad_files(tmp_path, slide):
         open_slide(tmp_path / "missing.tif")
 
 
-def test_segment_slide_with_model_writes_tiled_bigtiff_and_geojson(checkpoint, slide, tmp_path):
+def test_segment_slide_with_model_writes_tiled_bigtiff_and_geojson(tiny_segmenter, slide, tmp_path):
     path, _ = slide
-    model = SegmentAnyCell.load(checkpoint).prepare_for_inference()
-    summary = segment_slide(model, path, tmp_path / "out", level=1, block=64, halo=16, progress=False)
-    assert summary["shape"] == (100, 100) and summary["blocks"] == 4
+    assert tiny_segmenter.options.instances is None  # slides get instances all the same
+    summary = segment_slide(tiny_segmenter, path, tmp_path / "out", level=1, halo=16, progress=False)
+    assert summary["shape"] == (100, 100) and summary["blocks"] == 1 and summary["level"] == 1
     with tifffile.TiffFile(summary["labels"]) as tif:
         page = tif.pages[0]
         assert tif.is_bigtiff and page.is_tiled and page.tilelength == page.tilewidth == 256
@@ -126,44 +136,52 @@ def test_segment_slide_with_model_writes_tiled_bigtiff_and_geojson(checkpoint, s
     assert sorted(tmp_path.joinpath("out").iterdir()) == [summary["geojson"], summary["labels"]]
 
 
+def test_sam_mode_is_kept_and_none_becomes_fast(tiny_segmenter, slide, tmp_path, monkeypatch):
+    path, _ = slide
+    modes = []
+    segment = Segmenter.segment
+
+    def recording(self, image, points=None):
+        modes.append(self.options.instances)
+        return segment(self, image, points)
+
+    monkeypatch.setattr(Segmenter, "segment", recording)
+    native = tiny_segmenter.with_options(mpp="native")  # no first pass to estimate the pixel size
+    sam = native.with_options(instances="sam")
+    summary = segment_slide(sam, path, tmp_path / "sam", level=1, progress=False)
+    segment_slide(native, path, tmp_path / "fast", level=1, progress=False)
+    assert modes == ["sam"] * summary["blocks"] + ["fast"] * summary["blocks"]
+
+
 def test_bad_options_and_points_rejected_before_reading(slide, tmp_path):
     path, _ = slide
     with pytest.raises(InputError, match="halo"):
-        segment_slides(LocalModel(), [path], tmp_path, halo=-1)
+        segment_slide(LocalSegmenter(), path, tmp_path / "out", halo=-1)
+    with pytest.raises(InputError, match="block must be positive"):
+        segment_slide(LocalSegmenter(), path, tmp_path / "out", block=0)
     with pytest.raises(InputError, match="instance mode"):
-        segment_slides(LocalModel(), [path], tmp_path, instances="exact")
-    with pytest.raises(InputError, match="not supported for slides"):
-        segment_slides(LocalModel(), [path], tmp_path, points_file=tmp_path / "points.csv")
+        LocalSegmenter(instances="exact")
+    with pytest.raises(InputError, match="not among the inputs"):
+        (tmp_path / "points.csv").write_text("x,y,label,image\n5,5,1,other.tif\n")
+        segment_files(LocalSegmenter(), [path], tmp_path / "out", tmp_path / "points.csv", slides=True)
+    assert not (tmp_path / "out").exists()
 
 
-def test_segment_slides_skips_bad_slides(slide, tmp_path):
+def test_segment_files_skips_bad_slides(slide, tmp_path):
     path, _ = slide
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 truncated")
-    failures = segment_slides(LocalModel(), [broken, path], tmp_path / "out", progress=False)
+    failures = segment_files(LocalSegmenter(), [broken, path], tmp_path / "out", slides=True, progress=False)
     assert [failed for failed, _ in failures] == [broken]
     assert failures[0][1].startswith(str(broken)) and "\n" not in failures[0][1]
     assert (tmp_path / "out" / "slide_labels.tif").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["slide.geojson", "slide_labels.tif"]
 
 
-def test_split_slides_by_size_suffix_and_force(tmp_path):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    tifffile.imwrite(folder / "wide.tif", np.zeros((16, SLIDE_MIN_SIDE + 1), np.uint8), tile=(16, 1024))
-    tifffile.imwrite(folder / "small.tif", np.zeros((16, 16), np.uint8))
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "tile.png")
-    svs = tmp_path / "scan.svs"
-    tifffile.imwrite(svs, np.zeros((16, 16), np.uint8))
-    images, slides = split_slides([folder, svs])
-    assert [p.name for p in images] == ["small.tif", "tile.png"]
-    assert [p.name for p in slides] == ["wide.tif", "scan.svs"]
-    assert split_slides([folder], force=True) == ([], sorted(folder.iterdir()))
-
-
-def test_cli_predict_slide(checkpoint, slide, tmp_path, capsys):
+def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):
     path, _ = slide
     out = tmp_path / "out"
-    argv = ["predict", str(path), "-o", str(out), "--model", str(checkpoint), "--wsi"]
+    argv = ["predict", str(path), "-o", str(out), "--model", str(tiny_checkpoint), "--wsi"]
     assert main([*argv, "--level", "1"]) == 0
     assert "segmented 1 images" in capsys.readouterr().out
     assert tifffile.imread(out / "slide_labels.tif").shape == (100, 100)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SamConfig, SamModel
 
-from sac.io import InputError
+from sac.io import InputError, check_state_dict, first_line
 
 # Meta's configurations (segment_anything/build_sam.py) and small from-scratch ones sized for CPU training.
 # Each entry: vision-encoder settings, then the prompt/decoder width and decoder MLP width.
@@ -152,16 +152,7 @@ def load_into(config: SamConfig, state_dict: dict[str, torch.Tensor], source: st
     """Build a SamModel for ``config`` and load ``state_dict`` strictly, resizing for the input size."""
     model = SamModel(config)
     state_dict = resize_state_dict(state_dict, config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        detail = (
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
-            f"{len(wrong)} of wrong shape (e.g. {[(k, tuple(state_dict[k].shape)) for k in wrong[:2]]})"
-        )
-        raise InputError(f"{source}: weights do not fit the SAM architecture: {detail}")
+    check_state_dict(state_dict, model.state_dict(), source)
     model.load_state_dict(state_dict, strict=True)
     return model
 
@@ -303,9 +294,8 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise InputError(
-            f"{path}: cannot read checkpoint (truncated or not a PyTorch file): {reason}"
+            f"{path}: cannot read checkpoint (truncated or not a PyTorch file): {first_line(error, 160)}"
         ) from None
     for wrapper in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
@@ -344,9 +334,8 @@ def create_sam(source: str | Path = "tiny", image_size: int | None = None) -> Sa
     try:
         pretrained = SamModel.from_pretrained(source_str)
     except OSError as error:
-        first = str(error).splitlines()[0][:200]
         raise InputError(
-            f"{source_str}: cannot load SAM weights (no network or not a SAM repository?): {first}"
+            f"{source_str}: cannot load SAM weights (no network or not a SAM repository?): {first_line(error)}"
         ) from None
     if image_size is None or image_size == pretrained.config.vision_config.image_size:
         return pretrained

@@ -10,7 +10,7 @@ from sac.tiling import DEFAULT_OVERLAP
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from sac.weights import fetch_checkpoint
+    from sac.download import fetch_checkpoint
 
     print(fetch_checkpoint(args.name))
     return 0
@@ -32,15 +32,34 @@ def _train(args: argparse.Namespace) -> int:
                     settings = json.load(handle)
             except (OSError, json.JSONDecodeError) as error:
                 raise InputError(f"{args.config}: cannot read training config ({error})") from None
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        if set(settings) - known:
-            raise InputError(f"{args.config}: unknown keys {sorted(set(settings) - known)}")
-        flags = {k: v for k, v in vars(args).items() if k in known and v is not None}
+        config = TrainConfig.from_dict(settings, str(args.config))
+        flags = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
         if isinstance(flags.get("datasets"), str):
             flags["datasets"] = flags["datasets"].split(",")
-        result = train(TrainConfig(**{**settings, **flags}))
+        merged = {**dataclasses.asdict(config), **flags}
+        result = train(TrainConfig.from_dict(merged, "command line"))
     print(json.dumps(result))
     return 0
+
+
+# sac train flags that set TrainConfig (or, for the model's, its SACConfig) fields of the same name
+TRAIN_FLAGS = (
+    "datasets",
+    "data_root",
+    "backbone",
+    "encoder_mode",
+    "image_size",
+    "lora_rank",
+    "init",
+    "num_points",
+    "mpp",
+    "batch_size",
+    "epochs",
+    "max_steps",
+    "lr",
+    "seed",
+    "out",
+)
 
 
 def _add_train_parser(commands) -> None:
@@ -54,7 +73,10 @@ def _add_train_parser(commands) -> None:
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
     )
     parser.add_argument(
-        "--dataset", dest="datasets", help="monuseg, dsb2018, glas or folder; several joined by commas"
+        "--dataset",
+        dest="datasets",
+        help="folder (--data-root DIR) or datasets under the data folder (monuseg, dsb2018, consep, cryonuseg, "
+        "glas); several joined by commas",
     )
     parser.add_argument("--data-root", help="datasets folder (default: $SAC_DATA or ../shared/data)")
     parser.add_argument(
@@ -69,6 +91,9 @@ def _add_train_parser(commands) -> None:
         help="start from a SAC checkpoint folder, or 'default' for the shipped model (its architecture is kept)",
     )
     parser.add_argument("--num-points", type=int, help="positive and negative points per image, each")
+    parser.add_argument(
+        "--mpp", type=float, help="pixel size (µm/px) the model works at; training images are resampled to it"
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -79,9 +104,20 @@ def _add_train_parser(commands) -> None:
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """The model and tiling options ``predict`` and ``evaluate`` share, so both run a model the same way."""
-    parser.add_argument("--model", metavar="PATH", help="checkpoint folder (default: the shipped model)")
-    parser.add_argument("--tile", type=int, help="tile size in pixels (default: the model's input size)")
+    """The model and segmentation options ``predict`` and ``evaluate`` share, so both run a model the same way."""
+    parser.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        help="a shipped model: nuclei (the default; H&E and fluorescence nuclei) or glands (colon H&E glands), "
+        "or a checkpoint folder written by sac train",
+    )
+    parser.add_argument(
+        "--mpp",
+        default="auto",
+        metavar="UM|auto|native",
+        help="the images' pixel size in µm (e.g. 0.25 at 40x, 0.5 at 20x); auto (default): the file's record, "
+        "else estimated from the nuclei; native: never resample",
+    )
     parser.add_argument(
         "--overlap",
         type=int,
@@ -89,62 +125,74 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
     )
     parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
 
 
-def _load_model(path: str | None, device: str):
-    """The checkpoint at ``path`` (else the shipped model) on ``device``, with LoRA merged for speed."""
-    from sac.inference import resolve_device
-    from sac.model import CONFIG_FILE, SegmentAnyCell, default_model_path
+def _segment_options(args: argparse.Namespace):
+    """The one SegmentOptions of a ``predict`` or ``evaluate`` command, checked before any model work."""
+    from sac.segmenter import SegmentOptions
 
-    if path is None and not (default_model_path() / CONFIG_FILE).is_file():
+    return SegmentOptions(
+        instances=args.instances or None,
+        threshold=args.threshold,
+        mpp=args.mpp,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+
+
+def _load_segmenter(args: argparse.Namespace, options):
+    """The checkpoint at ``--model`` (else the shipped model) on ``--device``, with LoRA merged for speed."""
+    from sac.model import CONFIG_FILE, SHIPPED_MODELS, model_path
+    from sac.segmenter import Segmenter
+
+    shipped = args.model is None or args.model in SHIPPED_MODELS
+    if shipped and not (model_path(args.model) / CONFIG_FILE).is_file():
         raise InputError(
-            f"{default_model_path()}: no model ships with this sac installation yet; "
-            "pass --model CHECKPOINT_DIR (a folder written by sac train)"
+            f"{model_path(args.model)}: the {args.model or 'default'} model does not ship with this sac "
+            "installation; pass --model CHECKPOINT_DIR (a folder written by sac train)"
         )
-    return SegmentAnyCell.load(path, device=resolve_device(device)).prepare_for_inference()
+    return Segmenter.load(args.model, args.device, options=options)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sac.inference import predict_files
-    from sac.wsi import segment_slides, split_slides
+    from sac.pipeline import find_inputs, segment_files
 
+    options = _segment_options(args)
+    if args.sample:
+        from sac.data import sample_path
+
+        args.inputs = [*args.inputs, *(sample_path(name) for name in args.sample)]
+    if not args.inputs:
+        raise InputError("no input: give image files or folders, or --sample he|fluo")
     # before loading the model, so a mistyped path fails at once
-    images, slides = split_slides(args.inputs, force=args.wsi)
-    paths = images + slides
-    options = {
-        "instances": args.instances or False,
-        "points_file": args.points,
-        "tile": args.tile,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
-        "threshold": args.threshold,
-    }
+    count = len(find_inputs(args.inputs, args.wsi))
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 
         failures = predict_many(
             args.model,
-            paths,
+            args.inputs,
             args.output,
+            options,
             workers=args.workers,
             scheduler=args.dask,
             device=args.device,
-            wsi=args.wsi,
+            points_file=args.points,
+            slides=args.wsi,
             level=args.level,
-            **options,
         )
     else:
-        model = _load_model(args.model, args.device)
-        failures = predict_files(model, images, args.output, **options) if images else []
-        failures += segment_slides(model, slides, args.output, level=args.level, **options)
+        segmenter = _load_segmenter(args, options)
+        failures = segment_files(segmenter, args.inputs, args.output, args.points, args.wsi, args.level)
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
-        print(f"sac: {len(failures)} of {len(paths)} images failed:", file=sys.stderr)
+        print(f"sac: {len(failures)} of {count} images failed:", file=sys.stderr)
         for _, message in failures:
             print(f"sac:   {message}", file=sys.stderr)
         return 1
-    print(f"segmented {len(paths)} images into {args.output}")
+    print(f"segmented {count} images into {args.output}")
     return 0
 
 
@@ -154,7 +202,13 @@ def _add_predict_parser(commands) -> None:
         help="segment images: masks, and with --instances label TIFFs, CSV tables, GeoJSON and overlays",
         description="Put --instances after the inputs (or write --instances=sam), since its value is optional.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument(
+        "--sample",
+        action="append",
+        choices=["he", "fluo"],
+        help="segment a sample image bundled with sac (H&E or fluorescence); may be repeated",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the outputs")
     parser.add_argument("--points", metavar="FILE", help="manual prompts: CSV x,y,label or JSON")
     parser.add_argument(
@@ -165,13 +219,16 @@ def _add_predict_parser(commands) -> None:
         help="also separate nuclei: fast (watershed, the default) or sam (one SAM prompt per nucleus)",
     )
     _add_inference_options(parser)
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
     parser.add_argument(
         "--wsi",
         action="store_true",
         help="stream every input as a whole-slide image (automatic for SVS and TIFFs over 8192 px a side)",
     )
-    parser.add_argument("--level", type=int, default=0, help="slide pyramid level (default: 0, full size)")
+    parser.add_argument(
+        "--level",
+        type=int,
+        help="slide pyramid level (default: the level closest to the model's pixel size, else 0)",
+    )
     parser.add_argument("--workers", type=int, metavar="N", help="run on N local dask worker processes")
     parser.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="run on a dask.distributed cluster")
     parser.set_defaults(run=_predict)
@@ -186,24 +243,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
+    options = _segment_options(args)
     samples = load_dataset(args.dataset, args.data_root, args.split)[: args.limit]
-    model = _load_model(args.model, args.device)
-    result = evaluate_model(
-        model,
-        samples,
-        instances=args.instances,
-        tile=args.tile,
-        overlap=args.overlap,
-        threshold=args.threshold,
-    )
-    for key, value in result["summary"].items():
-        print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+    glands = args.dataset == "glas"
+    result = evaluate_model(_load_segmenter(args, options), samples, glands=glands)
+    for name, summary in [("all", result["summary"]), *result.get("parts", {}).items()]:
+        if "parts" in result:
+            print(f"-- {name}")
+        for key, value in summary.items():
+            print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
     if args.json:
         report = {
             "model": args.model or "shipped",
             "dataset": args.dataset,
             "split": args.split,
-            "instances": args.instances,
+            "instances": options.instances,
             **result,
         }
         with atomic_write(args.json) as tmp:
@@ -213,7 +267,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_evaluate_parser(commands) -> None:
     parser = commands.add_parser("evaluate", help="score a model on a labelled dataset (Dice, AJI, PQ, F1)")
-    parser.add_argument("--dataset", required=True, help="monuseg, dsb2018, glas or folder")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="samples (the bundled images), folder (--data-root DIR), or a dataset under the data folder: "
+        "monuseg, dsb2018, consep, cryonuseg, glas",
+    )
     parser.add_argument("--data-root", help="datasets folder (default: $SAC_DATA or ../shared/data)")
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--instances", default="fast", metavar="fast|sam", help="default: fast")

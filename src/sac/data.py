@@ -14,10 +14,13 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
@@ -40,6 +43,104 @@ _BRIGHTNESS, _CONTRAST, _SATURATION = 0.15, 0.15, 0.15
 _HED_SCALE, _HED_SHIFT = 0.15, 0.01
 _GREY_PROBABILITY = 0.1  # an H&E crop shown as grey now and then, so colour alone never decides
 _SCALE_PROBABILITY = 0.5  # half of the crops keep the model's scale; the rest are zoomed in [1/max, max]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples bundled with the package, so a first run needs no data folder (like scikit-image's ``data.cell()``).
+# Both come from test splits (never used for training); sources, crop boxes and licences: sac/samples/README.md.
+
+
+class BundledSample(NamedTuple):
+    """One bundled sample: file names inside ``sac/samples/``, pixel size and a one-line description."""
+
+    image: str
+    labels: str
+    pixel_size_um: float | None
+    description: str
+
+
+SAMPLES: dict[str, BundledSample] = {
+    "he": BundledSample(
+        "he.jpg",
+        "he_labels.png",
+        0.25,
+        "H&E, 40x: 512x512 crop of MoNuSeg test image TCGA-44-2665 (lymphocytes and tumour cells)",
+    ),
+    "fluo": BundledSample(
+        "fluo.png",
+        "fluo_labels.png",
+        None,
+        "fluorescence (grey): 260x347 DSB 2018 image from the test split, bright nuclei on a dark background",
+    ),
+}
+
+
+def _sample(name: str) -> BundledSample:
+    try:
+        return SAMPLES[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown sample {name!r}; available: {', '.join(SAMPLES)}") from None
+
+
+def _resource(filename: str) -> Path:
+    # files() is a real directory for any pip install (regular or editable); str() also covers Traversables
+    # that are not Path objects, which then fail later with a "file not found" naming the path.
+    return Path(str(resources.files("sac") / "samples" / filename))
+
+
+def sample_path(name: str) -> Path:
+    """Path of a sample's image file inside the installed package, e.g. to pass to the ``sac`` command line.
+
+    Parameters
+    ----------
+    name : one of ``SAMPLES`` (``"he"``, ``"fluo"``).
+
+    Returns
+    -------
+    The image file's path; raises :class:`sac.io.InputError` for an unknown name.
+    """
+    return _resource(_sample(name).image)
+
+
+def sample(name: str) -> np.ndarray:
+    """A sample image as stored, without conversion, so the grey fluorescence image stays 2-D.
+
+    Parameters
+    ----------
+    name : one of ``SAMPLES`` (``"he"``, ``"fluo"``).
+
+    Returns
+    -------
+    uint8 array: (512, 512, 3) RGB for ``"he"``, (260, 347) grey for ``"fluo"``.
+    Use :func:`sac.io.read_image` on :func:`sample_path` instead for the RGB array the model gets.
+    """
+    with Image.open(sample_path(name)) as image:
+        return np.array(image)
+
+
+def sample_labels(name: str) -> np.ndarray:
+    """A sample's ground-truth instance labels, to score a segmentation of :func:`sample` against.
+
+    Parameters
+    ----------
+    name : one of ``SAMPLES`` (``"he"``, ``"fluo"``).
+
+    Returns
+    -------
+    int32 array of the image's height and width; 0 = background, nuclei numbered 1..N.
+    """
+    return read_labels(_resource(_sample(name).labels))
+
+
+def load_samples() -> list[NucleiSample]:
+    """The bundled samples as a dataset (``sac evaluate --dataset samples``), RGB like every dataset."""
+    return [
+        NucleiSample(name, read_image(sample_path(name)), sample_labels(name), entry.pixel_size_um)
+        for name, entry in SAMPLES.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def default_data_root() -> Path | None:
@@ -105,6 +206,8 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     ``root`` is the shared data folder (default :func:`default_data_root`); for ``folder`` it is the folder
     holding ``images/`` and ``masks/`` itself, or their parent ``<root>/<split>`` when that exists.
     """
+    if name == "samples":
+        return load_samples()
     if root is None:
         root = default_data_root()
         if root is None:
@@ -130,6 +233,20 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     if not folder.is_dir():
         raise InputError(f"{folder}: dataset split not found")
     return _load_pairs(folder, mpp=mpp)
+
+
+def median_nucleus_area(samples: Sequence[NucleiSample], mpp: float | None) -> float | None:
+    """Median nucleus area in pixels at pixel size ``mpp``, over the samples whose pixel size is known: the
+    size ``--mpp auto`` compares an image's nuclei with. None when no sample has a known pixel size."""
+    if mpp is None:
+        return None
+    areas = [
+        np.bincount(sample.labels.ravel())[1:] * (sample.mpp / mpp) ** 2
+        for sample in samples
+        if sample.mpp is not None
+    ]
+    areas = [a[a > 0] for a in areas]
+    return float(np.median(np.concatenate(areas))) if areas else None
 
 
 def instance_distance_map(labels: np.ndarray) -> np.ndarray:

@@ -2,42 +2,63 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from tqdm import tqdm
 
 from sac.data import NucleiSample
-from sac.inference import instance_mode, segment_image
 from sac.io import InputError
-from sac.metrics import evaluate_image, summarize
-from sac.tiling import DEFAULT_OVERLAP
+from sac.metrics import evaluate_image, gland_metrics, summarize
+from sac.segmenter import Segmenter
 
-# Taken from the semantic mask, so Dice/IoU measure the probability map, not the instance post-processing.
+# Pixel metrics of the mask, which is labels > 0: what was written is what is scored.
 SEMANTIC_KEYS = ("dice", "iou", "fg_intersection", "fg_total", "fg_union")
 
 
+GLAND_KEYS = ("object_f1", "object_precision", "object_recall", "object_dice", "object_hausdorff")
+
+
 def evaluate_model(
-    model: torch.nn.Module,
-    samples: list[NucleiSample],
-    instances: str = "fast",
-    tile: int | None = None,
-    overlap: int = DEFAULT_OVERLAP,
-    progress: bool = True,
-    threshold: float = 0.5,
+    segmenter: Segmenter, samples: list[NucleiSample], progress: bool = True, glands: bool = False
 ) -> dict:
     """``{"summary": ..., "per_image": [{"name": ..., <metrics>}]}`` for ``samples``.
 
-    Dice and IoU come from the thresholded probability; AJI, PQ and F1 from the ``instances`` labels.
+    Every metric scores the instance labels (the segmenter's instance mode; ``fast`` when it has none); Dice
+    and IoU their foreground, which is the mask ``sac predict`` writes. A sample's known pixel size plays the
+    part of a file's record. ``glands`` adds the GlaS challenge's object F1, Dice and Hausdorff (per-image
+    means), and summaries per test part (``testA``/``testB``: the part of the name before ``_``).
     """
     if not samples:
         raise InputError("no samples to evaluate")
-    if instance_mode(instances) is None:
-        raise InputError("evaluation needs instance labels: instances must be fast or sam")
+    if segmenter.options.instances is None:
+        segmenter = segmenter.with_options(instances="fast")
     per_image = []
     for sample in tqdm(samples, desc="sac evaluate", unit="image", disable=not progress):
-        mask, labels = segment_image(
-            model, sample.image, instances=instances, threshold=threshold, tile=tile, overlap=overlap
-        )
+        result = segmenter.segment(sample.image, mpp=sample.mpp)
+        mask, labels = result.mask, result.labels
         metrics = evaluate_image(sample.labels, labels)
         semantic = evaluate_image(sample.labels, mask)
-        per_image.append({"name": sample.name, **metrics, **{key: semantic[key] for key in SEMANTIC_KEYS}})
-    return {"summary": summarize(per_image), "per_image": per_image}
+        row = {"name": sample.name, **metrics, **{key: semantic[key] for key in SEMANTIC_KEYS}}
+        if glands:
+            row.update(
+                {
+                    key: value
+                    for key, value in gland_metrics(sample.labels, labels).items()
+                    if key in GLAND_KEYS
+                }
+            )
+        per_image.append(row)
+    result = {"summary": _summary(per_image, glands), "per_image": per_image}
+    parts = sorted({row["name"].split("_")[0] for row in per_image})
+    if glands and len(parts) > 1:
+        result["parts"] = {
+            part: _summary([row for row in per_image if row["name"].split("_")[0] == part], glands)
+            for part in parts
+        }
+    return result
+
+
+def _summary(per_image: list[dict], glands: bool) -> dict:
+    summary = summarize(per_image)
+    if glands:
+        summary.update({key: float(np.mean([row[key] for row in per_image])) for key in GLAND_KEYS})
+    return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -21,9 +22,23 @@ from skimage.util import img_as_ubyte
 from sac.io import InputError, atomic_write
 from sac.metrics import check_labels
 
+# What ``sac predict`` writes per input, named <stem><suffix>; slides get only labels and geojson.
+OUTPUT_SUFFIXES = {
+    "mask": "_mask.png",
+    "labels": "_labels.tif",
+    "table": "_nuclei.csv",
+    "geojson": ".geojson",
+    "overlay": "_overlay.png",
+}
 TABLE_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_intensity")
+UNIT_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a known pixel size
 NUCLEUS_CLASS, NUCLEUS_COLOR = "Nucleus", (255, 0, 0)
 BOUNDARY_COLOR = (1.0, 1.0, 0.0)
+
+
+def output_path(out_dir: str | os.PathLike, source: str | os.PathLike, kind: str) -> Path:
+    """Where the ``kind`` output (a key of ``OUTPUT_SUFFIXES``) of the input file ``source`` goes."""
+    return Path(out_dir) / f"{Path(source).stem}{OUTPUT_SUFFIXES[kind]}"
 
 
 def _check_label_image(labels: np.ndarray) -> np.ndarray:
@@ -58,25 +73,39 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     _write_png(path, np.where(mask > 0, 255, 0).astype(np.uint8))
 
 
-def write_labels_tif(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Save labels as zlib TIFF in the smallest unsigned type napari and QuPath read (uint16 or uint32)."""
+def write_labels_tif(path: str | os.PathLike, labels: np.ndarray, mpp: float | None = None) -> None:
+    """Save labels as zlib TIFF in the smallest unsigned type napari and QuPath read (uint16 or uint32).
+
+    With the pixel size ``mpp`` (µm), resolution tags in pixels per centimetre let QuPath, Fiji and napari
+    plugins show microns.
+    """
     labels = check_labels(labels)
     max_id = int(labels.max()) if labels.size else 0
     if max_id > np.iinfo(np.uint32).max:
         raise InputError(f"label id {max_id} does not fit in uint32")
     dtype = np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", **resolution_tags(mpp))
 
 
-def nuclei_table(labels: np.ndarray, image: np.ndarray | None = None) -> list[dict]:
-    """One row of shape measurements per nucleus; ``mean_intensity`` is in the gray units of ``image``."""
+def resolution_tags(mpp: float | None) -> dict:
+    """tifffile arguments recording a pixel size of ``mpp`` µm (none when unknown)."""
+    if mpp is None:
+        return {}
+    return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+
+
+def nuclei_table(labels: np.ndarray, image: np.ndarray | None = None, mpp: float | None = None) -> list[dict]:
+    """One row of shape measurements per nucleus; ``mean_intensity`` is in the gray units of ``image``.
+
+    With the pixel size ``mpp`` (µm), the same measurements also in µm and µm² (``UNIT_COLUMNS``).
+    """
     labels = _check_label_image(labels)
     gray = None
     if image is not None:
         image = _check_image(image, labels.shape).astype(np.float64)
         gray = rgb2gray(image) if image.ndim == 3 else image
-    return [
+    rows = [
         {
             "id": region.label,
             "centroid_x": float(region.centroid[1]),
@@ -88,13 +117,25 @@ def nuclei_table(labels: np.ndarray, image: np.ndarray | None = None) -> list[di
         }
         for region in measure.regionprops(labels, intensity_image=gray)
     ]
+    if mpp is not None:
+        for row in rows:
+            row.update(
+                centroid_x_um=row["centroid_x"] * mpp,
+                centroid_y_um=row["centroid_y"] * mpp,
+                area_um2=row["area"] * mpp**2,
+                perimeter_um=row["perimeter"] * mpp,
+            )
+    return rows
 
 
-def write_nuclei_csv(path: str | os.PathLike, labels: np.ndarray, image: np.ndarray | None = None) -> None:
+def write_nuclei_csv(
+    path: str | os.PathLike, labels: np.ndarray, image: np.ndarray | None = None, mpp: float | None = None
+) -> None:
     """Write :func:`nuclei_table` as CSV; the header is written even without nuclei so readers never choke."""
-    rows = nuclei_table(labels, image)
+    rows = nuclei_table(labels, image, mpp)
+    columns = TABLE_COLUMNS if mpp is None else TABLE_COLUMNS + UNIT_COLUMNS
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -116,13 +157,16 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return np.vstack([corners, corners[:1]]) if len(corners) >= 3 else ring
 
 
-def labels_to_geojson(labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0)) -> dict:
-    """Outline every nucleus as a QuPath detection; ``offset_xy`` places a tile inside its whole slide."""
+def labels_to_geojson(
+    labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), scale: float = 1.0
+) -> dict:
+    """Outline every nucleus as a QuPath detection; ``offset_xy`` places a tile inside its whole slide, and
+    ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame."""
     labels = _check_label_image(labels)
     features = []
     for region in measure.regionprops(labels):
         ring = _outer_ring(region.image) + np.array(region.bbox[:2]) + 0.5
-        xy = ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)
+        xy = (ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)) * scale
         features.append(
             {
                 "type": "Feature",

@@ -1,24 +1,31 @@
-"""Nuclei instances from the model's maps: a fast watershed, or one SAM prompt per nucleus for sharper outlines.
+"""Nuclei instances: a fast watershed on the model's maps, or SAM answering one click per nucleus, and a user's
+clicks applied to either.
 
-The fast mode splits touching nuclei along the valleys of the predicted centre map. SAM mode re-segments each of
-those nuclei with its own positive click and negative clicks on its nearest neighbours, so masks do not bleed
-into the nuclei next to them.
+The fast mode splits touching nuclei along the valleys of the predicted centre map. SAM mode prompts each nucleus
+the generator finds at its centre, with negative clicks on its nearest neighbours so masks do not bleed into the
+nuclei next to them. A user's positive click becomes SAM's prompt for the nucleus under it, which is added as its
+own instance; a negative click removes the object under it. SAM's answer to a click is refined only in a window
+around it (``SACConfig.instance_window``), so a click changes nothing far from where it lands.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import NamedTuple
+
 import numpy as np
 import torch
-import torch.nn.functional as F
+from scipy import ndimage
 from scipy.spatial import KDTree
 from skimage import measure, morphology, segmentation
 
-from sac.data import instance_distance_map
 from sac.io import InputError
-from sac.prompts import peak_pixels
+from sac.model import SegmentAnyCell
+from sac.points import peak_pixels
 from sac.tiling import pad_to, tile_grid
 
-NEGATIVES_PER_NUCLEUS = 2
+NEGATIVES_PER_NUCLEUS = 2  # SAM instance mode: negative clicks on the nearest other nuclei
+MAX_CLICK_NEGATIVES = 4  # a user's positive click: nearby negative clicks and neighbours, at most
 _PADDING_LABEL = -1  # SAM's "not a point": lets nuclei with fewer neighbours share a prompt batch
 
 
@@ -52,119 +59,204 @@ def instances_from_maps(
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
+class NucleusMask(NamedTuple):
+    """SAM's answer to one click, in image coordinates."""
+
+    score: float  # SAM's predicted IoU
+    rows: np.ndarray
+    cols: np.ndarray
+
+
 @torch.inference_mode()
-def refine_instances_with_sam(
-    model: torch.nn.Module,
-    image_rgb_uint8: np.ndarray,
-    labels: np.ndarray,
+def segment_at_points(
+    model: SegmentAnyCell,
+    image: np.ndarray,
+    clicks: np.ndarray,
+    negatives: np.ndarray,
     batch_size: int = 64,
-    overlap: int | None = None,
-) -> np.ndarray:
-    """Re-segment every nucleus of ``labels`` with ``model.sam``; returns int32 labels 1..N, each connected.
+) -> list[NucleusMask | None]:
+    """SAM's nucleus for each positive click, or None where its mask misses the click.
 
-    Each nucleus is prompted in the tile (``overlap`` defaults to a quarter tile) where it lies most centrally,
-    so its mask is rarely cut by a tile border. Where masks overlap, the higher predicted IoU wins; a nucleus
-    whose SAM mask misses its own click keeps its original pixels, at the lowest priority.
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+    clicks : (N, 2) int (row, column) positive clicks
+    negatives : (N, K, 2) int (row, column) negative clicks per positive; rows of -1 are unused
+
+    Each click is answered in the tile (overlapping by a quarter tile) where it lies most centrally, so its
+    refinement window is rarely cut by a tile border; the mask is the piece of the window connected to the click.
     """
-    image, labels = np.asarray(image_rgb_uint8), np.asarray(labels)
-    if image.shape != (*labels.shape, 3) or image.dtype != np.uint8:
-        raise InputError(
-            f"expected a uint8 RGB image matching labels {labels.shape}, got {image.dtype} {image.shape}"
-        )
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return np.zeros(labels.shape, np.int32)
-    size = model.config.image_size
-    points = np.stack(
-        np.unravel_index(peak_pixels(instance_distance_map(labels), labels, ids), labels.shape), 1
+    clicks = np.asarray(clicks, np.int64).reshape(-1, 2)
+    negatives = (
+        np.asarray(negatives, np.int64).reshape(len(clicks), -1, 2) if len(clicks) else np.zeros((0, 1, 2))
     )
-    origins = np.array(tile_grid(labels.shape, size, size // 4 if overlap is None else overlap))
-    margin = np.minimum(points[:, None] - origins, origins + size - 1 - points[:, None]).min(axis=2)
-    home = margin.argmax(axis=1)
-    neighbours = KDTree(points).query(points, k=NEGATIVES_PER_NUCLEUS + 1)[1][:, 1:]
-    candidates = []  # (score, nucleus index, rows, cols) in image coordinates
-    for tile in np.unique(home):
-        origin = origins[tile]
-        embeddings = _tile_embeddings(model, image, origin, size)
-        members = np.flatnonzero(home == tile)
-        for start in range(0, members.size, batch_size):
-            chosen = members[start : start + batch_size]
-            prompts, prompt_labels = _prompts(points, neighbours, chosen, origin, size)
-            output = model.sam(
-                image_embeddings=embeddings,
-                input_points=torch.from_numpy(prompts)[None].to(embeddings.device),
-                input_labels=torch.from_numpy(prompt_labels)[None].to(embeddings.device),
-                multimask_output=False,
-            )
-            logits = F.interpolate(
-                output.pred_masks[0].float(), size=(size, size), mode="bilinear", align_corners=False
-            )
-            masks = (logits[:, 0] > 0).cpu().numpy()
-            scores = output.iou_scores[0, :, 0].float().cpu().numpy()
-            candidates += [
-                _candidate(mask, score, nucleus, points[nucleus], origin, labels, ids[nucleus])
-                for mask, score, nucleus in zip(masks, scores, chosen, strict=True)
-            ]
-    return _paint(candidates, points, labels.shape)
-
-
-def _tile_embeddings(
-    model: torch.nn.Module, image: np.ndarray, origin: np.ndarray, size: int
-) -> torch.Tensor:
-    """SAM image embeddings of one (padded) tile, normalised as in ``SegmentAnyCell.forward``."""
-    y, x = origin
-    crop = pad_to(image[y : y + size, x : x + size], size, size)
+    size = model.config.image_size
+    origins = np.array(tile_grid(image.shape[:2], size, size // 4))
+    margin = np.minimum(clicks[:, None] - origins, origins + size - 1 - clicks[:, None]).min(axis=2)
+    home = margin.argmax(axis=1) if len(clicks) else np.zeros(0, np.intp)
     device = model.pixel_mean.device
-    tensor = torch.tensor(crop, device=device).permute(2, 0, 1)[None].float() / 255
-    return model.sam.get_image_embeddings((tensor - model.pixel_mean) / model.pixel_std)
+    answers: list[NucleusMask | None] = [None] * len(clicks)
+    was_training = model.training
+    model.eval()
+    try:
+        for tile in np.unique(home):
+            y, x = origins[tile]
+            crop = pad_to(image[y : y + size, x : x + size], size, size)
+            tensor = (
+                torch.from_numpy(np.ascontiguousarray(crop)).to(device).permute(2, 0, 1)[None].float() / 255
+            )
+            output = model(tensor)
+            members = np.flatnonzero(home == tile)
+            for start in range(0, members.size, batch_size):
+                chosen = members[start : start + batch_size]
+                points, labels = _tile_prompts(clicks[chosen], negatives[chosen], (y, x), size)
+                answer = model.prompt_instances(
+                    output,
+                    torch.zeros(len(chosen), dtype=torch.long, device=device),
+                    torch.from_numpy(points).to(device),
+                    torch.from_numpy(labels).to(device),
+                )
+                windows = (answer.logits[:, 0] > 0).cpu().numpy()
+                corners = answer.origins.cpu().numpy() + np.array([y, x])
+                scores = answer.iou.float().cpu().numpy()
+                for nucleus, window, corner, score in zip(chosen, windows, corners, scores, strict=True):
+                    answers[nucleus] = _connected_to_click(
+                        window, corner, clicks[nucleus], image.shape, score
+                    )
+    finally:
+        model.train(was_training)
+    return answers
 
 
-def _prompts(
-    points: np.ndarray, neighbours: np.ndarray, chosen: np.ndarray, origin: np.ndarray, size: int
+def _tile_prompts(
+    clicks: np.ndarray, negatives: np.ndarray, origin: tuple[int, int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(P, 1 + k, 2) (x, y) tile-frame points and (P, 1 + k) labels: the nucleus, then its neighbours' centres.
+    """(P, 1 + K, 2) (x, y) tile-frame points and (P, 1 + K) labels: the click, then its negatives.
 
-    Neighbours outside the tile (or missing, which KDTree marks with index N) become padding points.
+    Negatives outside the tile, or unused (-1), become padding points.
     """
-    count = len(points)
-    index = np.concatenate([chosen[:, None], neighbours[chosen]], axis=1)
-    rows_cols = np.concatenate([points, np.zeros((1, 2), points.dtype)])[index] - origin
-    inside = (index < count) & (rows_cols >= 0).all(axis=2) & (rows_cols < size).all(axis=2)
+    rows_cols = np.concatenate([clicks[:, None], negatives], axis=1) - np.asarray(origin)
+    inside = (rows_cols >= 0).all(axis=2) & (rows_cols < size).all(axis=2)
+    inside[:, 1:] &= (negatives >= 0).all(axis=2)
     labels = np.where(inside, 0, _PADDING_LABEL)
     labels[:, 0] = 1
     coords = np.where(inside[..., None], rows_cols[..., ::-1], 0)
     return coords.astype(np.float32), labels.astype(np.int64)
 
 
-def _candidate(
-    mask: np.ndarray,
-    score: float,
-    nucleus: int,
-    point: np.ndarray,
-    origin: np.ndarray,
+def _connected_to_click(
+    window: np.ndarray, corner: np.ndarray, click: np.ndarray, shape: tuple[int, ...], score: float
+) -> NucleusMask | None:
+    """The piece of a window mask (top-left ``corner`` in the image) that holds the click, clipped to the image
+    and to half a window from the click."""
+    row, col = click - corner
+    if not (0 <= row < window.shape[0] and 0 <= col < window.shape[1]) or not window[row, col]:
+        return None
+    # within the window's inscribed disk, so that no pixel farther than half a window from the click changes
+    rows, cols = np.ogrid[: window.shape[0], : window.shape[1]]
+    window = window & ((rows - row) ** 2 + (cols - col) ** 2 <= (window.shape[0] // 2) ** 2)
+    pieces = measure.label(window)
+    rows, cols = np.nonzero(pieces == pieces[row, col])
+    rows, cols = rows + corner[0], cols + corner[1]
+    inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
+    return NucleusMask(float(score), rows[inside], cols[inside])
+
+
+def sam_instances(
+    model: SegmentAnyCell, image: np.ndarray, seeds: np.ndarray, centre: np.ndarray, batch_size: int = 64
+) -> np.ndarray:
+    """SAM instance mode: int32 labels 1..N from one click per nucleus of ``seeds`` (the watershed's labels),
+    at the peak of the generator's ``centre`` map inside it, with negative clicks on its nearest neighbours.
+
+    Where masks overlap, the higher predicted IoU wins; a nucleus whose SAM mask misses its own click keeps its
+    seed pixels, at the lowest priority.
+    """
+    image, seeds = np.asarray(image), np.asarray(seeds)
+    if image.shape != (*seeds.shape, 3) or image.dtype != np.uint8:
+        raise InputError(
+            f"expected a uint8 RGB image matching labels {seeds.shape}, got {image.dtype} {image.shape}"
+        )
+    ids = np.unique(seeds)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return np.zeros(seeds.shape, np.int32)
+    points = np.stack(np.unravel_index(peak_pixels(centre, seeds, ids), seeds.shape), 1)
+    neighbours = KDTree(points).query(points, k=NEGATIVES_PER_NUCLEUS + 1)[1][:, 1:]
+    padded = np.concatenate([points, np.full((1, 2), -1)])  # KDTree marks missing neighbours with index N
+    answers = segment_at_points(model, image, points, padded[neighbours], batch_size)
+    candidates = [
+        answer if answer is not None else NucleusMask(-np.inf, *np.nonzero(seeds == label))
+        for answer, label in zip(answers, ids, strict=True)
+    ]
+    return _paint(candidates, points, seeds.shape)
+
+
+def apply_clicks(
+    model: SegmentAnyCell,
+    image: np.ndarray,
     labels: np.ndarray,
-    label: int,
-) -> tuple[float, int, np.ndarray, np.ndarray]:
-    """The piece of a tile mask connected to the nucleus's click, or its original pixels if the mask misses it."""
-    y, x = origin
-    height, width = labels.shape
-    mask = mask[: height - y, : width - x]
-    row, col = point - origin
-    if mask[row, col]:
-        pieces = measure.label(mask)
-        part = pieces == pieces[row, col]
-    else:
-        part, score = labels[y : y + mask.shape[0], x : x + mask.shape[1]] == label, -np.inf
-    rows, cols = np.nonzero(part)
-    return float(score), int(nucleus), rows + y, cols + x
+    positive: np.ndarray | None,
+    negative: np.ndarray | None,
+) -> np.ndarray:
+    """Labels corrected by a user's clicks, (x, y) image coordinates.
+
+    A negative click removes the object under it. A positive click asks SAM for the nucleus under it (with the
+    negative clicks near it, and the centres of the two nearest other objects, as negatives) and adds it as a
+    new instance over whatever was there; a click SAM cannot answer is reported and changes nothing.
+    """
+    labels = np.asarray(labels).copy()
+    positive, negative = (click_pixels(p, labels.shape) for p in (positive, negative))
+    for row, col in negative:
+        if labels[row, col]:
+            labels[labels == labels[row, col]] = 0
+    negatives = click_negatives(labels, positive, negative, model.config.instance_window)
+    for (row, col), answer in zip(
+        positive, segment_at_points(model, image, positive, negatives), strict=True
+    ):
+        if answer is None:
+            warnings.warn(f"SAM found no nucleus under the click ({col}, {row})", stacklevel=2)
+        else:
+            labels[answer.rows, answer.cols] = labels.max() + 1
+    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
-def _paint(candidates: list, points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def click_negatives(
+    labels: np.ndarray, positive: np.ndarray, negative: np.ndarray, window: int
+) -> np.ndarray:
+    """(N, MAX_CLICK_NEGATIVES, 2) (row, column) negatives for each positive click (-1: unused): the user's
+    negative clicks within its window, then the centres of the nearest objects other than the one under it."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    depth = ndimage.distance_transform_edt(labels > 0)
+    centres = np.stack(np.unravel_index(peak_pixels(depth, labels, ids), labels.shape), 1).reshape(-1, 2)
+    negatives = np.full((len(positive), MAX_CLICK_NEGATIVES, 2), -1)
+    for index, (row, col) in enumerate(positive):
+        near = negative[np.abs(negative - (row, col)).max(axis=1) < window // 2]
+        others = centres[ids != labels[row, col]]
+        nearest = others[np.argsort(((others - (row, col)) ** 2).sum(1))[:NEGATIVES_PER_NUCLEUS]]
+        chosen = np.concatenate([near, nearest])[:MAX_CLICK_NEGATIVES]
+        negatives[index, : len(chosen)] = chosen
+    return negatives
+
+
+def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 2) int (row, column) pixels of (x, y) clicks; a click outside the image is an error, not a no-op."""
+    if points is None:
+        return np.zeros((0, 2), np.int64)
+    xy = np.asarray(points, np.float64).reshape(-1, 2)
+    rows_cols = np.floor(xy[:, ::-1]).astype(np.int64)
+    outside = ((rows_cols < 0) | (rows_cols >= shape)).any(axis=1)
+    if outside.any():
+        x, y = xy[np.argmax(outside)]
+        raise InputError(f"click ({x:g}, {y:g}) lies outside the {shape[1]}x{shape[0]} image")
+    return rows_cols
+
+
+def _paint(candidates: list[NucleusMask], points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Paint masks in rising score order, then drop pieces cut off from their own click by a better mask."""
     out = np.zeros(shape, np.int32)
-    for _, nucleus, rows, cols in sorted(candidates, key=lambda candidate: candidate[0]):
-        out[rows, cols] = nucleus + 1
+    for nucleus in sorted(range(len(candidates)), key=lambda index: candidates[index].score):
+        out[candidates[nucleus].rows, candidates[nucleus].cols] = nucleus + 1
     pieces = measure.label(out)
     rows, cols = points.T
     own = out[rows, cols] == np.arange(1, len(points) + 1)

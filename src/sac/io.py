@@ -7,14 +7,18 @@ process never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
 import secrets
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+from skimage import measure
 from skimage.segmentation import relabel_sequential
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -22,6 +26,33 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 class InputError(ValueError):
     """A user-supplied file or array is unusable; the message names the file and the problem."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type), for one-line reports of foreign errors."""
+    text = str(error)
+    return text.splitlines()[0][:limit] if text.strip() else type(error).__name__
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_state_dict(loaded: dict, expected: dict, source: str) -> None:
+    """Fail with one line naming ``source`` unless ``loaded`` has exactly ``expected``'s keys and shapes."""
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    wrong = [k for k in expected if k in loaded and tuple(loaded[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        raise InputError(
+            f"{source}: weights do not fit the architecture: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(wrong)} of wrong shape "
+            f"(e.g. {[(k, tuple(loaded[k].shape)) for k in wrong[:2]]})"
+        )
 
 
 @contextlib.contextmanager
@@ -75,28 +106,36 @@ def _decode(path: Path, *, palette_as_rgb: bool) -> np.ndarray:
                 image = image.convert("RGB")
             return np.array(image)
     except Exception as exc:  # decoders raise many unrelated types (OSError, SyntaxError, codec errors)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot decode image ({reason})") from exc
+        raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
+
+
+def is_channel_first(shape: tuple[int, ...]) -> bool:
+    """The guess for a 3-D array: channels first when the first axis is short (C<=4) and the last is not."""
+    return len(shape) == 3 and shape[0] <= 4 < shape[2]
 
 
 def _channels_last(array: np.ndarray) -> np.ndarray:
     """Drop leading singleton axes (TIFF stacks of one) and move a channel-first axis (C<=4) to the end."""
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim == 3 and array.shape[0] <= 4 < array.shape[2]:
+    if is_channel_first(array.shape):
         array = np.moveaxis(array, 0, -1)
     return array
 
 
-def _stretch(array: np.ndarray) -> np.ndarray:
-    """Map the robust range to 0..1 so a few hot pixels in 16-bit or float data do not darken the rest.
+def stretch(array: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Map ``value_range`` (default: the image's 0.1 and 99.9 percentiles) to 0..1, clipping the rest, so a few hot
+    pixels in 16-bit or float data do not darken everything else.
 
     Works in float64 (float32 would merge the values of a narrow range far from zero in 32- and 64-bit data),
     on halved values so that even the span of the largest float64 values stays finite.
     """
     work = array.astype(np.float64)
     work /= 2
-    lo, hi = np.percentile(work, ROBUST_PERCENTILES)
+    if value_range is None:
+        lo, hi = np.percentile(work, ROBUST_PERCENTILES)
+    else:
+        lo, hi = value_range[0] / 2, value_range[1] / 2
     if hi <= lo:
         return np.zeros(array.shape, np.float32)
     work -= lo
@@ -104,13 +143,17 @@ def _stretch(array: np.ndarray) -> np.ndarray:
     return np.clip(work, 0.0, 1.0, out=work)
 
 
-def to_rgb_uint8(array: np.ndarray, name: str = "array") -> np.ndarray:
+def to_rgb_uint8(
+    array: np.ndarray, name: str = "array", value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Normalise any supported image array to uint8 RGB (H, W, 3), the single format the model consumes.
 
     Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
     an unused channel), (H, W, 3), (H, W, 4) (alpha dropped); also channel-first (C<=4, H, W) and leading
     singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255 and any other
-    data is stretched between its 0.1 and 99.9 percentiles. ``name`` appears in error messages.
+    data is stretched between its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so
+    all of its blocks get the same contrast). ``name`` appears in error messages. This is the one place where
+    inputs are normalised for the model.
     """
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
@@ -131,13 +174,15 @@ def to_rgb_uint8(array: np.ndarray, name: str = "array") -> np.ndarray:
         out = array
     elif array.dtype == np.bool_:
         out = array.astype(np.uint8) * 255
-    elif array.dtype.kind == "f" and array.min() >= 0.0 and array.max() <= 1.0:
+    elif value_range is None and array.dtype.kind == "f" and array.min() >= 0.0 and array.max() <= 1.0:
         out = np.round(array * 255.0).astype(np.uint8)
     else:
-        out = np.round(_stretch(array) * 255.0).astype(np.uint8)
+        out = np.round(stretch(array, value_range) * 255.0).astype(np.uint8)
     if out.ndim == 2:
         out = out[..., None]
-    return np.ascontiguousarray(np.broadcast_to(out, (*out.shape[:2], 3)))
+    if out.shape[2] == 3:
+        return np.ascontiguousarray(out)
+    return np.repeat(out, 3, axis=2)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -165,8 +210,105 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     # Most masks are already numbered 1..N; a bincount detects that far faster than relabelling. Ids are
     # cast only once known to be small: uint64 ids from 2**63 up would turn negative as int64.
     if labels.max() < labels.size and np.bincount(labels.ravel().astype(np.intp))[1:].all():
-        return labels.astype(np.int32)
-    return relabel_sequential(labels)[0].astype(np.int32)
+        labels = labels.astype(np.int32)
+    else:
+        labels = relabel_sequential(labels)[0].astype(np.int32)
+    return split_binary_mask(labels, path)
+
+
+BINARY_MASK_PARTS = 10  # one label in this many disconnected pieces is a binary mask, not one object
+
+
+def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """A mask with a single label in many disconnected pieces (a 0/255 mask, the most common home-made format)
+    as one instance per connected piece, with a warning; any other mask unchanged.
+
+    One object is one piece, or a few where an overlapping annotation cut it; taking a binary mask of hundreds
+    of nuclei as one instance would make every instance metric and the training targets silently wrong.
+    """
+    if labels.max() != 1:
+        return labels
+    pieces, count = measure.label(labels > 0, return_num=True)
+    if count < BINARY_MASK_PARTS:
+        return labels
+    warnings.warn(
+        f"{source}: one label in {count} separate pieces: taken as a binary mask, one instance per piece",
+        stacklevel=2,
+    )
+    return pieces.astype(np.int32)
+
+
+# A plausible pixel size, µm: outside it a file's resolution tags are DPI defaults (72 dpi = 353 µm), not a scale.
+MPP_RANGE = (0.05, 20.0)
+_UNIT_MICRONS = {
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "\u03bcm": 1.0,  # Greek mu, which some writers use for the micro sign
+    "\\u00B5m": 1.0,  # ImageJ's escaped form
+    "nm": 1e-3,
+    "mm": 1e3,
+    "cm": 1e4,
+}
+
+
+def read_pixel_size(path: str | os.PathLike) -> tuple[float, str] | None:
+    """The pixel size (µm/px) a TIFF records, and where: OME ``PhysicalSizeX``, Aperio SVS ``MPP``, ImageJ
+    ``unit``, or resolution tags in centimetres. None for other formats, no record, or an implausible value."""
+    path = Path(path)
+    if path.suffix.lower() not in (*_TIFF_SUFFIXES, ".svs"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            found = _tiff_pixel_size(tif)
+    except Exception:  # unreadable metadata is not a reason to refuse an image the decoder may still read
+        return None
+    if found is None or not MPP_RANGE[0] <= found[0] <= MPP_RANGE[1]:
+        return None
+    return found
+
+
+def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float, str] | None:
+    if tif.is_ome and tif.ome_metadata:
+        pixels = _find_key(tifffile.xml2dict(tif.ome_metadata), "Pixels")
+        if isinstance(pixels, list):
+            pixels = pixels[0]
+        if isinstance(pixels, dict) and "PhysicalSizeX" in pixels:
+            unit = _UNIT_MICRONS.get(str(pixels.get("PhysicalSizeXUnit", "µm")))
+            if unit:
+                return float(pixels["PhysicalSizeX"]) * unit, "OME-TIFF PhysicalSizeX"
+    page = tif.pages.first
+    if tif.is_svs:  # Aperio writes "...|AppMag = 20|MPP = 0.4990|..." into the first page's description
+        match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description)
+        if match:
+            return float(match[1]), "Aperio SVS MPP"
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    numerator, denominator = tags["XResolution"].value
+    if not numerator:
+        return None
+    per_pixel = denominator / numerator  # units per pixel
+    if tif.is_imagej and (tif.imagej_metadata or {}).get("unit") in _UNIT_MICRONS:
+        return per_pixel * _UNIT_MICRONS[tif.imagej_metadata["unit"]], "ImageJ TIFF resolution"
+    if tags.get("ResolutionUnit") is not None and tags["ResolutionUnit"].value == 3:  # centimetre
+        return per_pixel * 1e4, "TIFF resolution tags"
+    return None
+
+
+def _find_key(tree: object, key: str) -> object:
+    """The first value stored under ``key`` anywhere in a nested dict/list tree."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        for item in tree:
+            found = _find_key(item, key)
+            if found is not None:
+                return found
+    return None
 
 
 def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sac.io import InputError, atomic_write
+from sac.io import InputError, atomic_write, check_state_dict
 
 ENCODER_MODES = ("frozen", "lora", "full")
 _SLICES = {"q": 0, "k": 1, "v": 2}
@@ -143,16 +143,7 @@ def load_lora(path: str | Path, model: nn.Module) -> None:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for bad headers
         raise InputError(f"{path}: cannot read LoRA adapters: {error}") from None
-    expected = lora_state_dict(model)
-    if set(tensors) != set(expected):
-        raise InputError(
-            f"{path}: adapters do not match the model ({len(tensors)} tensors vs {len(expected)} expected)"
-        )
-    bad = [k for k in tensors if tensors[k].shape != expected[k].shape]
-    if bad:
-        raise InputError(
-            f"{path}: adapter {bad[0]} has shape {tuple(tensors[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
-        )
+    check_state_dict(tensors, lora_state_dict(model), str(path))
     merged = [a for a in lora_layers(model) if a.merged]
     for adapter in merged:
         adapter.unmerge()

@@ -25,28 +25,30 @@ from torch import nn
 
 import sac
 from sac.backbone import PRESETS, count_parameters, create_sam
-from sac.io import InputError, atomic_write, to_rgb_uint8
+from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
+from sac.io import InputError, atomic_write, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
-from sac.prompts import PromptGenerator, combine_points, sample_point_prompts
-from sac.tiling import DEFAULT_OVERLAP, predict_tiled
-from sac.weights import sha256sum
+from sac.points import sample_point_prompts
 
-SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
-SAM_PIXEL_STD = (0.229, 0.224, 0.225)
 MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels predict_maps returns, in order
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SACConfig:
-    """Everything needed to rebuild the architecture; saved as ``config.json`` beside every checkpoint."""
+    """The one model configuration: everything needed to rebuild the network and run it as trained.
+
+    Saved as ``config.json`` beside every checkpoint, and held by the training configuration.
+    """
 
     backbone: str = "tiny"
     image_size: int = 256
-    encoder_mode: str = "full"
+    encoder_mode: str | None = (
+        None  # None: "full" for the from-scratch presets, "lora" for pretrained weights
+    )
     lora_rank: int = 4
-    lora_alpha: float = 4.0
+    lora_alpha: float | None = None  # None: the rank (scaling 1)
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q", "v")
     generator_channels: int = 8
@@ -56,7 +58,18 @@ class SACConfig:
     point_threshold: float = 0.5
     mpp: float | None = None  # µm per pixel of the training images the model works at; None: unknown
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
+    click_head_width: int = 16
+    nucleus_area: float | None = (
+        None  # median nucleus area (px) of the training images at ``mpp``, for --mpp auto
+    )
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.encoder_mode is None:
+            object.__setattr__(self, "encoder_mode", "full" if self.backbone in PRESETS else "lora")
+        if self.lora_alpha is None:
+            object.__setattr__(self, "lora_alpha", float(self.lora_rank))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
     @classmethod
     def from_dict(cls, data: dict) -> SACConfig:
@@ -64,10 +77,20 @@ class SACConfig:
         unknown = set(data) - known
         if unknown:
             raise InputError(f"unknown model config keys {sorted(unknown)}")
-        values = dict(data)
-        if "lora_targets" in values:
-            values["lora_targets"] = tuple(values["lora_targets"])
-        return cls(**values)
+        return cls(**data)
+
+
+# The fields that shape the weights: a checkpoint's weights fit only a model with the same values.
+ARCHITECTURE_FIELDS = (
+    "backbone",
+    "image_size",
+    "encoder_mode",
+    "lora_rank",
+    "lora_targets",
+    "generator_channels",
+    "generator_depth",
+    "click_head_width",
+)
 
 
 class SACOutput(NamedTuple):
@@ -111,8 +134,37 @@ class FusionHead(nn.Module):
         return sam_up + self.layers(torch.cat([sam_up, generator_logits, features], dim=1))
 
 
+class ClickHead(nn.Module):
+    """The full-resolution answer to a click, in a window centred on it.
+
+    SAM's masks are a quarter of the input resolution, and its image embedding a sixteenth: a 12-pixel nucleus
+    is smaller than one embedding cell, so SAM alone cannot single it out from its neighbours. This small
+    U-Net sees, in the window, SAM's upsampled answer, the generator's maps and features, maps of the clicks
+    (positive and negative) and the previous answer; its receptive field spans the window, so it can keep the
+    nucleus the click lands on and drop its neighbours.
+    """
+
+    INPUTS = 1 + 2 + 2 + 1  # SAM's answer, generator maps, positive and negative clicks, previous answer
+
+    def __init__(self, feature_channels: int, width: int = 16):
+        super().__init__()
+        self.down1 = ConvBlock(self.INPUTS + feature_channels, width)
+        self.down2 = ConvBlock(width, 2 * width)
+        self.bottom = ConvBlock(2 * width, 2 * width)
+        self.up2 = ConvBlock(4 * width, width)
+        self.up1 = ConvBlock(2 * width, width)
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        first = self.down1(inputs)
+        second = self.down2(F.max_pool2d(first, 2))
+        bottom = self.bottom(F.max_pool2d(second, 2))
+        second = self.up2(torch.cat([F.interpolate(bottom, size=second.shape[-2:]), second], dim=1))
+        return self.out(self.up1(torch.cat([F.interpolate(second, size=first.shape[-2:]), first], dim=1)))
+
+
 class SegmentAnyCell(nn.Module):
-    """The SAC model. ``forward`` trains on tiles; ``predict`` segments whole images of any size."""
+    """The SAC network on fixed-size tiles; :class:`sac.segmenter.Segmenter` runs it on images of any size."""
 
     def __init__(self, config: SACConfig | None = None, sam: nn.Module | None = None):
         super().__init__()
@@ -134,8 +186,9 @@ class SegmentAnyCell(nn.Module):
             base_channels=config.generator_channels, depth=config.generator_depth
         )
         self.fusion = FusionHead(config.generator_channels)
-        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.click_head = ClickHead(config.generator_channels, config.click_head_width)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0
         self.point_offset = 0  # global index of this batch's first sample (set by data-parallel training)
 
@@ -184,27 +237,27 @@ class SegmentAnyCell(nn.Module):
         image_index: torch.Tensor,
         points: torch.Tensor,
         point_labels: torch.Tensor,
-        mask_input: torch.Tensor | None = None,
+        previous: InstanceOutput | None = None,
     ) -> InstanceOutput:
-        """One nucleus per prompt: SAM's first multimask token answers (points, labels), the fusion head refines it.
+        """One nucleus per prompt: SAM's first multimask token answers (points, labels) at a quarter resolution,
+        the click head answers at full resolution in a window centred on the first (positive) point.
 
         ``image_index`` (N,) picks each prompt's tile in ``output``; ``points`` (N, K, 2) as (x, y) with
-        ``point_labels`` (N, K) (1 positive, 0 negative, -1 padding); the first point must be the positive click,
-        which centres the refinement window. ``mask_input`` (N, 1, H/4, W/4) is a previous answer's
-        ``sam_logits``, as in SAM's iterative correction. The semantic mask uses token 0; instances use their own
-        token so that "all nuclei" and "this nucleus" are different questions for the decoder.
+        ``point_labels`` (N, K) (1 positive, 0 negative, -1 padding). ``previous`` is the answer to the same
+        prompts before their last clicks: SAM gets its mask as a mask prompt and the click head its window, as in
+        SAM's iterative correction. Instances use their own token so that "all nuclei" (the semantic token 0)
+        and "this nucleus" are different questions for the decoder.
         """
         answer = self.sam(
             image_embeddings=output.image_embeddings[image_index],
             input_points=points[:, None],
             input_labels=point_labels[:, None],
-            input_masks=mask_input,
+            input_masks=None if previous is None else previous.sam_logits.detach(),
             multimask_output=True,
         )
         sam_logits = answer.pred_masks[:, 0, :1]
         window = self.config.instance_window
         origins = points[:, 0].round().long().flip(-1) - window // 2  # (row, column)
-        # the fusion head sees what it sees for the semantic mask, cut to the window around the click
         context = F.pad(torch.cat([output.generator_logits, output.features], dim=1), (window,) * 4)
         context = torch.stack(
             [
@@ -213,7 +266,10 @@ class SegmentAnyCell(nn.Module):
             ]
         )
         sam_up = _upsampled_windows(sam_logits, origins, window, self.config.image_size)
-        logits = self.fusion(sam_up, context[:, :2], context[:, 2:])
+        clicks = _click_maps(points, point_labels, origins, window)
+        before = torch.zeros_like(sam_up) if previous is None else torch.sigmoid(previous.logits.detach())
+        maps = torch.sigmoid(torch.cat([sam_up, context[:, :2]], dim=1))  # probabilities: inputs on one scale
+        logits = self.click_head(torch.cat([maps, clicks, before, context[:, 2:]], dim=1))
         return InstanceOutput(logits, origins, sam_logits, answer.iou_scores[:, 0, 0])
 
     def _prompts(self, generator_logits, points, point_labels, generate_points):
@@ -246,108 +302,19 @@ class SegmentAnyCell(nn.Module):
             labels = torch.cat([labels, point_labels.to(labels)], dim=2)
         return prompts, labels
 
-    # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
-    def predict_maps(
-        self,
-        image: np.ndarray,
-        points: tuple[np.ndarray | None, np.ndarray | None] | None = None,
-        tile: int | None = None,
-        overlap: int = DEFAULT_OVERLAP,
-        batch_size: int = 4,
-        generate_points: bool = True,
-    ) -> np.ndarray:
-        """(4, H, W) float32 maps for one image, named by ``MAP_NAMES``: final nuclei probability, generator
-        probability, generator centre map, and SAM's own (upsampled) mask probability.
+    @torch.no_grad()
+    def copy_semantic_token(self) -> None:
+        """Start the instance token (the first multimask token) as a copy of the semantic one.
 
-        ``points`` = (positive, negative) arrays of (x, y) image coordinates, given by hand; each tile receives
-        those falling inside it, in addition to its generated points (or alone, with ``generate_points=False``).
+        A randomly initialised token collapses to an all-background mask within a few hundred steps (its logits
+        saturate near -10 and its gradients vanish); starting from "all nuclei" it only has to learn to keep
+        the nucleus under the click.
         """
-        rgb = to_rgb_uint8(image)
-        tile = tile or self.config.image_size
-        size = self.config.image_size
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-
-        use_manual = points is not None or not generate_points
-        given = points if points is not None else (None, None)
-
-        def run(batch: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
-            tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
-            if tile != size:
-                tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-            manual = (
-                [self._tile_points(given, origin, tile, size) for origin in origins] if use_manual else None
-            )
-            outputs = (
-                [
-                    self._forward_with_manual(tensor[i : i + 1], manual[i], generate_points)
-                    for i in range(len(tensor))
-                ]
-                if manual is not None
-                else [self(tensor)]
-            )
-            maps = torch.cat([self._maps(o) for o in outputs])
-            if tile != size:
-                maps = F.interpolate(maps, size=(tile, tile), mode="bilinear", align_corners=False)
-            return maps.float().cpu().numpy()
-
-        try:
-            return predict_tiled(run, rgb, tile, overlap, batch_size)
-        finally:
-            self.train(was_training)
-
-    @staticmethod
-    def _maps(output: SACOutput) -> torch.Tensor:
-        return torch.sigmoid(torch.cat([output.logits, output.generator_logits, output.sam_upsampled], dim=1))
-
-    @staticmethod
-    def _tile_points(points, origin, tile, size):
-        """Manual points inside one tile, in the tile's model-input frame."""
-        scale = size / tile
-        chosen = []
-        for label, coords in zip((1, 0), points, strict=True):
-            if coords is None or len(coords) == 0:
-                continue
-            coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array(
-                [origin[1], origin[0]], np.float32
-            )
-            inside = coords[(coords >= 0).all(1) & (coords < tile).all(1)] * scale
-            chosen += [(xy, label) for xy in inside]
-        return chosen
-
-    def _forward_with_manual(self, tensor: torch.Tensor, manual: list, generate_points: bool) -> SACOutput:
-        if not manual and generate_points:
-            return self(tensor)
-        if not manual:  # no prompt at all in this tile: SAM still needs one, a background point
-            manual = [(np.zeros(2, np.float32), 0)]
-        positive = [xy for xy, label in manual if label == 1]
-        negative = [xy for xy, label in manual if label == 0]
-        empty_points = torch.zeros(1, 1, 0, 2)
-        empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
-        points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
-        return self(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points)
-
-    def predict(
-        self,
-        image: np.ndarray,
-        points: tuple[np.ndarray | None, np.ndarray | None] | None = None,
-        instances: bool | str = False,
-        threshold: float = 0.5,
-        tile: int | None = None,
-        overlap: int = DEFAULT_OVERLAP,
-        batch_size: int = 4,
-    ) -> np.ndarray:
-        """Segment one image (H, W) or (H, W, C) of any dtype.
-
-        Returns a boolean nuclei mask, or with ``instances`` an int32 label image (``True``/``"fast"``: watershed
-        on the probability seeded by the generator's centres; ``"sam"``: one SAM prompt per nucleus).
-        """
-        from sac.inference import segment_image
-
-        mask, labels = segment_image(self, image, points, instances, threshold, tile, overlap, batch_size)
-        return mask if labels is None else labels
+        decoder = self.sam.mask_decoder
+        decoder.mask_tokens.weight[1] = decoder.mask_tokens.weight[0]
+        decoder.output_hypernetworks_mlps[1].load_state_dict(
+            decoder.output_hypernetworks_mlps[0].state_dict()
+        )
 
     # ------------------------------------------------------------------ persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -388,17 +355,21 @@ class SegmentAnyCell(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> SegmentAnyCell:
-        """Load a checkpoint folder (or the model shipped with the package when ``path`` is None)."""
-        directory = Path(path) if path is not None else default_model_path()
+        """Load a checkpoint folder, or a model shipped with the package by name (None: the default, "nuclei")."""
+        directory = model_path(path)
         meta = read_checkpoint_meta(directory)
         model = cls(SACConfig.from_dict(meta["model"]))
         model.load_weights(directory, meta)
         return model.to(device).eval()
 
-    def load_weights(self, directory: str | Path, meta: dict | None = None) -> None:
+    def load_weights(
+        self, directory: str | Path, meta: dict | None = None, partial: bool = False
+    ) -> list[str]:
         """Load a checkpoint's weights into this model, whose architecture must match the checkpoint's.
 
-        ``meta`` is the checkpoint's config.json when the caller has already read it. Sets ``self.meta``.
+        ``meta`` is the checkpoint's config.json when the caller has already read it. ``partial`` lets parts the
+        checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
+        top-level module names. Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -413,10 +384,12 @@ class SegmentAnyCell(nn.Module):
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
-        if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
-            raise InputError(f"{weights}: weights do not match the architecture in config.json")
+        fresh = sorted({key.split(".")[0] for key in expected if key not in tensors}) if partial else []
+        expected = {k: v for k, v in expected.items() if k.split(".")[0] not in fresh}
+        check_state_dict(tensors, expected, f"{weights} (architecture from config.json)")
         self.load_state_dict(tensors, strict=False)
         self.meta = meta
+        return fresh
 
     def prepare_for_inference(self) -> SegmentAnyCell:
         """Merge LoRA into the encoder, use channels-last convolutions, eval mode: the fastest form to predict."""
@@ -424,6 +397,22 @@ class SegmentAnyCell(nn.Module):
         self.generator.to(memory_format=torch.channels_last)
         self.fusion.to(memory_format=torch.channels_last)
         return self.eval()
+
+
+CLICK_SIGMA = 3.0  # px: the spread of a click in the click head's click maps
+
+
+def _click_maps(
+    points: torch.Tensor, labels: torch.Tensor, origins: torch.Tensor, window: int
+) -> torch.Tensor:
+    """(N, 2, window, window) Gaussian maps of each prompt's positive and negative clicks in its window."""
+    offsets = torch.arange(window, device=points.device, dtype=torch.float32)
+    rows = offsets[None, None, :, None] + origins[:, None, :1, None].float() - points[:, :, 1, None, None]
+    cols = offsets[None, None, None, :] + origins[:, None, 1:, None].float() - points[:, :, 0, None, None]
+    bumps = torch.exp(-(rows**2 + cols**2) / (2 * CLICK_SIGMA**2))  # (N, K, window, window)
+    return torch.stack([(bumps * (labels == kind)[..., None, None]).sum(1) for kind in (1, 0)], dim=1).to(
+        points.dtype
+    )
 
 
 def _upsampled_windows(low: torch.Tensor, origins: torch.Tensor, window: int, size: int) -> torch.Tensor:
@@ -438,8 +427,19 @@ def _upsampled_windows(low: torch.Tensor, origins: torch.Tensor, window: int, si
     return F.grid_sample(low, grid.to(low.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def default_model_path() -> Path:
-    return Path(str(resources.files("sac") / "pretrained"))
+# Models shipped inside the package, by name; the first is the default.
+SHIPPED_MODELS = {
+    "nuclei": "nuclei in H&E and fluorescence (MoNuSeg, CoNSeP, CryoNuSeg, DSB 2018)",
+    "glands": "glands in colon H&E (GlaS)",
+}
+
+
+def model_path(model: str | Path | None = None) -> Path:
+    """A checkpoint folder: a shipped model's by name (None or "default": the first), else ``model`` itself."""
+    name = "nuclei" if model in (None, "default") else str(model)
+    if name in SHIPPED_MODELS:
+        return Path(str(resources.files("sac") / "models" / name))
+    return Path(model)
 
 
 def read_checkpoint_meta(directory: Path) -> dict:

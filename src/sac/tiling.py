@@ -6,7 +6,7 @@ model sees the least context. Images smaller than a tile are padded by reflectio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -58,12 +58,6 @@ def pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     ):  # symmetric padding doubles at most once per pass
         padded = pad_to(padded, height, width)
     return padded
-
-
-def iter_tiles(image: np.ndarray, tile: int, overlap: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(row, column, tile_array)``; tiles at the image border are padded to the full tile size."""
-    for y, x in tile_grid(image.shape[:2], tile, overlap):
-        yield y, x, pad_to(image[y : y + tile, x : x + tile], tile, tile)
 
 
 def predict_tiled(

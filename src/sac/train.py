@@ -27,18 +27,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from sac.backbone import PRESETS, count_parameters
-from sac.data import CropDataset, NucleiSample, load_dataset
+from sac.backbone import count_parameters
+from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_area
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
 from sac.model import (
-    InstanceOutput,
+    ARCHITECTURE_FIELDS,
     SACConfig,
     SACOutput,
     SegmentAnyCell,
-    default_model_path,
+    model_path,
     read_checkpoint_meta,
 )
+from sac.segmenter import Segmenter
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.csv"
@@ -48,19 +49,13 @@ VAL_CLICKS = 256  # nuclei clicked once each for the validation click IoU
 
 @dataclass
 class TrainConfig:
-    """Saved as ``train_config.json`` in the run folder; ``--resume`` reads it back."""
+    """A training run's settings, holding the model's own :class:`SACConfig`; saved as ``train_config.json`` in
+    the run folder, which ``--resume`` reads back."""
 
+    model: SACConfig = field(default_factory=SACConfig)
     datasets: list[str] = field(default_factory=lambda: ["monuseg"])
     data_root: str | None = None
     out: str = "runs/sac"
-    backbone: str = "tiny"
-    encoder_mode: str | None = None  # None: "full" for from-scratch presets, "lora" for pretrained weights
-    image_size: int = 256
-    lora_rank: int = 4
-    generator_channels: int = 8
-    generator_depth: int = 4
-    num_points: int = 8
-    num_negative: int | None = None  # None: as many negative points as positive ones
     batch_size: int = 4
     epochs: int = 10
     max_steps: int | None = None
@@ -73,48 +68,45 @@ class TrainConfig:
     checkpoint_every: int = 200
     init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
     init_sha256: str | None = None  # filled in from the init checkpoint when the run starts
-    mpp: float | None = 0.25  # pixel size the model works at; images of known pixel size are resampled to it
     max_zoom: float = 2.0  # random zoom in [1/max_zoom, max_zoom] for half of the crops (1: none)
     instance_prompts: int = 8  # nuclei prompted one by one per crop and step (0: the semantic objective only)
     correction_clicks: int = 2  # clicks on each instance mask's errors after the first, as SAM is trained
 
-    def model_config(self) -> SACConfig:
-        mode = self.encoder_mode or ("full" if self.backbone in PRESETS else "lora")
-        return SACConfig(
-            backbone=self.backbone,
-            image_size=self.image_size,
-            encoder_mode=mode,
-            lora_rank=self.lora_rank,
-            lora_alpha=float(self.lora_rank),
-            generator_channels=self.generator_channels,
-            generator_depth=self.generator_depth,
-            num_positive=self.num_points,
-            num_negative=self.num_points if self.num_negative is None else self.num_negative,
-            mpp=self.mpp,
-        )
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "training config") -> TrainConfig:
+        """Build from JSON: ``{"model": {...}, ...}``, or with model fields at the top level (command-line flags,
+        and every train_config.json written before the model config moved under ``model``).
 
+        ``num_points`` sets as many positive as negative points.
+        """
+        settings, model = dict(data), dict(data.get("model") or {})
+        settings.pop("model", None)
+        model_fields = {f.name for f in dataclasses.fields(SACConfig)}
+        for key in [key for key in settings if key in model_fields]:
+            model[key] = settings.pop(key)
+        if "num_points" in settings:
+            count = settings.pop("num_points")
+            model.setdefault("num_positive", count)
+            if model.get("num_negative") is None:
+                model["num_negative"] = count
+        model = {key: value for key, value in model.items() if value is not None or key == "mpp"}
+        unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"{source}: unknown keys {sorted(unknown)}")
+        return cls(model=SACConfig.from_dict(model), **settings)
 
-ARCHITECTURE_FIELDS = (
-    "backbone",
-    "image_size",
-    "encoder_mode",
-    "lora_rank",
-    "generator_channels",
-    "generator_depth",
-)
-
-
-def init_checkpoint(init: str) -> Path:
-    """The checkpoint folder ``TrainConfig.init`` names; "default" is the model shipped with the package."""
-    return default_model_path() if init == "default" else Path(init)
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
 
 
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit, and record which weights they were."""
-    meta = read_checkpoint_meta(init_checkpoint(config.init))
+    meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
-    return dataclasses.replace(config, init_sha256=meta["weights_sha256"], **architecture)
+    return dataclasses.replace(
+        config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
+    )
 
 
 def dice_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,7 +253,7 @@ def instance_loss(
 ) -> torch.Tensor:
     """Single-nucleus prompts, then ``clicks`` rounds of correction clicks, each fed the previous mask.
 
-    Per prompt: Dice + BCE of the refined window, half that on SAM's low-resolution mask of the whole crop
+    Per prompt: Dice + BCE of the refined window, the same on SAM's low-resolution mask of the whole crop
     (so everything away from the nucleus is background), and the squared error of SAM's predicted IoU. Averaged
     per crop, then over the ``batch_size`` crops (a crop without nuclei counts as 0), so data-parallel shares
     average to the single-process loss.
@@ -272,13 +264,12 @@ def instance_loss(
     targets = prompts.targets.to(device)
     low_targets = F.adaptive_avg_pool2d(targets, output.sam_logits.shape[-2:])
     window = model.config.instance_window
-    mask_input = None
+    answer = None
     per_prompt = torch.zeros(len(index), device=device)
     for _ in range(clicks + 1):
-        answer: InstanceOutput = model.prompt_instances(output, index, points, labels, mask_input)
+        answer = model.prompt_instances(output, index, points, labels, answer)
         target, valid = window_targets(targets, answer.origins, window)
-        loss = dice_bce(answer.logits, target, valid)
-        loss = loss + 0.5 * dice_bce(answer.sam_logits, low_targets)
+        loss = dice_bce(answer.logits, target, valid) + dice_bce(answer.sam_logits, low_targets)
         with torch.no_grad():
             predicted = (answer.logits > 0).float() * valid
             iou = (predicted * target).flatten(1).sum(1) / (
@@ -288,7 +279,6 @@ def instance_loss(
         new_points, new_labels = correction_clicks(answer.logits, target, valid, answer.origins)
         points = torch.cat([points, new_points.to(device)], dim=1)
         labels = torch.cat([labels, new_labels.to(device)], dim=1)
-        mask_input = answer.sam_logits.detach()
     per_prompt = per_prompt / (clicks + 1)
     per_crop = torch.zeros(batch_size, device=device).index_add(0, index, per_prompt)
     counts = torch.bincount(index, minlength=batch_size).clamp(min=1)
@@ -333,7 +323,8 @@ def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
 
 
 def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float:
-    scores = [dice(model.predict(s.image), s.labels) for s in samples]
+    segmenter = Segmenter(model)
+    scores = [dice(segmenter.predict(s.image), s.labels) for s in samples]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -405,19 +396,28 @@ class Trainer:
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
-        self.model = SegmentAnyCell(config.model_config())
+        if config.model.nucleus_area is None:  # recorded in every checkpoint, for --mpp auto
+            area = median_nucleus_area(train, config.model.mpp)
+            self.config = config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, nucleus_area=area)
+            )
+        self.model = SegmentAnyCell(config.model)
         if starting:
-            self.model.load_weights(init_checkpoint(config.init))
+            fresh = self.model.load_weights(model_path(config.init), partial=True)
+            if fresh and self.rank == 0:
+                tqdm.write(f"{config.init}: has no {', '.join(fresh)}; they start from scratch")
+            if "click_head" in fresh and config.instance_prompts:  # a model never trained on clicks
+                self.model.copy_semantic_token()
         objective = TrainingObjective(self.model, config.instance_prompts, config.correction_clicks)
         self.objective = (
             DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
         )
         self.dataset = CropDataset(
             train,
-            crop_size=config.image_size,
+            crop_size=config.model.image_size,
             augment=True,
             seed=config.seed,
-            target_mpp=config.mpp,
+            target_mpp=config.model.mpp,
             max_zoom=config.max_zoom,
         )
         self.val = val[: config.max_val_images]
@@ -619,7 +619,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, *load_training_data(config))
     with atomic_write(out / "train_config.json") as tmp:
-        tmp.write_text(json.dumps(dataclasses.asdict(trainer.config), indent=2))
+        tmp.write_text(trainer.config.to_json())
     if trainer.rank == 0:
         tqdm.write(f"parameters: {count_parameters(trainer.model)}; {trainer.total_steps} steps")
     return _finish(trainer.run(progress))
@@ -637,12 +637,15 @@ def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = T
     config_file = run_dir / "train_config.json"
     if not config_file.is_file():
         raise InputError(f"{run_dir}: no train_config.json; not a SAC training run")
-    config = TrainConfig(**json.loads(config_file.read_text()))
+    try:
+        config = TrainConfig.from_dict(json.loads(config_file.read_text()), str(config_file))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{config_file}: invalid JSON ({error.msg} at line {error.lineno})") from None
     config.out = str(run_dir)
     if max_steps is not None:
         config.max_steps = max_steps
         with atomic_write(config_file) as tmp:
-            tmp.write_text(json.dumps(dataclasses.asdict(config), indent=2))
+            tmp.write_text(config.to_json())
     trainer = Trainer(config, *load_training_data(config))
     if (run_dir / STATE_FILE).exists():
         trainer.load_state()

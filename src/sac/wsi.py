@@ -10,46 +10,52 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import tifffile
 import zarr
 from tqdm import tqdm
 
-from sac.export import labels_to_geojson
-from sac.inference import check_unique_stems, instance_mode, report_skipped
-from sac.instances import instances_from_maps, refine_instances_with_sam
-from sac.io import ROBUST_PERCENTILES, InputError, atomic_write, check_file, list_images, to_rgb_uint8
+from sac.export import labels_to_geojson, output_path, resolution_tags
+from sac.io import (
+    ROBUST_PERCENTILES,
+    InputError,
+    atomic_write,
+    check_file,
+    first_line,
+    is_channel_first,
+    read_pixel_size,
+    to_rgb_uint8,
+)
+from sac.segmenter import Points, Segmenter
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
 BLOCK, HALO = 2048, 64  # pixels a side: ~0.4 GB of working memory per block, context for 60-pixel nuclei
 OUTPUT_TILE = 256
 _RANGE_SAMPLE_SIDE = 1024  # pixels a side sampled to fix one intensity range for a whole non-8-bit slide
-
-
-class MapPredictor(Protocol):
-    """Anything that turns an image into (probability, generator probability, centre) maps, like the model."""
-
-    def predict_maps(self, image: np.ndarray, **options: Any) -> np.ndarray: ...
+ESTIMATE_SIDE = 1024  # pixels a side of the central region that sets an unknown slide pixel size
 
 
 class Slide:
     """One level of a slide; ``slide[rows, cols]`` decodes only the TIFF tiles that the region touches."""
 
-    def __init__(self, array: zarr.Array, store: Any, path: Path):
+    def __init__(self, array: zarr.Array, store: Any, path: Path, downsample: float = 1.0):
         self._array, self._store = array, store
+        self.downsample = downsample  # level-0 pixels per pixel of this level
+        self.levels = 1  # pyramid levels in the file
         shape = array.shape
         self._lead = 0  # leading singleton axes (OME-TIFF T, Z, ...) skipped on every read
         while len(shape) - self._lead > 2 and shape[self._lead] == 1:
             self._lead += 1
         shape = shape[self._lead :]
-        self._channel_first = len(shape) == 3 and shape[0] <= 4 < shape[2]
+        self._channel_first = is_channel_first(shape)
         if self._channel_first:
             shape = (*shape[1:], shape[0])
         if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 4):
@@ -83,17 +89,31 @@ def open_slide(path: str | os.PathLike, level: int = 0) -> Slide:
         store = tifffile.imread(path, aszarr=True)
         node = zarr.open(store, mode="r")
     except Exception as exc:  # tifffile and zarr raise many unrelated types for foreign or corrupt files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot read as a TIFF slide ({reason})") from exc
+        raise InputError(f"{path}: cannot read as a TIFF slide ({first_line(exc)})") from exc
     levels = sorted(node.array_keys(), key=int) if isinstance(node, zarr.Group) else ["0"]
     if str(level) not in levels:
         store.close()
         raise InputError(f"{path}: no pyramid level {level}; available levels: {', '.join(levels)}")
     try:
-        return Slide(node[str(level)] if isinstance(node, zarr.Group) else node, store, path)
+        if not isinstance(node, zarr.Group):
+            return Slide(node, store, path)
+        full, chosen = Slide(node["0"], store, path), Slide(node[str(level)], store, path)
+        chosen.downsample, chosen.levels = full.shape[1] / chosen.shape[1], len(levels)
+        return chosen
     except InputError:
         store.close()
         raise
+
+
+def level_downsamples(path: str | os.PathLike) -> list[float]:
+    """Level-0 pixels per pixel of each pyramid level of a slide (``[1.0]`` for a single-level TIFF)."""
+    with open_slide(path) as slide:
+        count = slide.levels
+    downsamples = []
+    for level in range(count):
+        with open_slide(path, level) as slide:
+            downsamples.append(slide.downsample)
+    return downsamples
 
 
 def is_slide(path: Path) -> bool:
@@ -110,53 +130,51 @@ def is_slide(path: Path) -> bool:
         return False
 
 
-def split_slides(inputs: Iterable[str | os.PathLike], force: bool = False) -> tuple[list[Path], list[Path]]:
-    """Expand files and folders into (images, slides); ``force`` treats every input as a slide."""
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        # list_images knows only whole-image formats, not SVS
-        is_svs = path.is_file() and path.suffix.lower() == ".svs"
-        paths += [path] if is_svs else list_images([path])
-    paths = list(dict.fromkeys(paths))
-    check_unique_stems(paths)
-    slides = [path for path in paths if force or is_slide(path)]
-    return [path for path in paths if path not in slides], slides
-
-
-def _check_slide_options(block: int, halo: int, instances: bool | str, threshold: float) -> str:
-    """Fail on bad options before any slide is read; returns the instance mode (slides always get labels)."""
-    if block < 1 or halo < 0:
-        raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
-    if not 0 <= threshold <= 1:
-        raise InputError(f"threshold must be in [0, 1], got {threshold}")
-    return instance_mode(instances) or "fast"
-
-
 def segment_slide(
-    model: MapPredictor,
+    segmenter: Segmenter,
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
-    level: int = 0,
+    level: int | None = None,
     block: int = BLOCK,
     halo: int = HALO,
-    instances: bool | str = "fast",
-    threshold: float = 0.5,
+    clicks: Points | None = None,
     progress: bool = True,
-    **map_options: Any,
 ) -> dict:
     """Segment a slide into ``<stem>_labels.tif`` (tiled uint32 BigTIFF) and ``<stem>.geojson``.
 
-    Coordinates are pixels of the chosen ``level``. ``map_options`` (tile, overlap, batch_size) go to
-    ``model.predict_maps``; ``instances="sam"`` refines each block's nuclei with SAM and needs a SegmentAnyCell.
-    Returns a summary: nuclei count, slide shape, block count and output paths.
+    ``level`` None takes the pyramid level whose pixel size is closest to the model's (level 0 when the slide's
+    pixel size is unknown); blocks are resampled from there as single images are, with the block size scaled
+    so memory stays bounded. GeoJSON is in level-0 pixels (QuPath's frame); the labels TIFF is at the chosen
+    level and records its pixel size and downsample. Slides always get instances (``fast`` unless the
+    segmenter's options ask for ``sam``). ``clicks`` (positive, negative) are (x, y) level-0 pixels; each block
+    gets those inside it. Returns a summary: nuclei count, shape, level, blocks and outputs.
     """
-    mode = _check_slide_options(block, halo, instances, threshold)
+    if block < 1 or halo < 0:
+        raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
+    if segmenter.options.instances is None:
+        segmenter = segmenter.with_options(instances="fast")
     path, out_dir = Path(path), Path(out_dir)
-    labels_path, geojson_path = out_dir / f"{path.stem}_labels.tif", out_dir / f"{path.stem}.geojson"
+    labels_path, geojson_path = output_path(out_dir, path, "labels"), output_path(out_dir, path, "geojson")
+    base_mpp, source = _slide_pixel_size(segmenter, path)
+    if level is None:
+        level = _closest_level(path, base_mpp, segmenter.model.config.mpp)
     with open_slide(path, level) as slide:
         height, width = slide.shape[:2]
         value_range = _value_range(slide)
+        mpp = None if base_mpp is None else base_mpp * slide.downsample
+        if (
+            mpp is None and segmenter.options.mpp == "auto"
+        ):  # one estimate for the whole slide, from its centre
+            mpp, source = _estimate_pixel_size(segmenter, slide, value_range, str(path)), "estimated"
+        zoom = 1.0 if mpp is None or segmenter.model.config.mpp is None else mpp / segmenter.model.config.mpp
+        segmenter = segmenter.with_options(mpp=mpp if mpp is not None else "native")
+        # the same work per block at the model's scale, so memory stays bounded whatever the slide's pixel size
+        block, halo = max(1, round(block / zoom)), round(halo / min(zoom, 1.0))
+        if progress:
+            scale = f"{mpp:.3g} µm/px ({source})" if mpp is not None else "unknown pixel size, native scale"
+            tqdm.write(
+                f"sac: {path.name}: level {level} (downsample {slide.downsample:g}), {scale}", file=sys.stderr
+            )
         origins = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
         out_dir.mkdir(parents=True, exist_ok=True)
         with (
@@ -177,14 +195,12 @@ def segment_slide(
                 for y, x in tqdm(origins, desc=f"sac {path.name}", unit="block", disable=not progress):
                     rows = slice(max(0, y - halo), min(height, y + block + halo))
                     cols = slice(max(0, x - halo), min(width, x + block + halo))
-                    image = _scaled(slide[rows, cols], value_range)
-                    maps = model.predict_maps(image, **map_options)
-                    labels = instances_from_maps(maps[0], maps[2], threshold)
-                    if mode == "sam":
-                        labels = refine_instances_with_sam(model, to_rgb_uint8(image), labels)
+                    image = to_rgb_uint8(slide[rows, cols], str(path), value_range)
+                    local = _block_clicks(clicks, (rows.start, cols.start), image.shape, slide.downsample)
+                    labels = segmenter.segment(image, local).labels
                     central = _central(labels, (y - rows.start, x - cols.start), block)
                     kept = _claim(store, (rows, cols), labels, central, nuclei + 1)
-                    features = labels_to_geojson(kept, offset_xy=(cols.start, rows.start))["features"]
+                    features = labels_to_geojson(kept, (cols.start, rows.start), slide.downsample)["features"]
                     if features:
                         handle.write((", " if nuclei else "") + ", ".join(map(json.dumps, features)))
                     nuclei += len(features)
@@ -197,50 +213,65 @@ def segment_slide(
                     tile=(OUTPUT_TILE, OUTPUT_TILE),
                     compression="zlib",
                     photometric="minisblack",
+                    metadata={"level": level, "downsample": slide.downsample},
+                    **resolution_tags(mpp),
                 )
     return {
         "nuclei": nuclei,
         "shape": (height, width),
         "level": level,
+        "mpp": mpp,
         "blocks": len(origins),
         "labels": labels_path,
         "geojson": geojson_path,
     }
 
 
-def segment_slides(
-    model: MapPredictor,
-    paths: list[Path],
-    out_dir: str | os.PathLike,
-    level: int = 0,
-    block: int = BLOCK,
-    halo: int = HALO,
-    instances: bool | str = "fast",
-    threshold: float = 0.5,
-    points_file: str | os.PathLike | None = None,
-    progress: bool = True,
-    **map_options: Any,
-) -> list[tuple[Path, str]]:
-    """:func:`segment_slide` over many slides; like ``predict_files``, a bad slide is reported and skipped.
+def _block_clicks(
+    clicks: Points | None, origin: tuple[int, int], shape: tuple[int, ...], downsample: float
+) -> Points | None:
+    """The level-0 clicks that fall in a block, in the block's pixels; None when there are none."""
+    if clicks is None:
+        return None
+    local = []
+    for points in clicks:
+        xy = np.zeros((0, 2)) if points is None else np.asarray(points, np.float64).reshape(-1, 2)
+        xy = xy / downsample - (origin[1], origin[0])
+        local.append(xy[(xy >= 0).all(1) & (xy[:, 0] < shape[1]) & (xy[:, 1] < shape[0])])
+    return None if not sum(map(len, local)) else (local[0], local[1])
 
-    Takes ``predict_files``'s options too, so one set serves images and slides; bad options fail at once.
-    """
-    if points_file is not None and paths:
-        raise InputError(f"{points_file}: manual points are not supported for slides")
-    _check_slide_options(block, halo, instances, threshold)
-    failures = []
-    for path in paths:
-        try:
-            segment_slide(
-                model, path, out_dir, level, block, halo, instances, threshold, progress, **map_options
-            )
-        except InputError as error:
-            failures.append(report_skipped(path, error))
-    return failures
+
+def _slide_pixel_size(segmenter: Segmenter, path: Path) -> tuple[float | None, str]:
+    """Level-0 pixel size and its source: the --mpp number, else the file's record, else unknown."""
+    option = segmenter.options.mpp
+    if option == "native":
+        return None, "native"
+    if not isinstance(option, str):
+        return option, "given"
+    recorded = read_pixel_size(path)
+    return (recorded[0], recorded[1]) if recorded else (None, "unknown")
+
+
+def _closest_level(path: Path, base_mpp: float | None, model_mpp: float | None) -> int:
+    """The pyramid level whose pixel size is closest (by ratio) to the model's; 0 when either is unknown."""
+    if base_mpp is None or model_mpp is None:
+        return 0
+    downsamples = level_downsamples(path)
+    return int(np.argmin([abs(np.log(base_mpp * d / model_mpp)) for d in downsamples]))
+
+
+def _estimate_pixel_size(
+    segmenter: Segmenter, slide: Slide, value_range: tuple[float, float] | None, name: str
+) -> float | None:
+    """The pixel size the automatic scale finds on a central region of the slide (None: not estimable)."""
+    height, width = slide.shape[:2]
+    y, x = max(0, height // 2 - ESTIMATE_SIDE // 2), max(0, width // 2 - ESTIMATE_SIDE // 2)
+    image = to_rgb_uint8(slide[y : y + ESTIMATE_SIDE, x : x + ESTIMATE_SIDE], name, value_range)
+    return segmenter.with_options(instances=None, mpp="auto").segment(image).mpp
 
 
 def _value_range(slide: Slide) -> tuple[float, float] | None:
-    """One intensity range for the whole slide (None for 8-bit data, used as is).
+    """One intensity range for the whole slide (None for 8-bit data, used as is), for ``to_rgb_uint8``.
 
     Stretching each block by its own percentiles, as single images are, would give every block a different
     contrast and visible seams; the range comes from a strided sample so it costs one block's memory.
@@ -250,16 +281,6 @@ def _value_range(slide: Slide) -> tuple[float, float] | None:
     step = max(1, -(-max(slide.shape[:2]) // _RANGE_SAMPLE_SIDE))
     lo, hi = np.percentile(slide[::step, ::step], ROBUST_PERCENTILES)
     return lo, hi  # numpy scalars, so blocks are scaled with the same arithmetic as whole images
-
-
-def _scaled(image: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
-    """Map ``image`` to 0..1 by the slide's range; the model's uint8 conversion then scales every block alike."""
-    if value_range is None:
-        return image
-    lo, hi = value_range
-    if hi <= lo:
-        return np.zeros(image.shape, np.float32)
-    return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
 def _central(labels: np.ndarray, core_origin: tuple[int, int], block: int) -> np.ndarray:

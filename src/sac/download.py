@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -11,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sac.backbone import OFFICIAL_CHECKPOINTS
-from sac.io import InputError, atomic_write
+from sac.io import InputError, atomic_write, sha256sum
 
 DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -21,14 +20,6 @@ def cache_dir() -> Path:
     if os.environ.get("SAC_CACHE"):
         return Path(os.environ["SAC_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sac"
-
-
-def sha256sum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_path(name: str) -> Path:

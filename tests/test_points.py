@@ -1,5 +1,4 @@
-import json
-import re
+"""Point prompts: clicks sampled from the generator's nuclei map, and a user's clicks added to them."""
 
 import numpy as np
 import pytest
@@ -10,16 +9,7 @@ from scipy import ndimage
 from skimage import measure
 
 from sac.io import InputError
-from sac.prompts import (
-    GeneratorOutput,
-    PromptGenerator,
-    combine_points,
-    peak_pixels,
-    read_points_file,
-    sample_point_prompts,
-    sample_points,
-    write_points_file,
-)
+from sac.points import as_points, combine_points, peak_pixels, sample_point_prompts, sample_points
 
 THRESHOLD = 0.5
 
@@ -34,31 +24,6 @@ def disk_map(seed: int, height: int, width: int, num_disks: int) -> np.ndarray:
         inside = (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
         prob[inside] = rng.uniform(THRESHOLD, 1.0)
     return prob
-
-
-def test_generator_shapes_and_gradients():
-    model = PromptGenerator()
-    assert 0.5e6 <= sum(p.numel() for p in model.parameters()) <= 2e6
-    images = torch.rand(2, 3, 32, 48)
-    out = model(images)
-    assert isinstance(out, GeneratorOutput)
-    assert out.logits.shape == (2, 2, 32, 48)
-    assert out.features.shape == (2, 16, 32, 48)
-    (out.logits.mean() + out.features.mean()).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-
-
-def test_generator_handles_sizes_not_divisible_by_stride():
-    model = PromptGenerator(base_channels=4, depth=3).eval()
-    out = model(torch.rand(1, 3, 13, 21))
-    assert out.logits.shape == (1, 2, 13, 21)
-    assert out.features.shape == (1, 4, 13, 21)
-    assert torch.isfinite(out.logits).all()
-
-
-def test_generator_rejects_wrong_channel_count():
-    with pytest.raises(InputError):
-        PromptGenerator(base_channels=4, depth=2)(torch.rand(1, 1, 8, 8))
 
 
 @settings(max_examples=150, deadline=None)
@@ -182,46 +147,13 @@ def test_combine_points_replace_needs_points():
         combine_points(torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1), replace=True)
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".json"])
-def test_points_file_round_trip(tmp_path, suffix):
-    path = tmp_path / f"points{suffix}"
-    write_points_file(path, [(1.5, 2.0), (3, 4)], [(10, 20)])
-    positive, negative = read_points_file(path)
-    assert positive.tolist() == [[1.5, 2.0], [3, 4]] and negative.tolist() == [[10, 20]]
-    assert positive.dtype == np.float32
-
-
-def test_points_file_hand_written(tmp_path):
-    csv_path = tmp_path / "clicks.csv"
-    csv_path.write_text("x, y, label\n1,2,0\n\n3,4,1\n")
-    positive, negative = read_points_file(csv_path)
-    assert positive.tolist() == [[3, 4]] and negative.tolist() == [[1, 2]]
-    json_path = tmp_path / "clicks.json"
-    json_path.write_text(json.dumps({"positive": [[5, 6]]}))
-    positive, negative = read_points_file(json_path)
-    assert positive.tolist() == [[5, 6]] and negative.shape == (0, 2)
-
-
-@pytest.mark.parametrize(
-    ("name", "content"),
-    [
-        ("a.csv", "x,y\n1,2\n"),
-        ("a.csv", "x,y,label\n1,2,3\n"),
-        ("a.csv", "x,y,label\n1,two,1\n"),
-        ("a.csv", "x,y,label\n1,nan,1\n"),
-        ("a.json", "{not json"),
-        ("a.json", '{"positives": [[1, 2]]}'),
-        ("a.json", '{"positive": [[1, 2, 3]]}'),
-        ("a.txt", "1,2,1"),
-    ],
-)
-def test_points_file_errors_name_the_file(tmp_path, name, content):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(InputError, match=re.escape(name)):
-        read_points_file(path)
-
-
-def test_missing_points_file(tmp_path):
-    with pytest.raises(InputError, match=r"nope\.json"):
-        read_points_file(tmp_path / "nope.json")
+def test_as_points():
+    assert as_points(None, "clicks").shape == (0, 2) and as_points([], "clicks").shape == (0, 2)
+    points = as_points([(1, 2), (3.5, 4)], "clicks")
+    assert points.dtype == np.float32 and points.tolist() == [[1, 2], [3.5, 4]]
+    with pytest.raises(InputError, match="clicks must be a list of numeric"):
+        as_points([("a", "b")], "clicks")
+    with pytest.raises(InputError, match=r"clicks must be a list of \(x, y\) pairs, got shape \(3,\)"):
+        as_points([1, 2, 3], "clicks")
+    with pytest.raises(InputError, match="clicks contain NaN"):
+        as_points([(1, np.inf)], "clicks")

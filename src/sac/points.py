@@ -1,112 +1,24 @@
-"""The auto-prompt generator and the point prompts SAM receives instead of a human's clicks.
+"""Point prompts: SAM's clicks drawn from the generator's nuclei map, and a user's clicks added to them.
 
-A small U-Net predicts a coarse nuclei map; positive points are drawn from distinct predicted nuclei and
-negative points from the background, preferring the confusing rim around nuclei. Points use SAM's pixel
-convention: ``(x, y)`` = ``(column, row)`` integer pixel indices, which SAM shifts by 0.5 to pixel centres.
+Positive points are drawn from distinct predicted nuclei and negative points from the background, preferring the
+confusing rim around nuclei. Points use SAM's pixel convention: ``(x, y)`` = ``(column, row)`` integer pixel
+indices, which SAM shifts by 0.5 to pixel centres.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from skimage import measure
-from torch import nn
 
-from sac.io import InputError, atomic_write
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sac.io import InputError
 
 _EPS = 0.05  # keeps confident background pixels eligible as negatives
 _RING_WIDTH = 5  # pixels around predicted nuclei where negatives are most informative
 _RING_BOOST = 10.0
-
-
-class GeneratorOutput(NamedTuple):
-    """Channel 0 of ``logits`` is the nuclei foreground, channel 1 the normalised distance-to-edge map."""
-
-    logits: torch.Tensor
-    features: torch.Tensor
-
-
-class ConvBlock(nn.Module):
-    """Two conv3x3 -> GroupNorm -> GELU layers; GroupNorm because training batches hold only 2-8 images."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        groups = math.gcd(8, out_channels)
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.GELU(),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.GELU(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class PromptGenerator(nn.Module):
-    """A light U-Net whose coarse nuclei map supplies SAM's point prompts.
-
-    Takes ``(B, C, H, W)`` images in [0, 1] and normalises them itself with fixed ImageNet statistics (their
-    grey average when ``C != 3``). Any ``H, W`` works: sizes that are not multiples of ``2**depth`` are
-    edge-padded and the outputs cropped back. ``features`` is the last full-resolution decoder map, reused
-    by the segmenter's fusion head.
-    """
-
-    def __init__(self, in_channels: int = 3, base_channels: int = 16, depth: int = 4) -> None:
-        super().__init__()
-        if min(in_channels, base_channels, depth) < 1:
-            raise InputError("PromptGenerator needs in_channels, base_channels and depth of at least 1")
-        self.in_channels = in_channels
-        self.depth = depth
-        widths = [base_channels * 2**level for level in range(depth + 1)]
-        self.encoder = nn.ModuleList(
-            ConvBlock(c_in, c_out)
-            for c_in, c_out in zip([in_channels, *widths[:-2]], widths[:-1], strict=True)
-        )
-        self.bottleneck = ConvBlock(widths[-2], widths[-1])
-        self.decoder = nn.ModuleList(
-            ConvBlock(widths[level + 1] + widths[level], widths[level]) for level in reversed(range(depth))
-        )
-        self.head = nn.Conv2d(base_channels, 2, kernel_size=1)
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        if in_channels != 3:
-            mean, std = mean.mean().repeat(in_channels), std.mean().repeat(in_channels)
-        self.register_buffer("pixel_mean", mean.view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std.view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> GeneratorOutput:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise InputError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        height, width = x.shape[-2:]
-        multiple = 2**self.depth
-        x = (x - self.pixel_mean) / self.pixel_std
-        x = F.pad(x, (0, -width % multiple, 0, -height % multiple), mode="replicate")
-        skips = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for block, skip in zip(self.decoder, reversed(skips), strict=True):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        features = x[..., :height, :width]
-        return GeneratorOutput(self.head(features), features)
 
 
 def sample_points(
@@ -287,8 +199,8 @@ def combine_points(
             f"expected points (B, P, N, 2) and labels (B, P, N), got {tuple(points.shape)} and "
             f"{tuple(labels.shape)}"
         )
-    positive = _as_points(manual_positive, "manual positive points")
-    negative = _as_points(manual_negative, "manual negative points")
+    positive = as_points(manual_positive, "manual positive points")
+    negative = as_points(manual_negative, "manual negative points")
     if replace and not len(positive) + len(negative):
         raise InputError("replace=True needs at least one manual point")
     batch, point_batch = points.shape[:2]
@@ -301,7 +213,7 @@ def combine_points(
     return torch.cat([points, manual], dim=2), torch.cat([labels, manual_labels], dim=2)
 
 
-def _as_points(values: object, what: str) -> np.ndarray:
+def as_points(values: object, what: str) -> np.ndarray:
     if values is None:
         return np.zeros((0, 2), dtype=np.float32)
     try:
@@ -315,81 +227,3 @@ def _as_points(values: object, what: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError(f"{what} contain NaN or infinite coordinates")
     return array.astype(np.float32)
-
-
-def read_points_file(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read manual ``(positive, negative)`` points, each float32 ``(M, 2)`` in ``(x, y)`` pixels.
-
-    Accepts a CSV with header ``x,y,label`` (label 1 = positive, 0 = negative) or a JSON object
-    ``{"positive": [[x, y], ...], "negative": [...]}`` (either key may be omitted).
-    """
-    path = Path(path)
-    suffix = _points_suffix(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: cannot read points file ({error})") from None
-    return _parse_csv(text, path) if suffix == ".csv" else _parse_json(text, path)
-
-
-def _parse_csv(text: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    rows = list(csv.reader(text.splitlines()))
-    if not rows or [cell.strip().lower() for cell in rows[0]] != ["x", "y", "label"]:
-        raise InputError(f"{path}: CSV header must be x,y,label")
-    points: dict[int, list[tuple[float, float]]] = {1: [], 0: []}
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        try:
-            x, y, label = row
-            point, label = (float(x), float(y)), int(label)
-        except ValueError:
-            raise InputError(
-                f"{path}: line {line}: expected numbers x,y,label, got {','.join(row)!r}"
-            ) from None
-        if label not in points:
-            raise InputError(f"{path}: line {line}: label must be 1 (positive) or 0 (negative), got {label}")
-        points[label].append(point)
-    return _as_points(points[1], f"{path}: positive points"), _as_points(
-        points[0], f"{path}: negative points"
-    )
-
-
-def _parse_json(text: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(data, dict) or not set(data) <= {"positive", "negative"}:
-        raise InputError(f'{path}: expected a JSON object with "positive" and/or "negative" lists of [x, y]')
-    positive, negative = (
-        _as_points(data.get(key, []), f"{path}: {key} points") for key in ("positive", "negative")
-    )
-    return positive, negative
-
-
-def write_points_file(
-    path: str | os.PathLike,
-    positive: Sequence[Sequence[float]] | np.ndarray,
-    negative: Sequence[Sequence[float]] | np.ndarray,
-) -> None:
-    """Save points in :func:`read_points_file`'s format (chosen by suffix) so prompts can be reused."""
-    path = Path(path)
-    suffix = _points_suffix(path)
-    positive = _as_points(positive, "positive points").tolist()
-    negative = _as_points(negative, "negative points").tolist()
-    with atomic_write(path) as tmp:
-        if suffix == ".json":
-            tmp.write_text(json.dumps({"positive": positive, "negative": negative}), encoding="utf-8")
-        else:
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["x", "y", "label"])
-                writer.writerows([*([x, y, 1] for x, y in positive), *([x, y, 0] for x, y in negative)])
-
-
-def _points_suffix(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise InputError(f"{path}: points file must end in .csv or .json")
-    return suffix

@@ -1,0 +1,186 @@
+"""Do prompts do real work? Single clicks, corrections, SAM instance mode and the paper's point ablation.
+
+On the test splits of MoNuSeg and DSB 2018 (never used in training or model selection):
+- single click: mean IoU of SAM's mask for one positive click at a random interior pixel of each ground-truth
+  nucleus (no other prompt);
+- correction: of the ground-truth nuclei the automatic result misses (IoU < 0.5 with every predicted nucleus), the
+  share one positive click at the nucleus centre recovers (IoU >= 0.5), through the same code a user's click takes
+  (``sac.instances.apply_clicks``); of the false positives (IoU < 0.5 with every true nucleus), the share one
+  negative click removes; and for a sample of clicks, the share of the changed pixels farther than 32 px from it;
+- SAM instance mode against the watershed (AJI, PQ);
+- the paper's ablation: K generated positive + K negative points (K = 1, 3, 8, 16) and K + 0, at inference.
+
+    python benchmarks/prompts.py --json benchmarks/results/prompts.json     # the shipped model, ~15 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from sac.data import load_dataset
+from sac.evaluate import evaluate_model
+from sac.instances import apply_clicks, click_negatives, segment_at_points
+from sac.io import atomic_write
+from sac.metrics import evaluate_image, summarize
+from sac.points import peak_pixels
+from sac.segmenter import Segmenter
+
+LOCALITY_RADIUS = 32  # px: a click should change nothing farther than this
+LOCALITY_CLICKS = 10  # clicks per image whose effect on the whole label image is measured
+
+
+def iou_table(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(T + 1, P + 1) IoU of every true object with every predicted one (row/column 0: background)."""
+    pairs = np.bincount(
+        truth.ravel().astype(np.int64) * (predicted.max() + 1) + predicted.ravel(),
+        minlength=(truth.max() + 1) * (predicted.max() + 1),
+    ).reshape(truth.max() + 1, predicted.max() + 1)
+    union = pairs.sum(1, keepdims=True) + pairs.sum(0, keepdims=True) - pairs
+    return pairs / np.maximum(union, 1)
+
+
+def centres(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(N, 2) (row, column) of each object's most interior pixel."""
+    depth = ndimage.distance_transform_edt(labels > 0)
+    return np.stack(np.unravel_index(peak_pixels(depth, labels, ids), labels.shape), 1).reshape(-1, 2)
+
+
+def single_click_ious(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rng) -> list[float]:
+    ids = np.unique(truth)[1:]
+    clicks = np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
+    answers = segment_at_points(segmenter.model, image, clicks, np.full((len(clicks), 1, 2), -1))
+    scores = []
+    for nucleus, answer in zip(ids, answers, strict=True):
+        if answer is None:
+            scores.append(0.0)
+            continue
+        mask = np.zeros(truth.shape, bool)
+        mask[answer.rows, answer.cols] = True
+        true = truth == nucleus
+        scores.append(float((mask & true).sum() / (mask | true).sum()))
+    return scores
+
+
+def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labels: np.ndarray, rng) -> dict:
+    """Missed nuclei recovered by a positive click, false positives removed by a negative one, and locality."""
+    table = iou_table(truth, labels)
+    missed = np.flatnonzero(table[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
+    false = np.flatnonzero(table[1:, 1:].max(axis=0, initial=0) < 0.5) + 1
+    model = segmenter.model
+    clicks = centres(truth, missed)
+    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), model.config.instance_window)
+    answers = segment_at_points(model, image, clicks, negatives)
+    recovered = 0
+    for nucleus, answer in zip(missed, answers, strict=True):
+        if answer is not None:
+            true = truth == nucleus
+            inside = true[answer.rows, answer.cols].sum()
+            recovered += inside / (true.sum() + answer.rows.size - inside) >= 0.5
+    removed, far, changed = 0, 0, 0
+    false_clicks = centres(labels, false)
+    chosen = set(
+        rng.choice(
+            len(missed) + len(false), size=min(LOCALITY_CLICKS, len(missed) + len(false)), replace=False
+        ).tolist()
+    )
+    for index, (row, col) in enumerate(false_clicks):
+        after = apply_clicks(model, image, labels, None, np.array([[col, row]]))
+        removed += not (after[labels == false[index]] > 0).any()
+        if len(missed) + index in chosen:
+            far, changed = _locality(labels, after, (row, col), far, changed)
+    for index, (row, col) in enumerate(clicks):
+        if index in chosen:
+            after = apply_clicks(model, image, labels, np.array([[col, row]]), None)
+            far, changed = _locality(labels, after, (row, col), far, changed)
+    return {
+        "missed": len(missed),
+        "recovered": int(recovered),
+        "false_positives": len(false),
+        "removed": int(removed),
+        "changed_pixels": changed,
+        "changed_far": far,
+    }
+
+
+def _locality(before: np.ndarray, after: np.ndarray, click, far: int, changed: int) -> tuple[int, int]:
+    """Accumulate changed pixels (foreground or object identity) and those farther than the radius."""
+    differs = (before > 0) != (after > 0)
+    rows, cols = np.nonzero(differs)
+    distance = np.hypot(rows - click[0], cols - click[1])
+    return far + int((distance > LOCALITY_RADIUS).sum()), changed + len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--datasets", default="monuseg,dsb2018")
+    parser.add_argument("--data-root")
+    parser.add_argument("--limit", type=int, help="only the first N test images of each dataset")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: clicks,instances,ablation")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    segmenter = Segmenter.load(args.model)
+    skip = set(filter(None, args.skip.split(",")))
+    report: dict = {
+        "command": "python benchmarks/prompts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": str(datetime.date.today()),
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "model": args.model or "shipped",
+    }
+    for dataset in args.datasets.split(","):
+        samples = load_dataset(dataset, args.data_root, "test")[: args.limit]
+        result: dict = {"images": len(samples)}
+        started = time.perf_counter()
+        if "clicks" not in skip:
+            rng = np.random.default_rng(0)
+            ious, totals = [], {}
+            for sample in samples:
+                ious += single_click_ious(segmenter, sample.image, sample.labels, rng)
+                labels = segmenter.predict(sample.image, instances="fast")
+                for key, value in corrections(segmenter, sample.image, sample.labels, labels, rng).items():
+                    totals[key] = totals.get(key, 0) + value
+            result["single_click_iou"] = float(np.mean(ious))
+            result["single_clicks"] = len(ious)
+            result["corrections"] = totals
+            result["recovered_share"] = totals["recovered"] / max(1, totals["missed"])
+            result["removed_share"] = totals["removed"] / max(1, totals["false_positives"])
+            result["far_change_share"] = totals["changed_far"] / max(1, totals["changed_pixels"])
+        if "instances" not in skip:
+            for mode in ("fast", "sam"):
+                summary = evaluate_model(segmenter.with_options(instances=mode), samples, progress=False)[
+                    "summary"
+                ]
+                result[f"instances_{mode}"] = {k: summary[k] for k in ("dice", "aji", "pq", "f1")}
+        if "ablation" not in skip:
+            base = segmenter.model.config
+            result["ablation"] = {}
+            for positive, negative in [(1, 1), (3, 3), (8, 8), (16, 16), (8, 0), (16, 0)]:
+                segmenter.model.config = dataclasses.replace(
+                    base, num_positive=positive, num_negative=negative
+                )
+                per_image = [evaluate_image(s.labels, segmenter.predict(s.image)) for s in samples]
+                result["ablation"][f"{positive}+{negative}"] = summarize(per_image)["dice"]
+            segmenter.model.config = base
+        result["seconds"] = round(time.perf_counter() - started)
+        report[dataset] = result
+        print(json.dumps({dataset: result}, indent=1), flush=True)
+    if args.json:
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

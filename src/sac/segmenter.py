@@ -1,0 +1,365 @@
+"""Segmenting images with a loaded model: the one place that turns an image into maps, a mask and labels.
+
+As segment_anything's ``SamPredictor`` owns "set image, predict", a :class:`Segmenter` owns "segment this image":
+it holds a model and one :class:`SegmentOptions`, normalises the input, tiles it, adds the user's clicks, and
+makes instances. The Python API, the file pipeline, whole slides, dask workers, evaluation and the benchmarks
+all go through it, so each setting is declared, defaulted and validated once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sac.instances import apply_clicks, instances_from_maps, sam_instances
+from sac.io import MPP_RANGE, InputError, to_rgb_uint8
+from sac.model import SACOutput, SegmentAnyCell
+from sac.points import combine_points
+from sac.tiling import DEFAULT_OVERLAP, predict_tiled
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+INSTANCE_MODES = ("fast", "sam")
+SCALE_MODES = ("auto", "native")
+# Automatic scale: rescale only when the nuclei's median area is off by more than this factor from the model's
+# (a factor 1.25 in diameter), and within what the estimate can be trusted for; fewer nuclei than this: no estimate.
+AUTO_AREA_TOLERANCE = 1.25**2
+AUTO_ZOOM_RANGE = (0.25, 4.0)
+AUTO_MIN_NUCLEI = 10
+ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
+
+Points = tuple[np.ndarray | None, np.ndarray | None]  # (positive, negative) (x, y) pixel coordinates
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment: every inference setting, with its default and its check, in one place.
+
+    Parameters
+    ----------
+    instances : None, True, "fast" or "sam"
+        None: a mask only. ``True``/``"fast"``: watershed on the probability seeded by the generator's centres;
+        ``"sam"``: one SAM prompt per nucleus.
+    threshold : float
+        Nuclei probability cut-off, in [0, 1].
+    mpp : float, "auto" or "native"
+        The input's pixel size in µm. A number applies to every image; ``"auto"`` takes the file's own record
+        and, where there is none, estimates the scale from the nuclei of a first pass; ``"native"`` never
+        resamples. Images are resampled to the model's pixel size, and the maps back to the input's.
+    overlap : int
+        Blended overlap of neighbouring tiles (of the model's input size), in pixels.
+    batch_size : int
+        Tiles per forward pass.
+    """
+
+    instances: str | bool | None = None
+    threshold: float = 0.5
+    mpp: float | str = "auto"
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        mode = {True: "fast", False: None}.get(self.instances, self.instances)  # type: ignore[arg-type]
+        if mode is not None and mode not in INSTANCE_MODES:
+            raise InputError(
+                f"unknown instance mode {self.instances!r}; expected {' or '.join(INSTANCE_MODES)}"
+            )
+        object.__setattr__(self, "instances", mode)
+        if not 0 <= self.threshold <= 1:
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
+        if isinstance(self.mpp, str):
+            try:
+                object.__setattr__(self, "mpp", float(self.mpp))
+            except ValueError:
+                if self.mpp not in SCALE_MODES:
+                    raise InputError(
+                        f"mpp must be a pixel size in µm, auto or native; got {self.mpp!r}"
+                    ) from None
+        if not isinstance(self.mpp, str) and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
+            raise InputError(
+                f"mpp {self.mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
+                "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
+            )
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.overlap < 0:
+            raise InputError(f"tile overlap must not be negative, got {self.overlap}")
+
+
+class Segmentation(NamedTuple):
+    """What one image gives: the mask, the labels (None without instances) and the maps behind both, with the
+    scale the model saw it at."""
+
+    mask: np.ndarray  # (H, W) bool
+    labels: np.ndarray | None  # (H, W) int32 nuclei ids
+    maps: np.ndarray  # (4, H, W) float32, named by sac.model.MAP_NAMES
+    mpp: float | None  # the input's pixel size in µm, None when unknown
+    zoom: float  # model pixels per input pixel
+    scale_note: str  # where the scale came from, in words
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``auto|cpu|cuda|mps``; ``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if name == "auto":
+        return torch.device(next(kind for kind, present in available.items() if present))
+    if name not in available:
+        raise InputError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
+    if not available[name]:
+        raise InputError(f"device {name} is not available on this machine; use --device auto or cpu")
+    return torch.device(name)
+
+
+class Segmenter:
+    """A loaded model with its options; :meth:`segment` any image, of any size and pixel size.
+
+    Parameters
+    ----------
+    model : SegmentAnyCell
+        The network (call ``prepare_for_inference`` first for speed; a model in training works too).
+    options : SegmentOptions, optional
+        Settings; keyword ``settings`` build one instead (``Segmenter(model, instances="fast")``).
+    """
+
+    def __init__(self, model: SegmentAnyCell, options: SegmentOptions | None = None, **settings) -> None:
+        self.model = model
+        self.options = options or SegmentOptions(**settings)
+        if options is not None and settings:
+            self.options = dataclasses.replace(options, **settings)
+        if self.options.overlap >= model.config.image_size:
+            raise InputError(
+                f"tile overlap must be smaller than the model's {model.config.image_size} px tiles, "
+                f"got {self.options.overlap}"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str = "cpu", **settings) -> Segmenter:
+        """The checkpoint folder at ``path`` (None: the model shipped with the package) on ``device``."""
+        model = SegmentAnyCell.load(path, device=resolve_device(device)).prepare_for_inference()
+        return cls(model, **settings)
+
+    def with_options(self, **changes) -> Segmenter:
+        """The same model with some settings changed (validated again)."""
+        return type(self)(self.model, dataclasses.replace(self.options, **changes))
+
+    # ------------------------------------------------------------------ public
+    def predict(
+        self, image: np.ndarray, points: Points | None = None, mpp: float | None = None, **changes
+    ) -> np.ndarray:
+        """A boolean nuclei mask, or with ``instances`` int32 labels, for one (H, W) or (H, W, C) image.
+
+        ``points`` = (positive, negative) arrays of (x, y) clicks; ``mpp`` the image's pixel size if known;
+        ``changes`` override options for this call.
+        """
+        segmenter = self.with_options(**changes) if changes else self
+        result = segmenter.segment(image, points, mpp)
+        return result.mask if result.labels is None else result.labels
+
+    def segment(
+        self, image: np.ndarray, points: Points | None = None, mpp: float | None = None
+    ) -> Segmentation:
+        """Mask, labels and maps from a single pass of the model; the mask is ``labels > 0`` whenever labels
+        are made, so written masks, labels and evaluated Dice always agree.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array of any dtype
+        points : (positive, negative) (x, y) clicks, optional
+            A positive click adds the nucleus under it as its own instance (SAM answers the click), a negative
+            click removes the object under it. With clicks, labels are made (fast mode) even when only a mask
+            is asked for.
+        mpp : float, optional
+            The image's pixel size as its file records it (the ``mpp`` option, when a number, overrides it).
+
+        On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss.
+        """
+        rgb = to_rgb_uint8(image)
+        device = self.model.pixel_mean.device
+        precision = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        asked, threshold = self.options.instances, self.options.threshold
+        mode = asked or ("fast" if points is not None else None)
+        with precision:
+            zoom, mpp, note, maps = self._scale(rgb, mpp)
+            if maps is None:
+                maps = self._maps_at(rgb, zoom)
+            labels = None if mode is None else instances_from_maps(maps[0], maps[2], threshold)
+            if mode == "sam" or points is not None:
+                labels = self._prompted(rgb, labels, maps[2], zoom, mode == "sam", points)
+        mask = maps[0] >= threshold if labels is None else labels > 0
+        return Segmentation(mask, labels if asked else None, maps, mpp, zoom, note)
+
+    def _scale(
+        self, rgb: np.ndarray, file_mpp: float | None
+    ) -> tuple[float, float | None, str, np.ndarray | None]:
+        """(zoom, the input's pixel size, where it came from, maps of a first pass when the estimate made one).
+
+        The zoom is the model's pixels per input pixel. Without a recorded pixel size, the first pass at the
+        native scale measures the median nucleus area; its maps are reused unless that is far from the model's.
+        """
+        model_mpp, option = self.model.config.mpp, self.options.mpp
+        known = option if not isinstance(option, str) else file_mpp
+        if option == "native" or model_mpp is None:
+            why = "--mpp native" if option == "native" else "the model records no pixel size"
+            return 1.0, known, f"native scale ({why})", None
+        if known is not None:
+            source = "given" if known is option else "from the file"
+            zoom = _snap(known / model_mpp)
+            return (
+                zoom,
+                known,
+                f"{known:g} µm/px ({source}); zoom {zoom:.2f} to the model's {model_mpp:g}",
+                None,
+            )
+        maps = self.maps(rgb)
+        labels = instances_from_maps(maps[0], maps[2], self.options.threshold)
+        areas = np.bincount(labels.ravel())[1:]
+        reference = self.model.config.nucleus_area
+        if reference is None or areas.size < AUTO_MIN_NUCLEI:
+            return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
+        ratio = reference / float(np.median(areas))
+        if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
+            return 1.0, model_mpp, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
+        zoom = _snap(float(np.clip(np.sqrt(ratio), *AUTO_ZOOM_RANGE)))
+        mpp = model_mpp * zoom
+        return zoom, mpp, f"{mpp:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}", None
+
+    def _maps_at(self, rgb: np.ndarray, zoom: float) -> np.ndarray:
+        """Maps of ``rgb`` computed at ``zoom`` times its size and resampled back to it."""
+        if zoom == 1:
+            return self.maps(rgb)
+        height, width = rgb.shape[:2]
+        zoomed = self.maps(_resize(rgb, zoom))
+        return _resample(zoomed, (height, width))
+
+    def _prompted(
+        self,
+        rgb: np.ndarray,
+        labels: np.ndarray,
+        centre: np.ndarray,
+        zoom: float,
+        sam_mode: bool,
+        points: Points | None,
+    ) -> np.ndarray:
+        """SAM instance mode and the user's clicks, run where SAM sees nuclei at its own scale."""
+        shape = labels.shape
+        if zoom != 1:
+            rgb = _resize(rgb, zoom)
+            labels = _resample_labels(labels, rgb.shape[:2])
+            centre = _resample(centre[None], rgb.shape[:2])[0]
+            points = (
+                None if points is None else tuple(None if p is None else np.asarray(p) * zoom for p in points)
+            )
+        if sam_mode:
+            labels = sam_instances(self.model, rgb, labels, centre)
+        if points is not None:
+            labels = apply_clicks(self.model, rgb, labels, *points)
+        return labels if zoom == 1 else _resample_labels(labels, shape)
+
+    @torch.inference_mode()
+    def maps(
+        self, image: np.ndarray, points: Points | None = None, generate_points: bool = True
+    ) -> np.ndarray:
+        """(4, H, W) float32 maps at the image's own scale, named by ``MAP_NAMES``: final nuclei probability,
+        generator probability, generator centre map, and SAM's own (upsampled) mask probability.
+
+        ``points`` here are prompts for SAM's whole-mask answer (the paper's setting): each tile receives those
+        falling inside it, in addition to its generated points (or alone, with ``generate_points=False``, as for
+        SAM's prompt-grid baseline). A user's corrections go to :meth:`segment` instead.
+        """
+        model, options = self.model, self.options
+        rgb = to_rgb_uint8(image)
+        size = model.config.image_size
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        use_manual = points is not None or not generate_points
+        given = points if points is not None else (None, None)
+
+        done = 0  # tiles so far: each tile draws its points from its own stream, whatever the batch size
+
+        def run(batch: np.ndarray, origins: list[tuple[int, int]]) -> np.ndarray:
+            nonlocal done
+            model.point_offset, done = done, done + len(batch)
+            tensor = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).float().div_(255)
+            if use_manual:
+                outputs = [
+                    self._forward_with_manual(
+                        tensor[i : i + 1], _tile_points(given, origin, size), generate_points
+                    )
+                    for i, origin in enumerate(origins)
+                ]
+            else:
+                outputs = [model(tensor)]
+            return torch.cat([_maps(output) for output in outputs]).float().cpu().numpy()
+
+        try:
+            return predict_tiled(run, rgb, size, options.overlap, options.batch_size)
+        finally:
+            model.train(was_training)
+
+    def _forward_with_manual(self, tensor: torch.Tensor, manual: list, generate_points: bool) -> SACOutput:
+        if not manual and generate_points:
+            return self.model(tensor)
+        if not manual:  # no prompt at all in this tile: SAM still needs one, a background point
+            manual = [(np.zeros(2, np.float32), 0)]
+        positive = [xy for xy, label in manual if label == 1]
+        negative = [xy for xy, label in manual if label == 0]
+        empty_points = torch.zeros(1, 1, 0, 2)
+        empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
+        points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
+        return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points)
+
+
+def _snap(zoom: float) -> float:
+    return 1.0 if abs(zoom - 1) < ZOOM_TOLERANCE else zoom
+
+
+def _resize(rgb: np.ndarray, zoom: float) -> np.ndarray:
+    """An RGB uint8 image ``zoom`` times its size (antialiased when shrinking)."""
+    shape = (max(1, round(rgb.shape[0] * zoom)), max(1, round(rgb.shape[1] * zoom)))
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    resized = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=zoom < 1)
+    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _resample(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) float maps resampled to ``shape`` (bilinear, antialiased when shrinking): smooth outlines."""
+    shrink = shape[0] < maps.shape[1]
+    tensor = torch.from_numpy(np.ascontiguousarray(maps))[None]
+    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=shrink)[
+        0
+    ].numpy()
+
+
+def _resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    tensor = torch.from_numpy(labels.astype(np.int64))[None, None].float()
+    return F.interpolate(tensor, size=shape, mode="nearest-exact")[0, 0].numpy().astype(np.int32)
+
+
+def _maps(output: SACOutput) -> torch.Tensor:
+    return torch.sigmoid(torch.cat([output.logits, output.generator_logits, output.sam_upsampled], dim=1))
+
+
+def _tile_points(points: Points, origin: tuple[int, int], size: int) -> list:
+    """Manual points inside one tile, in the tile's frame."""
+    chosen = []
+    for label, coords in zip((1, 0), points, strict=True):
+        if coords is None or len(coords) == 0:
+            continue
+        coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array([origin[1], origin[0]], np.float32)
+        chosen += [(xy, label) for xy in coords[(coords >= 0).all(1) & (coords < size).all(1)]]
+    return chosen

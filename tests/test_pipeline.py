@@ -1,0 +1,177 @@
+"""``sac predict``: the file pipeline, its failure handling and the command line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import sac.model
+from conftest import synthetic_nuclei
+from sac.cli import main
+from sac.io import InputError, read_image
+from sac.pipeline import find_inputs, report_skipped, segment_file, segment_files
+from sac.wsi import SLIDE_MIN_SIDE
+
+GOOD = ("good.png", "deep.tif", "grey.png", "alpha.png")
+INSTANCE_OUTPUTS = ("_mask.png", "_labels.tif", "_nuclei.csv", ".geojson", "_overlay.png")
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Four readable images of different kinds and one corrupt file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rgb, _ = synthetic_nuclei(size=64, count=5)
+    Image.fromarray(rgb).save(folder / "good.png")
+    tifffile.imwrite(folder / "deep.tif", rgb[:60, :50, 0].astype(np.uint16) * 257)
+    Image.fromarray(rgb[..., 1]).save(folder / "grey.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(folder / "alpha.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return folder
+
+
+def test_segment_files_writes_outputs_and_skips_corrupt(tiny_segmenter, images, tmp_path):
+    out = tmp_path / "out"
+    failures = segment_files(tiny_segmenter.with_options(instances="fast"), [images], out, progress=False)
+    assert [path.name for path, _ in failures] == ["corrupt.png"]
+    assert "corrupt.png" in failures[0][1] and "\n" not in failures[0][1]
+    for name in GOOD:
+        stem, shape = Path(name).stem, read_image(images / name).shape[:2]
+        for suffix in INSTANCE_OUTPUTS:
+            assert (out / f"{stem}{suffix}").is_file()
+        with Image.open(out / f"{stem}_mask.png") as png:
+            mask = np.array(png)
+        assert mask.shape == shape and set(np.unique(mask)) <= {0, 255}
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.shape == mask.shape
+        np.testing.assert_array_equal(labels > 0, mask > 0)  # written masks and labels agree
+    assert not list(out.glob("corrupt*")) and not list(out.glob(".*.tmp*"))
+
+
+def test_mask_only_writes_just_masks(tiny_segmenter, images, tmp_path):
+    out = tmp_path / "out"
+    segment_files(tiny_segmenter, [images / "good.png"], out, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == ["good_mask.png"]
+
+
+def test_segment_file_writes_what_the_segmenter_gives(tiny_segmenter, images, tmp_path):
+    segmenter = tiny_segmenter.with_options(instances="fast")
+    segment_file(segmenter, images / "grey.png", tmp_path / "out", slide=False)
+    result = segmenter.segment(read_image(images / "grey.png"))
+    with Image.open(tmp_path / "out" / "grey_mask.png") as png:
+        np.testing.assert_array_equal(np.array(png) > 0, result.mask)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "grey_labels.tif"), result.labels)
+    with pytest.raises(InputError, match=r"corrupt\.png"):
+        segment_file(segmenter, images / "corrupt.png", tmp_path / "out", slide=False)
+
+
+def test_duplicate_stems_rejected_before_any_output(tiny_segmenter, images, tmp_path):
+    tifffile.imwrite(images / "good.tif", read_image(images / "good.png"))
+    with pytest.raises(InputError, match="same file name stem"):
+        find_inputs([images])
+    with pytest.raises(InputError, match="same file name stem"):
+        segment_files(tiny_segmenter, [images], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"instances": "slow"}, "instance mode"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"overlap": 64}, "overlap"),
+        ({"batch_size": 0}, "batch size"),
+    ],
+)
+def test_bad_options_rejected_before_any_output(tiny_segmenter, images, tmp_path, options, message):
+    # options are checked when the segmenter is made, so no file is ever touched with a bad one
+    with pytest.raises(InputError, match=message):
+        segment_files(tiny_segmenter.with_options(**options), [images / "good.png"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_find_inputs_by_size_suffix_and_force(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "wide.tif", np.zeros((16, SLIDE_MIN_SIDE + 1), np.uint8), tile=(16, 1024))
+    tifffile.imwrite(folder / "small.tif", np.zeros((16, 16), np.uint8))
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "tile.png")
+    svs = tmp_path / "scan.svs"
+    tifffile.imwrite(svs, np.zeros((16, 16), np.uint8))
+    found = find_inputs([folder, svs, folder / "tile.png"])  # a file named twice is segmented once
+    assert [(path.name, slide) for path, slide in found] == [
+        ("small.tif", False),
+        ("tile.png", False),
+        ("wide.tif", True),
+        ("scan.svs", True),
+    ]
+    assert find_inputs([folder], slides=True) == [(path, True) for path in sorted(folder.iterdir())]
+    with pytest.raises(InputError, match="missing"):
+        find_inputs([tmp_path / "missing"])
+
+
+def test_report_skipped_names_the_file_in_one_line(tmp_path, capsys):
+    path = tmp_path / "a.png"
+    assert report_skipped(path, InputError("bad pixels\nmore detail")) == (path, f"{path}: bad pixels")
+    assert report_skipped(path, InputError(f"{path}: truncated")) == (path, f"{path}: truncated")
+    assert capsys.readouterr().err.splitlines() == [
+        f"sac: skipped {path}: bad pixels",
+        f"sac: skipped {path}: truncated",
+    ]
+
+
+def test_points_file_is_read_and_matched_to_the_inputs_before_any_image(tiny_segmenter, images, tmp_path):
+    out, points = tmp_path / "out", tmp_path / "points.csv"
+
+    def run(inputs):
+        return segment_files(tiny_segmenter, inputs, out, points, progress=False)
+
+    with pytest.raises(InputError, match=r"points\.csv"):
+        run([images])  # missing
+    points.write_text("x,y,label,image\n1,2,1,good.png\n3,4,0,other.png\n")
+    with pytest.raises(InputError, match=r"clicks for other\.png, which is not among the inputs"):
+        run([images / "good.png"])
+    points.write_text("x,y,label\n1,2,1\n")
+    with pytest.raises(InputError, match="clicks without image names but 2 inputs"):
+        run([images / "good.png", images / "grey.png"])
+    assert not out.exists()
+    assert run([images / "good.png"]) == []  # clicks without names are for the one input
+
+
+def test_cli_reports_failures_with_exit_code_1(tiny_checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    inputs = [str(images / "corrupt.png"), str(images / "good.png")]
+    assert main(["predict", *inputs, "-o", str(out), "--model", str(tiny_checkpoint), "--instances"]) == 1
+    assert "1 of 2 images failed" in capsys.readouterr().err
+    assert (out / "good_labels.tif").is_file()
+
+
+def test_cli_points_and_sam_instances(tiny_checkpoint, images, tmp_path, capsys):
+    points = tmp_path / "points.csv"
+    with points.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["x", "y", "label"], [20, 30, 1], [5, 5, 0]])
+    out = tmp_path / "out"
+    argv = ["predict", str(images / "good.png"), "-o", str(out), "--model", str(tiny_checkpoint)]
+    assert main([*argv, "--points", str(points), "--instances=sam"]) == 0
+    assert all((out / f"good{suffix}").is_file() for suffix in INSTANCE_OUTPUTS)
+    assert "segmented 1 images" in capsys.readouterr().out
+
+
+def test_cli_input_errors_exit_2(tiny_checkpoint, images, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    assert main(["predict", str(tmp_path / "missing.png"), "-o", out, "--model", str(tiny_checkpoint)]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    argv = ["predict", str(images / "good.png"), "-o", out, "--model", str(tiny_checkpoint)]
+    assert main([*argv, "--threshold", "1.5"]) == 2
+    assert "threshold must be in [0, 1]" in capsys.readouterr().err
+    assert main([*argv, "--instances=slow"]) == 2
+    assert "unknown instance mode" in capsys.readouterr().err
+    assert not Path(out).exists()
+    monkeypatch.setattr(sac.model, "model_path", lambda model=None: tmp_path / "no-shipped-model")
+    assert main(["predict", str(images / "good.png"), "-o", out]) == 2
+    assert "does not ship with this sac installation" in capsys.readouterr().err

@@ -1,0 +1,51 @@
+"""The README's quickstart runs as written on a fresh machine: every command of its first block, in a new folder."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def quickstart_commands() -> list[str]:
+    """The commands of the first ```bash block after the "## Quickstart" heading, comments dropped."""
+    section = README.read_text().split("## Quickstart", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "README has no bash block under ## Quickstart"
+    return [line.split("  #")[0].strip() for line in block[1].splitlines() if line.strip()]
+
+
+def test_quickstart_block_uses_only_bundled_inputs():
+    commands = quickstart_commands()
+    assert commands and all(command.startswith("sac ") for command in commands)
+    assert not any("$" in command for command in commands), "a fresh machine has no environment variables set"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", quickstart_commands())
+def test_quickstart_command_runs(command, tmp_path):
+    argv = shlex.split(command)
+    sac = Path(sys.executable).with_name("sac")
+    done = subprocess.run(
+        [str(sac), *argv[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    if "-o" in argv:
+        out = tmp_path / argv[argv.index("-o") + 1]
+        stem = argv[argv.index("--sample") + 1]
+        assert (out / f"{stem}_mask.png").is_file()
+        if "--instances" in argv:
+            assert all((out / f"{stem}{s}").is_file() for s in ("_labels.tif", "_nuclei.csv", ".geojson"))
+    else:
+        assert re.search(r"^dice\s+0\.\d+", done.stdout, re.MULTILINE), done.stdout

@@ -1,0 +1,213 @@
+"""``Segmenter``: one image of any size to maps, a mask and labels, with every option declared and checked once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_nuclei, tiny_model
+from sac.io import InputError
+from sac.model import MAP_NAMES
+from sac.segmenter import Segmentation, Segmenter, SegmentOptions, resolve_device
+from sac.tiling import DEFAULT_OVERLAP
+
+
+def test_default_options():
+    options = SegmentOptions()
+    assert (options.instances, options.threshold, options.mpp) == (None, 0.5, "auto")
+    assert (options.overlap, options.batch_size) == (DEFAULT_OVERLAP, 4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.threshold = 0.7  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("given", "mode"), [(None, None), (False, None), (True, "fast"), ("sam", "sam")])
+def test_instance_modes_are_normalised(given, mode):
+    assert SegmentOptions(instances=given).instances == mode
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"instances": "slow"}, "instance mode"),
+        ({"threshold": 2.0}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"batch_size": 0}, "batch size"),
+        ({"overlap": -1}, "overlap must not be negative"),
+        ({"mpp": "20x"}, "mpp must be a pixel size in µm, auto or native"),
+        ({"mpp": 250.0}, "outside"),
+        ({"mpp": 0}, "outside"),
+    ],
+)
+def test_bad_options_rejected(options, message):
+    with pytest.raises(InputError, match=message):
+        SegmentOptions(**options)
+
+
+@pytest.mark.parametrize(
+    ("given", "mpp"), [("auto", "auto"), ("native", "native"), ("0.5", 0.5), (0.25, 0.25)]
+)
+def test_pixel_size_option(given, mpp):
+    assert SegmentOptions(mpp=given).mpp == mpp
+
+
+def test_segmenter_checks_overlap_against_the_models_input_size(tiny_segmenter):
+    model = tiny_segmenter.model  # 64-pixel tiles
+    with pytest.raises(InputError, match="overlap must be smaller than the model's 64 px tiles, got 64"):
+        Segmenter(model, overlap=64)
+    assert Segmenter(model, overlap=63).options.overlap == 63
+    with pytest.raises(InputError, match="overlap"):
+        tiny_segmenter.with_options(overlap=64)
+    with pytest.raises(InputError, match="threshold"):
+        Segmenter(model, SegmentOptions(), threshold=3)
+
+
+def test_options_given_whole_or_by_keyword(tiny_segmenter):
+    model = tiny_segmenter.model
+    assert Segmenter(model, instances="sam").options == SegmentOptions(instances="sam")
+    combined = Segmenter(model, SegmentOptions(threshold=0.3), instances=True)
+    assert combined.options == SegmentOptions(instances="fast", threshold=0.3)
+    changed = tiny_segmenter.with_options(instances="sam", batch_size=2)
+    assert changed.model is model and changed.options == SegmentOptions(instances="sam", batch_size=2)
+    assert tiny_segmenter.options == SegmentOptions()  # unchanged
+
+
+def test_load(tiny_checkpoint):
+    segmenter = Segmenter.load(tiny_checkpoint, device="cpu", instances="fast", threshold=0.4)
+    assert segmenter.options == SegmentOptions(instances="fast", threshold=0.4)
+    assert not segmenter.model.training and segmenter.model.pixel_mean.device.type == "cpu"
+    with pytest.raises(InputError, match="not a SAC checkpoint"):
+        Segmenter.load(tiny_checkpoint / "missing")
+    with pytest.raises(InputError, match="unknown device"):
+        Segmenter.load(tiny_checkpoint, device="tpu")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="not available"):
+            resolve_device("cuda")
+
+
+def test_predict_any_size_and_manual_points():
+    segmenter = Segmenter(tiny_model().eval(), overlap=8)
+    image, _ = synthetic_nuclei(100)
+    mask = segmenter.predict(image)
+    assert mask.shape == (100, 100) and mask.dtype == bool
+    maps = segmenter.maps(image[:30, :7])
+    assert maps.shape == (len(MAP_NAMES), 30, 7) == (4, 30, 7)
+    assert maps.dtype == np.float32 and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    with_points = segmenter.maps(image, points=(np.array([[50.0, 50.0]]), None))
+    assert with_points.shape == (4, 100, 100)
+    alone = segmenter.maps(image, points=(np.array([[50.0, 50.0]]), None), generate_points=False)
+    assert not np.allclose(alone, with_points)
+    labels = segmenter.predict(image, instances=True)
+    assert labels.dtype == np.int32 and labels.shape == (100, 100)
+    assert segmenter.options.instances is None  # a per-call change does not stick
+
+
+def test_maps_leave_a_training_model_in_training_mode():
+    model = tiny_model()
+    assert model.training
+    Segmenter(model).maps(synthetic_nuclei(64)[0])
+    assert model.training
+
+
+def test_segment_labels_match_mask_shape(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    result = tiny_segmenter.with_options(instances="sam").segment(image[:50])
+    assert isinstance(result, Segmentation)
+    mask, labels = result.mask, result.labels
+    assert mask.dtype == bool and labels.dtype == np.int32 and labels.shape == mask.shape == (50, 64)
+    assert result.maps.shape == (4, 50, 64)
+
+
+def test_segment_mask_labels_and_maps_agree(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=80, count=6)
+    segmenter = tiny_segmenter.with_options(instances="fast", threshold=0.4)
+    result = segmenter.segment(image)
+    mask, labels, maps = result.mask, result.labels, result.maps
+    np.testing.assert_array_equal(maps, tiny_segmenter.maps(image))  # the options change labels, not maps
+    assert labels.any()
+    np.testing.assert_array_equal(mask, labels > 0)  # with labels, the mask is their union
+    np.testing.assert_array_equal(segmenter.predict(image), labels)
+    plain = tiny_segmenter.segment(image)
+    assert plain.labels is None and np.array_equal(plain.mask, maps[0] >= 0.5)
+    np.testing.assert_array_equal(tiny_segmenter.predict(image), plain.mask)
+
+
+def test_segment_with_clicks(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    clicks = (np.array([[20.0, 30.0]], np.float32), np.array([[5.0, 5.0]], np.float32))
+    fast = tiny_segmenter.with_options(instances="fast")
+    result = fast.segment(image, clicks)
+    assert result.labels.dtype == np.int32 and result.labels.shape == (64, 64)
+    np.testing.assert_array_equal(result.mask, result.labels > 0)
+    negative_only = fast.segment(image, (None, clicks[1]))
+    assert negative_only.labels[5, 5] == 0  # a negative click removes the object under it
+    plain = fast.segment(image).labels
+    removed = plain[5, 5]
+    expected = np.where(plain == removed, 0, plain) if removed else plain
+    np.testing.assert_array_equal(negative_only.labels > 0, expected > 0)
+    # without an instance mode, labels are made for the clicks but only the mask is returned
+    mask_only = tiny_segmenter.segment(image, clicks)
+    assert mask_only.labels is None
+    np.testing.assert_array_equal(mask_only.mask, result.mask)
+    np.testing.assert_array_equal(tiny_segmenter.predict(image, clicks), result.mask)
+
+
+def test_any_image_layout_and_dtype_gives_the_same_as_uint8_rgb(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    grey = image[..., 1]
+    expected = tiny_segmenter.maps(np.dstack([grey] * 3))
+    np.testing.assert_array_equal(tiny_segmenter.maps(grey), expected)
+    np.testing.assert_array_equal(tiny_segmenter.maps(grey.astype(np.float32) / 255), expected)
+    np.testing.assert_array_equal(tiny_segmenter.maps(np.moveaxis(image, -1, 0)), tiny_segmenter.maps(image))
+    with pytest.raises(InputError):
+        tiny_segmenter.predict(np.zeros((8, 8, 6), np.uint8))
+
+
+def test_batch_size_only_groups_tiles(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=96, count=6)
+    maps = tiny_segmenter.maps(image)
+    # the same maps, up to the generated points (see the next test)
+    np.testing.assert_allclose(tiny_segmenter.with_options(batch_size=1).maps(image), maps, atol=2e-3)
+    # the overlap changes how tiles are laid and blended, not the maps' shape
+    assert tiny_segmenter.with_options(overlap=32).maps(image).shape == maps.shape
+
+
+def test_scale_without_a_model_pixel_size_is_native(tiny_segmenter):
+    assert tiny_segmenter.model.config.mpp is None
+    image, _ = synthetic_nuclei(size=64, count=4)
+    result = tiny_segmenter.segment(image, mpp=0.5)
+    assert (result.zoom, result.mpp) == (1.0, 0.5) and "native scale" in result.scale_note
+    np.testing.assert_array_equal(result.maps, tiny_segmenter.maps(image))
+
+
+def test_images_are_resampled_to_the_models_pixel_size():
+    segmenter = Segmenter(tiny_model(mpp=0.5).eval())
+    image, _ = synthetic_nuclei(size=96, count=8)
+    native = segmenter.with_options(mpp="native").segment(image)
+    assert native.zoom == 1 and "native" in native.scale_note
+    from_file = segmenter.segment(image, mpp=0.25)  # 0.25 µm pixels, shown to the model at 0.5: half size
+    assert from_file.zoom == 0.5 and from_file.mpp == 0.25 and "from the file" in from_file.scale_note
+    # maps and mask come back at the input's size
+    assert from_file.maps.shape == (4, 96, 96) and from_file.mask.shape == (96, 96)
+    given = segmenter.with_options(mpp=1.0, instances="fast").segment(image, mpp=0.25)  # the option wins
+    assert given.zoom == 2 and given.mpp == 1.0 and "given" in given.scale_note
+    assert given.labels.shape == (96, 96)
+    close = segmenter.segment(image, mpp=0.505)  # within 2% of the model's: not worth resampling
+    assert close.zoom == 1
+    np.testing.assert_array_equal(close.maps, native.maps)
+
+
+def test_batch_size_does_not_change_the_maps(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=96, count=6)
+    np.testing.assert_allclose(
+        tiny_segmenter.with_options(batch_size=1).maps(image), tiny_segmenter.maps(image), atol=1e-5
+    )
