@@ -324,7 +324,7 @@ def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
 
 def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float:
     segmenter = Segmenter(model)
-    scores = [dice(segmenter.predict(s.image), s.labels) for s in samples]
+    scores = [dice(segmenter.predict(s.image, mpp=s.mpp), s.labels) for s in samples]
     return float(np.mean(scores)) if scores else float("nan")
 
 
