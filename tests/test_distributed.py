@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.distributed import predict_many
 from sac.io import InputError
-from sac.pipeline import segment_files
-from sac.segmenter import Segmenter, SegmentOptions
+from sac.options import SegmentOptions
+from sac.pipeline import RUN_FILE, SUMMARY_FILE, segment_files
+from sac.segmenter import Segmenter
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -55,9 +57,17 @@ def test_two_worker_processes_match_single_process_bytes(
     assert [path for path, _ in failures] == [path for path, _ in local] == [images / "corrupt.png"]
     assert "corrupt.png" in failures[0][1]
     written = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert len(written) == 4 * 5 and written == sorted(p.name for p in (tmp_path / "dask").iterdir())
-    for name in written:
+    assert len(written) == 4 * 5 + 2 and written == sorted(p.name for p in (tmp_path / "dask").iterdir())
+    for name in set(written) - {RUN_FILE}:
         assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local_run, dask_run = (json.loads((tmp_path / run / RUN_FILE).read_text()) for run in ("local", "dask"))
+    for key in (
+        "model",
+        "options",
+        "images",
+        "failures",
+    ):  # the same run, told the same way (not date, command)
+        assert local_run[key] == dask_run[key], key
 
 
 def test_scheduler_address_and_one_model_load_per_worker(tiny_checkpoint, images, tmp_path, monkeypatch):
@@ -86,9 +96,16 @@ def test_scheduler_address_and_one_model_load_per_worker(tiny_checkpoint, images
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "img0_mask.png",
         "img1_mask.png",
+        RUN_FILE,
+        SUMMARY_FILE,
         "slide_mask.png",
     ]
-    assert sorted(p.name for p in (tmp_path / "wsi").iterdir()) == ["slide.geojson", "slide_labels.tif"]
+    assert sorted(p.name for p in (tmp_path / "wsi").iterdir()) == [
+        RUN_FILE,
+        SUMMARY_FILE,
+        "slide.geojson",
+        "slide_labels.tif",
+    ]
     assert tifffile.imread(tmp_path / "wsi" / "slide_labels.tif").dtype == np.uint32
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +49,7 @@ def _ids(labels: np.ndarray) -> np.ndarray:
 def test_output_paths_are_named_after_the_input_stem(tmp_path):
     assert OUTPUT_SUFFIXES == {
         "mask": "_mask.png",
+        "prob": "_prob.tif",
         "labels": "_labels.tif",
         "table": "_nuclei.csv",
         "geojson": ".geojson",
@@ -60,6 +61,7 @@ def test_output_paths_are_named_after_the_input_stem(tmp_path):
     assert names["geojson"] == tmp_path / "out" / "slide.01.geojson"
     assert len(set(names.values())) == len(OUTPUT_SUFFIXES)
     assert output_path("out", "a.png", "mask") == output_path("out", tmp_path / "a.tif", "mask")  # same stem
+    assert output_path("out", "scan.ome.tif", "labels") == Path("out") / "scan_labels.tif"
     with pytest.raises(KeyError):
         output_path(tmp_path, source, "thumbnail")
 
@@ -97,16 +99,33 @@ def test_nuclei_table_measurements():
     # A 2-row x 4-column rectangle at rows 1-2, cols 3-6: centroid x = 4.5, y = 1.5, area 8.
     labels = np.zeros((6, 10), dtype=np.uint16)
     labels[1:3, 3:7] = 7
-    gray = np.zeros((6, 10), dtype=np.uint8)
-    gray[1:3, 3:5] = 100  # half the nucleus at 100, half at 0 -> mean 50
-    (row,) = nuclei_table(labels, gray)
-    assert tuple(row) == TABLE_COLUMNS
-    assert (row["id"], row["centroid_x"], row["centroid_y"], row["area"]) == (7, 4.5, 1.5, 8)
-    assert row["mean_intensity"] == pytest.approx(50)
+    gray = np.zeros((6, 10), dtype=np.uint16)
+    gray[1:3, 3:5] = 1000  # half the nucleus at 1000, half at 0 -> mean 500, in the image's own units
+    (row,) = nuclei_table(labels, gray, name="a.tif")
+    assert tuple(row) == (*TABLE_COLUMNS, "mean_intensity")
+    assert (row["image"], row["id"], row["centroid_x"], row["centroid_y"], row["area"]) == (
+        "a.tif",
+        7,
+        4.5,
+        1.5,
+        8,
+    )
+    assert row["mean_intensity"] == pytest.approx(500)
     assert 0 < row["eccentricity"] < 1
-    # Gray RGB has the same luminance; without an image the intensity is NaN.
-    assert nuclei_table(labels, np.stack([gray] * 3, axis=-1))[0]["mean_intensity"] == pytest.approx(50)
-    assert math.isnan(nuclei_table(labels)[0]["mean_intensity"])
+    # one column per channel, named; the probability's mean is the confidence; units with a pixel size
+    two = np.stack([gray, gray // 10], axis=-1)
+    probability = np.where(labels > 0, 0.8, 0.1)
+    (row,) = nuclei_table(labels, two, channel_names=["GFP", "DAPI"], probability=probability, mpp=0.5)
+    assert (row["mean_GFP"], row["mean_DAPI"]) == (pytest.approx(500), pytest.approx(50))
+    assert row["confidence"] == pytest.approx(0.8) and row["area_um2"] == pytest.approx(2.0)
+    assert row["centroid_x_um"] == pytest.approx(2.25) and tuple(row)[-3:] == (
+        "mean_GFP",
+        "mean_DAPI",
+        "confidence",
+    )
+    rgb = nuclei_table(labels, np.stack([gray] * 3, axis=-1))[0]
+    assert rgb["mean_red"] == rgb["mean_blue"] == pytest.approx(500)
+    assert "mean_intensity" not in nuclei_table(labels)[0]
 
 
 def test_nuclei_table_bad_input():

@@ -88,9 +88,12 @@ def test_tiff_with_singleton_axes(tmp_path):
         np.testing.assert_array_equal(read_image(tmp_path / name)[..., 2], grey)
 
 
-def test_channel_first_tiff(tmp_path, rgb):
+def test_channel_first_tiff_is_channels_not_colour(tmp_path, rgb):
+    """Three grey planes are three channels, not an RGB image: the first is used, with a warning naming them."""
     tifffile.imwrite(tmp_path / "a.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
-    np.testing.assert_array_equal(read_image(tmp_path / "a.tif"), rgb)
+    with pytest.warns(UserWarning, match="3 channels .* no --channel: using channel 0"):
+        np.testing.assert_array_equal(read_image(tmp_path / "a.tif")[..., 1], rgb[..., 0])
+    np.testing.assert_array_equal(read_image(tmp_path / "a.tif", channel=2)[..., 0], rgb[..., 2])
 
 
 def test_one_by_n_image_is_read(tmp_path):
@@ -145,7 +148,7 @@ def test_folder_is_not_a_file(tmp_path):
 
 def test_stack_with_many_channels_is_rejected(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", np.zeros((7, 8, 9), np.uint8))
-    with pytest.raises(InputError, match=r"s\.tif: unsupported image shape \(7, 8, 9\)"):
+    with pytest.raises(InputError, match=r"s\.tif: a stack of 7 planes"):
         read_image(tmp_path / "s.tif")
 
 

@@ -14,7 +14,7 @@ import sac.model
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.io import InputError, read_image
-from sac.pipeline import find_inputs, report_skipped, segment_file, segment_files
+from sac.pipeline import RUN_FILE, SUMMARY_FILE, find_inputs, report_skipped, segment_file, segment_files
 from sac.wsi import SLIDE_MIN_SIDE
 
 GOOD = ("good.png", "deep.tif", "grey.png", "alpha.png")
@@ -56,7 +56,7 @@ def test_segment_files_writes_outputs_and_skips_corrupt(tiny_segmenter, images, 
 def test_mask_only_writes_just_masks(tiny_segmenter, images, tmp_path):
     out = tmp_path / "out"
     segment_files(tiny_segmenter, [images / "good.png"], out, progress=False)
-    assert sorted(path.name for path in out.iterdir()) == ["good_mask.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["good_mask.png", RUN_FILE, SUMMARY_FILE]
 
 
 def test_segment_file_writes_what_the_segmenter_gives(tiny_segmenter, images, tmp_path):

@@ -11,7 +11,8 @@ import torch
 from conftest import synthetic_nuclei, tiny_model
 from sac.io import InputError
 from sac.model import MAP_NAMES
-from sac.segmenter import Segmentation, Segmenter, SegmentOptions, resolve_device
+from sac.options import SegmentOptions
+from sac.segmenter import Segmentation, Segmenter, resolve_device
 from sac.tiling import DEFAULT_OVERLAP
 
 

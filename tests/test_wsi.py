@@ -17,8 +17,9 @@ from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.instances import instances_from_maps
 from sac.io import InputError, to_rgb_uint8
-from sac.pipeline import segment_files
-from sac.segmenter import Segmenter, SegmentOptions
+from sac.options import SegmentOptions
+from sac.pipeline import RUN_FILE, SUMMARY_FILE, segment_files
+from sac.segmenter import Segmenter
 from sac.wsi import open_slide, segment_slide
 
 
@@ -175,7 +176,12 @@ def test_segment_files_skips_bad_slides(slide, tmp_path):
     assert [failed for failed, _ in failures] == [broken]
     assert failures[0][1].startswith(str(broken)) and "\n" not in failures[0][1]
     assert (tmp_path / "out" / "slide_labels.tif").is_file()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["slide.geojson", "slide_labels.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        RUN_FILE,
+        SUMMARY_FILE,
+        "slide.geojson",
+        "slide_labels.tif",
+    ]
 
 
 def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):

@@ -5,7 +5,7 @@ __all__ = ["SACConfig", "SegmentAnyCell", "SegmentOptions", "Segmenter", "__vers
 _HOMES = {
     "SACConfig": "model",
     "SegmentAnyCell": "model",
-    "SegmentOptions": "segmenter",
+    "SegmentOptions": "options",
     "Segmenter": "segmenter",
 }
 

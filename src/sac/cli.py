@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sac.io import InputError
-from sac.tiling import DEFAULT_OVERLAP
+from sac.options import SegmentOptions
+
+DEFAULTS = SegmentOptions()
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -17,12 +20,21 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
     import json
 
     from sac.train import TrainConfig, resume, train
 
     if args.resume:
+        ignored = [
+            flag
+            for flag in (*TRAIN_FLAGS, "config")
+            if flag != "max_steps" and vars(args).get(flag) is not None
+        ]
+        if ignored:
+            flags = ", ".join(
+                "--" + flag.replace("_", "-").replace("datasets", "dataset") for flag in ignored
+            )
+            print(f"sac: --resume continues the run as it was configured; ignoring {flags}", file=sys.stderr)
         result = resume(args.resume, args.max_steps)
     else:
         settings: dict = {}
@@ -32,12 +44,11 @@ def _train(args: argparse.Namespace) -> int:
                     settings = json.load(handle)
             except (OSError, json.JSONDecodeError) as error:
                 raise InputError(f"{args.config}: cannot read training config ({error})") from None
-        config = TrainConfig.from_dict(settings, str(args.config))
+        TrainConfig.from_dict(settings, str(args.config))  # the file's own mistakes, named as its own
         flags = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
         if isinstance(flags.get("datasets"), str):
             flags["datasets"] = flags["datasets"].split(",")
-        merged = {**dataclasses.asdict(config), **flags}
-        result = train(TrainConfig.from_dict(merged, "command line"))
+        result = train(TrainConfig.from_dict({**settings, **flags}, "command line"))
     print(json.dumps(result))
     return 0
 
@@ -78,7 +89,7 @@ def _add_train_parser(commands) -> None:
         help="folder (--data-root DIR) or datasets under the data folder (monuseg, dsb2018, consep, cryonuseg, "
         "glas); several joined by commas",
     )
-    parser.add_argument("--data-root", help="datasets folder (default: $SAC_DATA or ../shared/data)")
+    parser.add_argument("--data-root", help="datasets folder; none: $SAC_DATA, else ../shared/data")
     parser.add_argument(
         "--backbone", help="preset (tiny, small, vit_b, ...), official .pth, folder or hub id"
     )
@@ -113,32 +124,54 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mpp",
-        default="auto",
+        default=DEFAULTS.mpp,
         metavar="UM|auto|native",
-        help="the images' pixel size in µm (e.g. 0.25 at 40x, 0.5 at 20x); auto (default): the file's record, "
+        help="the images' pixel size in µm (e.g. 0.25 at 40x, 0.5 at 20x); auto: the file's record, "
         "else estimated from the nuclei; native: never resample",
     )
     parser.add_argument(
         "--overlap",
         type=int,
-        default=DEFAULT_OVERLAP,
-        help=f"tile overlap in pixels (default: {DEFAULT_OVERLAP})",
+        default=DEFAULTS.overlap,
+        help="tile overlap in pixels",
     )
-    parser.add_argument("--threshold", type=float, default=0.5, help="nuclei probability cut-off")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default: 4)")
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="default: auto")
+    parser.add_argument(
+        "--threshold", type=float, default=DEFAULTS.threshold, help="nuclei probability cut-off"
+    )
+    parser.add_argument(
+        "--seed-threshold",
+        type=float,
+        default=DEFAULTS.seed_threshold,
+        help="watershed seeds from the centre map: higher splits touching nuclei more, lower merges more",
+    )
+    parser.add_argument(
+        "--min-size",
+        type=float,
+        default=DEFAULTS.min_size,
+        help="drop nuclei smaller than this, µm² (unknown pixel size: the model's is assumed)",
+    )
+    parser.add_argument("--max-size", type=float, help="drop nuclei larger than this, µm²")
+    parser.add_argument(
+        "--exclude-edges", action="store_true", help="drop nuclei that touch the image border"
+    )
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="tiles per forward pass")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="where the model runs")
 
 
-def _segment_options(args: argparse.Namespace):
+def _segment_options(args: argparse.Namespace) -> SegmentOptions:
     """The one SegmentOptions of a ``predict`` or ``evaluate`` command, checked before any model work."""
-    from sac.segmenter import SegmentOptions
-
     return SegmentOptions(
         instances=args.instances or None,
         threshold=args.threshold,
+        seed_threshold=args.seed_threshold,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        exclude_edges=args.exclude_edges,
+        channel=getattr(args, "channel", None),
         mpp=args.mpp,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        progress=True,
     )
 
 
@@ -157,17 +190,21 @@ def _load_segmenter(args: argparse.Namespace, options):
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from sac.io import check_output_dir
     from sac.pipeline import find_inputs, segment_files
 
     options = _segment_options(args)
+    args.inputs = [*getattr(args, "stray_inputs", []), *args.inputs]
     if args.sample:
         from sac.data import sample_path
 
         args.inputs = [*args.inputs, *(sample_path(name) for name in args.sample)]
     if not args.inputs:
         raise InputError("no input: give image files or folders, or --sample he|fluo")
-    # before loading the model, so a mistyped path fails at once
-    count = len(find_inputs(args.inputs, args.wsi))
+    # before loading the model, so a mistyped path or an unwritable output fails at once
+    count = len(find_inputs(args.inputs, args.wsi, args.recursive))
+    check_output_dir(args.output)
+    save = _outputs(args.save)
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 
@@ -182,10 +219,21 @@ def _predict(args: argparse.Namespace) -> int:
             points_file=args.points,
             slides=args.wsi,
             level=args.level,
+            recursive=args.recursive,
+            save=save,
         )
     else:
         segmenter = _load_segmenter(args, options)
-        failures = segment_files(segmenter, args.inputs, args.output, args.points, args.wsi, args.level)
+        failures = segment_files(
+            segmenter,
+            args.inputs,
+            args.output,
+            args.points,
+            args.wsi,
+            args.level,
+            recursive=args.recursive,
+            save=save,
+        )
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
         print(f"sac: {len(failures)} of {count} images failed:", file=sys.stderr)
@@ -196,11 +244,35 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(names: str | None) -> list[str] | None:
+    from sac.export import OUTPUT_SUFFIXES
+
+    if names is None:
+        return None
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in OUTPUT_SUFFIXES]
+    if unknown or not chosen:
+        raise InputError(f"--save {names}: choose from {', '.join(OUTPUT_SUFFIXES)}")
+    return chosen
+
+
+class _InstancesAction(argparse.Action):
+    """``--instances [fast|sam]``: a value that names an existing file or folder is an input that happened to
+    follow the flag (``sac predict --instances img.png -o out``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is None or not Path(values).exists():  # a mode, or a typo that SegmentOptions names
+            namespace.instances = values or "fast"
+        else:
+            namespace.instances = "fast"
+            namespace.stray_inputs = [*getattr(namespace, "stray_inputs", []), values]
+
+
 def _add_predict_parser(commands) -> None:
     parser = commands.add_parser(
         "predict",
         help="segment images: masks, and with --instances label TIFFs, CSV tables, GeoJSON and overlays",
-        description="Put --instances after the inputs (or write --instances=sam), since its value is optional.",
+        description="Segment image files, folders and slides; see README.md for the outputs.",
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders of images")
     parser.add_argument(
@@ -210,13 +282,29 @@ def _add_predict_parser(commands) -> None:
         help="segment a sample image bundled with sac (H&E or fluorescence); may be repeated",
     )
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the outputs")
-    parser.add_argument("--points", metavar="FILE", help="manual prompts: CSV x,y,label or JSON")
+    parser.add_argument(
+        "--points",
+        metavar="FILE|DIR",
+        help="clicks: CSV x,y,label[,image] or JSON, or a folder of <image stem>.csv|json; a positive click (1) adds "
+        "the nucleus under it, a negative click (0) removes the object under it; slides: level-0 pixels",
+    )
     parser.add_argument(
         "--instances",
         nargs="?",
         const="fast",
+        action=_InstancesAction,
         metavar="fast|sam",
-        help="also separate nuclei: fast (watershed, the default) or sam (one SAM prompt per nucleus)",
+        help="also separate nuclei: fast (watershed, when no mode is given) or sam (one SAM prompt per nucleus)",
+    )
+    parser.add_argument("--recursive", action="store_true", help="also take images in subfolders of folders")
+    parser.add_argument(
+        "--save",
+        metavar="LIST",
+        help="outputs to write, comma-separated from mask, prob (float16 probability TIFF), labels, table, "
+        "geojson, overlay; default: mask, and with --instances labels, table, geojson, overlay",
+    )
+    parser.add_argument(
+        "--channel", help="the channel to segment, by index or OME channel name (e.g. 1 or DAPI); see README"
     )
     _add_inference_options(parser)
     parser.add_argument(
@@ -239,19 +327,28 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from sac.data import load_dataset
     from sac.evaluate import evaluate_model
-    from sac.io import atomic_write
+    from sac.io import atomic_write, check_output_file
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
     options = _segment_options(args)
+    if args.json:
+        check_output_file(args.json)
     samples = load_dataset(args.dataset, args.data_root, args.split)[: args.limit]
     glands = args.dataset == "glas"
-    result = evaluate_model(_load_segmenter(args, options), samples, glands=glands)
+    segmenter = _load_segmenter(args, options)
+    print(
+        f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
+        f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}, split {args.split}, "
+        f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}"
+    )
+    result = evaluate_model(segmenter, samples, glands=glands)
     for name, summary in [("all", result["summary"]), *result.get("parts", {}).items()]:
         if "parts" in result:
             print(f"-- {name}")
         for key, value in summary.items():
             print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
+    print(METRICS_LEGEND)
     if args.json:
         report = {
             "model": args.model or "shipped",
@@ -265,6 +362,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+METRICS_LEGEND = """\
+Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per image (pooled_*: over all pixels).
+AJI: aggregated Jaccard index of the instances. A prediction matches a true nucleus when their IoU exceeds 0.5;
+precision, recall and F1 count those matches; DQ (detection quality) is that F1, SQ (segmentation quality) the
+mean IoU of the matched pairs, and PQ = DQ x SQ (panoptic quality)."""
+
+
 def _add_evaluate_parser(commands) -> None:
     parser = commands.add_parser("evaluate", help="score a model on a labelled dataset (Dice, AJI, PQ, F1)")
     parser.add_argument(
@@ -273,23 +377,42 @@ def _add_evaluate_parser(commands) -> None:
         help="samples (the bundled images), folder (--data-root DIR), or a dataset under the data folder: "
         "monuseg, dsb2018, consep, cryonuseg, glas",
     )
-    parser.add_argument("--data-root", help="datasets folder (default: $SAC_DATA or ../shared/data)")
-    parser.add_argument("--split", default="test", help="dataset split (default: test)")
-    parser.add_argument("--instances", default="fast", metavar="fast|sam", help="default: fast")
+    parser.add_argument("--data-root", help="datasets folder; none: $SAC_DATA, else ../shared/data")
+    parser.add_argument("--split", default="test", help="dataset split")
+    parser.add_argument(
+        "--instances",
+        default="fast",
+        metavar="fast|sam",
+        help="instance mode: watershed or SAM per nucleus",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the summary and per-image metrics here")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     _add_inference_options(parser)
     parser.set_defaults(run=_evaluate)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default in --help, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sac import __version__
+
     parser = argparse.ArgumentParser(
-        prog="sac", description="Segment Any Cell: automatic nuclei segmentation with SAM"
+        prog="sac",
+        description="Segment Any Cell: automatic nuclei segmentation with SAM",
+        formatter_class=_HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"sac {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
     weights = commands.add_parser("weights", help="official SAM checkpoints")
-    weights_commands = weights.add_subparsers(dest="action", required=True)
+    weights_commands = weights.add_subparsers(dest="action", required=True, parser_class=_SubParser)
     fetch = weights_commands.add_parser(
         "fetch", help="download an official checkpoint to the cache (sha256-checked)"
     )
@@ -301,7 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _SubParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, *_: f"sac: warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

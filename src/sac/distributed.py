@@ -16,10 +16,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sac.clicks import clicks_for
-from sac.io import InputError
+from sac.io import InputError, check_output_dir
 from sac.model import model_path, read_checkpoint_meta
-from sac.pipeline import find_inputs, load_clicks, report_skipped, segment_file
-from sac.segmenter import Points, Segmenter, SegmentOptions
+from sac.options import SegmentOptions
+from sac.pipeline import find_inputs, load_clicks, report_skipped, segment_file, write_run_record
+from sac.segmenter import Points, Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
 
@@ -36,6 +37,8 @@ def predict_many(
     slides: bool = False,
     level: int | None = None,
     progress: bool = True,
+    recursive: bool = False,
+    save: list[str] | None = None,
 ) -> list[tuple[Path, str]]:
     """Segment files and folders into ``out_dir`` with one task per file; returns the skipped files.
 
@@ -53,10 +56,11 @@ def predict_many(
         raise InputError(
             "distributed prediction needs dask.distributed: pip install 'segment-any-cell[distributed]'"
         ) from None
-    found = find_inputs(inputs, slides)
+    found = find_inputs(inputs, slides, recursive)
     clicks = load_clicks(points_file, [path for path, _ in found])
     model_dir = model_path(model)
-    read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
+    meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
+    check_output_dir(out_dir)
     out_dir = Path(out_dir).absolute()
     with contextlib.ExitStack() as stack:
         cluster = scheduler or stack.enter_context(
@@ -77,18 +81,18 @@ def predict_many(
                 slide,
                 level,
                 clicks_for(clicks, path),
+                save,
                 pure=False,
             )
             for path, slide in found
         ]
         for _ in tqdm(as_completed(futures), total=len(futures), desc="sac predict", disable=not progress):
             pass
-        # failures name the path as given, like a local run, rather than the absolute one the workers saw
-        return [
-            (path, future.result())
-            for (path, _), future in zip(found, futures, strict=True)
-            if future.result() is not None
-        ]
+        results = [future.result() for future in futures]
+    # failures name the path as given, like a local run, rather than the absolute one the workers saw
+    failures = [(path, message) for (path, _), (_, message) in zip(found, results, strict=True) if message]
+    write_run_record(out_dir, meta, options, [row for row, _ in results if row is not None], failures)
+    return failures
 
 
 def _segment_path(
@@ -100,21 +104,15 @@ def _segment_path(
     slide: bool,
     level: int | None,
     points: Points | None,
-) -> str | None:
-    """One file on a worker, through exactly the code a single-process run uses; the failure message or None."""
+    save: list[str] | None,
+) -> tuple[dict | None, str | None]:
+    """One file on a worker, through exactly the code a single-process run uses: (its summary row, or its
+    failure message)."""
     key = (model_dir, read_checkpoint_meta(Path(model_dir))["weights_sha256"], device)
     if key not in _SEGMENTERS:  # the weights' hash in the key notices a checkpoint rewritten in place
         _SEGMENTERS[key] = Segmenter.load(model_dir, device)
     try:
-        segment_file(
-            _SEGMENTERS[key].with_options(**dataclasses.asdict(options)),
-            path,
-            out_dir,
-            slide,
-            level,
-            points,
-            False,
-        )
+        segmenter = _SEGMENTERS[key].with_options(**dataclasses.asdict(options))
+        return segment_file(segmenter, path, out_dir, slide, level, points, False, save), None
     except InputError as error:
-        return report_skipped(path, error)[1]
-    return None
+        return None, report_skipped(path, error)[1]

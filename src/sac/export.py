@@ -16,7 +16,6 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
-from skimage.color import rgb2gray
 from skimage.util import img_as_ubyte
 
 from sac.io import InputError, atomic_write
@@ -25,20 +24,30 @@ from sac.metrics import check_labels
 # What ``sac predict`` writes per input, named <stem><suffix>; slides get only labels and geojson.
 OUTPUT_SUFFIXES = {
     "mask": "_mask.png",
+    "prob": "_prob.tif",
     "labels": "_labels.tif",
     "table": "_nuclei.csv",
     "geojson": ".geojson",
     "overlay": "_overlay.png",
 }
-TABLE_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_intensity")
+MASK_OUTPUTS = {"mask", "prob"}  # what an image segmented without instances can have
+DEFAULT_OUTPUTS = ("mask", "labels", "table", "geojson", "overlay")
+TABLE_COLUMNS = ("image", "id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity")
 UNIT_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a known pixel size
+_DEFAULT_CHANNEL_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
 NUCLEUS_CLASS, NUCLEUS_COLOR = "Nucleus", (255, 0, 0)
 BOUNDARY_COLOR = (1.0, 1.0, 0.0)
 
 
+def output_stem(source: str | os.PathLike) -> str:
+    """The name outputs of ``source`` start with: its stem, without the ``.ome`` of ``.ome.tif``."""
+    stem = Path(source).stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def output_path(out_dir: str | os.PathLike, source: str | os.PathLike, kind: str) -> Path:
     """Where the ``kind`` output (a key of ``OUTPUT_SUFFIXES``) of the input file ``source`` goes."""
-    return Path(out_dir) / f"{Path(source).stem}{OUTPUT_SUFFIXES[kind]}"
+    return Path(out_dir) / f"{output_stem(source)}{OUTPUT_SUFFIXES[kind]}"
 
 
 def _check_label_image(labels: np.ndarray) -> np.ndarray:
@@ -88,6 +97,12 @@ def write_labels_tif(path: str | os.PathLike, labels: np.ndarray, mpp: float | N
         tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", **resolution_tags(mpp))
 
 
+def write_probability_tif(path: str | os.PathLike, probability: np.ndarray, mpp: float | None = None) -> None:
+    """Save the nuclei probability map as float16 TIFF (half the size of float32, ample for a probability)."""
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(probability, np.float16), compression="zlib", **resolution_tags(mpp))
+
+
 def resolution_tags(mpp: float | None) -> dict:
     """tifffile arguments recording a pixel size of ``mpp`` µm (none when unknown)."""
     if mpp is None:
@@ -95,27 +110,35 @@ def resolution_tags(mpp: float | None) -> dict:
     return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
 
 
-def nuclei_table(labels: np.ndarray, image: np.ndarray | None = None, mpp: float | None = None) -> list[dict]:
-    """One row of shape measurements per nucleus; ``mean_intensity`` is in the gray units of ``image``.
+def nuclei_table(
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    *,
+    mpp: float | None = None,
+    channel_names: list[str] | None = None,
+    probability: np.ndarray | None = None,
+    name: str = "",
+) -> list[dict]:
+    """One row of measurements per nucleus, for the image called ``name``.
 
-    With the pixel size ``mpp`` (µm), the same measurements also in µm and µm² (``UNIT_COLUMNS``).
+    Mean intensities are of ``image`` as read, in its own units: ``mean_intensity`` for one channel, else one
+    ``mean_<channel>`` column per channel (``channel_names``, or red/green/blue). With the pixel size ``mpp``
+    (µm), the shape measurements also in µm and µm² (``UNIT_COLUMNS``); with the model's ``probability`` map,
+    ``confidence``: its mean over the nucleus.
     """
     labels = _check_label_image(labels)
-    gray = None
-    if image is not None:
-        image = _check_image(image, labels.shape).astype(np.float64)
-        gray = rgb2gray(image) if image.ndim == 3 else image
+    regions = measure.regionprops(labels)
     rows = [
         {
+            "image": name,
             "id": region.label,
             "centroid_x": float(region.centroid[1]),
             "centroid_y": float(region.centroid[0]),
             "area": int(region.area),
             "perimeter": float(region.perimeter),
             "eccentricity": float(region.eccentricity),
-            "mean_intensity": float("nan") if gray is None else float(region.intensity_mean),
         }
-        for region in measure.regionprops(labels, intensity_image=gray)
+        for region in regions
     ]
     if mpp is not None:
         for row in rows:
@@ -125,19 +148,55 @@ def nuclei_table(labels: np.ndarray, image: np.ndarray | None = None, mpp: float
                 area_um2=row["area"] * mpp**2,
                 perimeter_um=row["perimeter"] * mpp,
             )
+    columns = {}
+    if image is not None:
+        planes = np.asarray(image)
+        planes = planes[..., None] if planes.ndim == 2 else planes
+        if planes.ndim != 3 or planes.shape[:2] != labels.shape:
+            raise InputError(f"image shape {np.shape(image)} does not match labels shape {labels.shape}")
+        names = ["intensity"] if np.ndim(image) == 2 else _channel_names(planes.shape[2], channel_names)
+        columns = {f"mean_{n}": planes[..., i] for i, n in enumerate(names)}
+    if probability is not None:
+        probability = np.asarray(probability)
+        if probability.shape != labels.shape:
+            raise InputError(
+                f"probability shape {probability.shape} does not match labels shape {labels.shape}"
+            )
+        columns["confidence"] = probability
+    ids = np.array([region.label for region in regions], np.intp)
+    counts = np.bincount(labels.ravel(), minlength=ids.max(initial=0) + 1)[ids]
+    for column, values in columns.items():
+        sums = np.bincount(labels.ravel(), values.ravel().astype(np.float64), minlength=len(counts))[ids]
+        for row, mean in zip(rows, sums / np.maximum(counts, 1), strict=True):
+            row[column] = float(mean)
     return rows
 
 
+def _channel_names(count: int, names: list[str] | None) -> list[str]:
+    if names is not None and len(names) == count:
+        return list(names)
+    return list(_DEFAULT_CHANNEL_NAMES.get(count, [str(i) for i in range(count)]))
+
+
 def write_nuclei_csv(
-    path: str | os.PathLike, labels: np.ndarray, image: np.ndarray | None = None, mpp: float | None = None
+    path: str | os.PathLike, labels: np.ndarray, image: np.ndarray | None = None, **options
 ) -> None:
-    """Write :func:`nuclei_table` as CSV; the header is written even without nuclei so readers never choke."""
-    rows = nuclei_table(labels, image, mpp)
-    columns = TABLE_COLUMNS if mpp is None else TABLE_COLUMNS + UNIT_COLUMNS
+    """Write :func:`nuclei_table` (``options`` are its keywords) as CSV; the header is written even without
+    nuclei so readers never choke."""
+    rows = nuclei_table(labels, image, **options)
+    probe = nuclei_table(
+        np.ones((1, 1), np.int32), None if image is None else image[:1, :1], **_probe(options)
+    )
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=list(probe[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _probe(options: dict) -> dict:
+    """The options of a one-pixel table whose header is the real table's, even when that has no rows."""
+    probability = options.get("probability")
+    return {**options, "probability": None if probability is None else probability[:1, :1]}
 
 
 def _outer_ring(mask: np.ndarray) -> np.ndarray:
@@ -158,13 +217,17 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
 
 
 def labels_to_geojson(
-    labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0), scale: float = 1.0
+    labels: np.ndarray,
+    offset_xy: tuple[float, float] = (0, 0),
+    scale: float = 1.0,
+    probability: np.ndarray | None = None,
 ) -> dict:
     """Outline every nucleus as a QuPath detection; ``offset_xy`` places a tile inside its whole slide, and
-    ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame."""
+    ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame. With the
+    model's ``probability`` map, each detection's measurements include its mean, ``confidence``."""
     labels = _check_label_image(labels)
     features = []
-    for region in measure.regionprops(labels):
+    for region in measure.regionprops(labels, intensity_image=probability):
         ring = _outer_ring(region.image) + np.array(region.bbox[:2]) + 0.5
         xy = (ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)) * scale
         features.append(
@@ -175,18 +238,17 @@ def labels_to_geojson(
                     "id": int(region.label),
                     "objectType": "detection",
                     "classification": {"name": NUCLEUS_CLASS, "color": list(NUCLEUS_COLOR)},
-                    "measurements": {"area": int(region.area)},
+                    "measurements": {"area": int(region.area)}
+                    | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
                 },
             }
         )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(
-    path: str | os.PathLike, labels: np.ndarray, offset_xy: tuple[float, float] = (0, 0)
-) -> None:
-    """Write :func:`labels_to_geojson` for QuPath's File > Import objects."""
-    collection = labels_to_geojson(labels, offset_xy)
+def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> None:
+    """Write :func:`labels_to_geojson` (``options`` are its keywords) for QuPath's File > Import objects."""
+    collection = labels_to_geojson(labels, **options)
     with atomic_write(path) as tmp, open(tmp, "w") as handle:
         json.dump(collection, handle)
 

@@ -21,6 +21,7 @@ from skimage import measure, morphology, segmentation
 
 from sac.io import InputError
 from sac.model import SegmentAnyCell
+from sac.options import DEFAULT_SEED_THRESHOLD
 from sac.points import peak_pixels
 from sac.tiling import pad_to, tile_grid
 
@@ -29,12 +30,29 @@ MAX_CLICK_NEGATIVES = 4  # a user's positive click: nearby negative clicks and n
 _PADDING_LABEL = -1  # SAM's "not a point": lets nuclei with fewer neighbours share a prompt batch
 
 
+def filter_instances(
+    labels: np.ndarray, min_area: float = 0, max_area: float | None = None, exclude_edges: bool = False
+) -> np.ndarray:
+    """Labels 1..N without the instances smaller than ``min_area`` or larger than ``max_area`` pixels, and with
+    ``exclude_edges`` those touching the image border."""
+    areas = np.bincount(labels.ravel())
+    drop = areas < min_area
+    if max_area is not None:
+        drop |= areas > max_area
+    if exclude_edges:
+        drop[np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))] = True
+    drop[0] = False
+    if not drop.any():
+        return labels
+    return segmentation.relabel_sequential(np.where(drop[labels], 0, labels))[0].astype(np.int32)
+
+
 def instances_from_maps(
     probability: np.ndarray,
     centre: np.ndarray,
     threshold: float = 0.5,
     min_size: int = 8,
-    peak_threshold: float = 0.4,
+    seed_threshold: float = DEFAULT_SEED_THRESHOLD,
 ) -> np.ndarray:
     """Int32 labels 1..N: the thresholded probability split by a watershed seeded at the centre map's cores.
 
@@ -52,7 +70,7 @@ def instances_from_maps(
     small = min_size - 1  # scikit-image removes pieces of at most max_size pixels
     foreground = morphology.remove_small_holes(probability >= threshold, max_size=small)
     foreground = morphology.remove_small_objects(foreground, max_size=small)
-    markers = measure.label(foreground & (centre >= peak_threshold))
+    markers = measure.label(foreground & (centre >= seed_threshold))
     labels = segmentation.watershed(-centre, markers, mask=foreground)
     orphans = foreground & (labels == 0)
     labels[orphans] = measure.label(orphans)[orphans] + labels.max()

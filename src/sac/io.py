@@ -14,6 +14,7 @@ import secrets
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tifffile
@@ -130,12 +131,18 @@ def stretch(array: np.ndarray, value_range: tuple[float, float] | None = None) -
     Works in float64 (float32 would merge the values of a narrow range far from zero in 32- and 64-bit data),
     on halved values so that even the span of the largest float64 values stays finite.
     """
+    offset = 0
+    if array.dtype.kind in "iu" and array.size and max(abs(int(array.min())), int(array.max())) > 2**53:
+        offset = array.min()  # shift such integers exactly first: float64 holds only 53 bits
+        array = array.astype(np.uint64) - np.array(offset).astype(
+            np.uint64
+        )  # modulo 2**64: exact differences
     work = array.astype(np.float64)
     work /= 2
     if value_range is None:
         lo, hi = np.percentile(work, ROBUST_PERCENTILES)
     else:
-        lo, hi = value_range[0] / 2, value_range[1] / 2
+        lo, hi = (float(value_range[0]) - float(offset)) / 2, (float(value_range[1]) - float(offset)) / 2
     if hi <= lo:
         return np.zeros(array.shape, np.float32)
     work -= lo
@@ -185,10 +192,114 @@ def to_rgb_uint8(
     return np.repeat(out, 3, axis=2)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF/BMP image as uint8 RGB (H, W, 3); see :func:`to_rgb_uint8` for the conversion."""
+class InputImage(NamedTuple):
+    """An image file as the model and the measurements need it."""
+
+    data: (
+        np.ndarray
+    )  # what the model sees: (H, W) one channel, or (H, W, 3|4) colour, in the file's own units
+    raw: np.ndarray  # (H, W) or (H, W, C): every channel, for measurements in the file's units
+    channel_names: list[str]  # one per channel of ``raw`` (none for a single-channel image)
+    note: str  # which channel the model sees, and why
+
+
+_RGB_NAMES = ("red", "green", "blue", "alpha")
+_STACK_AXES = {"Z": "a Z stack", "T": "a time series", "I": "a stack", "R": "a stack of tiles"}
+
+
+def read_input(path: str | os.PathLike, channel: int | str | None = None) -> InputImage:
+    """Read an image file, deciding each axis from its metadata (OME, ImageJ, TIFF samples), and pick the
+    channel the model sees: ``channel`` by index or by name (OME channel names), else colour as colour and, for
+    several non-colour channels, the first one with a warning. Z stacks and time series are refused.
+    """
     path = Path(path)
-    return to_rgb_uint8(_decode(path, palette_as_rgb=True), name=str(path))
+    array, axes, names = _decode_with_axes(path)
+    keep = [
+        i for i, (axis, size) in enumerate(zip(axes, array.shape, strict=True)) if size > 1 or axis in "YX"
+    ]
+    array = array.reshape([array.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    for axis, kind in _STACK_AXES.items():
+        if axis in axes:
+            raise InputError(
+                f"{path}: {kind} of {array.shape[axes.index(axis)]} planes (axes {axes}); sac segments 2-D "
+                "images: save the planes (or a projection) as separate images"
+            )
+    extra = [axis for axis in axes if axis not in "YX"]
+    if len(extra) > 1 or axes.replace("".join(extra), "") != "YX":
+        raise InputError(f"{path}: unsupported image axes {axes} of shape {array.shape}")
+    if not extra:
+        if channel not in (None, 0, "0"):
+            raise InputError(f"{path}: --channel {channel}, but the image has a single channel")
+        return InputImage(array, array, [], "single channel")
+    raw = np.moveaxis(array, axes.index(extra[0]), -1)
+    count = raw.shape[-1]
+    colour = extra[0] == "S" and count in (3, 4)
+    names = (
+        names
+        if len(names) == count
+        else list(_RGB_NAMES[:count])
+        if colour
+        else [str(i) for i in range(count)]
+    )
+    if channel is None:
+        if colour:
+            return InputImage(raw, raw, names, "colour (RGB)")
+        if extra[0] != "S" or count != 2:  # grey with alpha needs no warning
+            warnings.warn(
+                f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0 ({names[0]})",
+                stacklevel=2,
+            )
+        return InputImage(raw[..., 0], raw, names, f"channel 0 ({names[0]}) of {count}")
+    index = _channel_index(channel, names, path)
+    return InputImage(raw[..., index], raw, names, f"channel {index} ({names[index]}) of {count}")
+
+
+def _channel_index(channel: int | str, names: list[str], path: Path) -> int:
+    lowered = [name.lower() for name in names]
+    if str(channel).lower() in lowered:
+        return lowered.index(str(channel).lower())
+    try:
+        index = int(channel)
+    except ValueError:
+        raise InputError(f"{path}: no channel named {channel!r}; channels: {', '.join(names)}") from None
+    if not 0 <= index < len(names):
+        raise InputError(
+            f"{path}: channel {index} does not exist; channels 0-{len(names) - 1}: {', '.join(names)}"
+        )
+    return index
+
+
+def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str]]:
+    """The file's pixels, the axis of each dimension (tifffile's letters) and OME channel names if any."""
+    if path.suffix.lower() not in _TIFF_SUFFIXES:
+        array = _decode(path, palette_as_rgb=True)
+        return array, "YX" if array.ndim == 2 else "YXS", []
+    check_file(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+            names = _ome_channel_names(tif) if tif.is_ome else []
+    except Exception as exc:  # decoders raise many unrelated types (OSError, codec errors, ValueError)
+        raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
+    if array.size == 0:
+        raise InputError(f"{path}: cannot decode image (no image data)")
+    if "Q" in axes:  # tifffile could not tell: the old rule, a short first axis holds channels
+        axes = axes.replace("Q", "C" if is_channel_first(array.shape) else "I")
+    return array, axes, names
+
+
+def _ome_channel_names(tif: tifffile.TiffFile) -> list[str]:
+    channels = _find_key(tifffile.xml2dict(tif.ome_metadata or "<OME/>"), "Channel") or []
+    channels = channels if isinstance(channels, list) else [channels]
+    return [str(c.get("Name", i)) if isinstance(c, dict) else str(i) for i, c in enumerate(channels)]
+
+
+def read_image(path: str | os.PathLike, channel: int | str | None = None) -> np.ndarray:
+    """Read an image file as the uint8 RGB (H, W, 3) the model consumes (see :func:`read_input` for the channel
+    and :func:`to_rgb_uint8` for the conversion)."""
+    return to_rgb_uint8(read_input(path, channel).data, name=str(path))
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:
@@ -311,15 +422,39 @@ def _find_key(tree: object, key: str) -> object:
     return None
 
 
-def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders into image paths; folders give their visible image files in sorted order."""
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder now, so a path that is a file or cannot be written fails before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder; choose another output folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{path}: cannot create the output folder ({error.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: the output folder is not writable")
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Fail before any work when a file could not be written at ``path`` (its folder is made if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    check_output_dir(path.parent)
+    return path
+
+
+def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Expand files and folders into image paths; folders give their visible image files in sorted order (and,
+    with ``recursive``, those of their subfolders)."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             files = sorted(
                 p
-                for p in path.iterdir()
+                for p in (path.rglob("*") if recursive else path.iterdir())
                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
             )
             if not files:

@@ -8,29 +8,57 @@ line and returned as a failure, so one corrupt file does not cost the rest of a 
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import datetime
+import json
 import os
+import platform
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
+import sac
 from sac.clicks import check_clicks_match, clicks_for, read_clicks
 from sac.export import (
+    DEFAULT_OUTPUTS,
+    MASK_OUTPUTS,
+    OUTPUT_SUFFIXES,
     output_path,
+    output_stem,
     write_geojson,
     write_labels_tif,
     write_mask_png,
     write_nuclei_csv,
     write_overlay,
+    write_probability_tif,
 )
-from sac.io import InputError, list_images, read_image, read_pixel_size
+from sac.io import (
+    InputError,
+    atomic_write,
+    check_output_dir,
+    list_images,
+    read_input,
+    read_pixel_size,
+    to_rgb_uint8,
+)
+from sac.model import SegmentAnyCell
+from sac.options import SegmentOptions
 from sac.segmenter import Points, Segmenter
 from sac.wsi import is_slide, segment_slide
 
+SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
+SUMMARY_COLUMNS = ("image", "nuclei", "mean_area_px", "mpp", "scale")
 
-def find_inputs(inputs: Iterable[str | os.PathLike], slides: bool = False) -> list[tuple[Path, bool]]:
+
+def find_inputs(
+    inputs: Iterable[str | os.PathLike], slides: bool = False, recursive: bool = False
+) -> list[tuple[Path, bool]]:
     """Expand files and folders into ``(path, is_slide)``; ``slides`` streams every input as a slide.
 
     Fails at once, before any model work, on a missing path or two inputs whose outputs would collide.
@@ -40,10 +68,10 @@ def find_inputs(inputs: Iterable[str | os.PathLike], slides: bool = False) -> li
         path = Path(item)
         # list_images knows only whole-image formats, not SVS
         is_svs = path.is_file() and path.suffix.lower() == ".svs"
-        paths += [path] if is_svs else list_images([path])
+        paths += [path] if is_svs else list_images([path], recursive)
     paths = list(dict.fromkeys(paths))
-    counts = Counter(path.stem for path in paths)
-    clashing = [str(path) for path in paths if counts[path.stem] > 1]
+    counts = Counter(output_stem(path) for path in paths)
+    clashing = [str(path) for path in paths if counts[output_stem(path)] > 1]
     if clashing:
         raise InputError(f"{', '.join(clashing)}: same file name stem, so their outputs would collide")
     return [(path, slides or is_slide(path)) for path in paths]
@@ -57,6 +85,8 @@ def segment_files(
     slides: bool = False,
     level: int | None = None,
     progress: bool = True,
+    recursive: bool = False,
+    save: Iterable[str] | None = None,
 ) -> list[tuple[Path, str]]:
     """Segment image files, slides and folders of them into ``out_dir``; returns the skipped files with a reason.
 
@@ -72,16 +102,61 @@ def segment_files(
         Stream every input as a whole-slide image (automatic for SVS and TIFFs over 8192 px a side).
     level : int or None
         Pyramid level of slides; None: the level closest to the model's pixel size.
+    recursive : bool
+        Also take images in subfolders of folders.
+    save : names, optional
+        Which outputs to write (keys of ``sac.export.OUTPUT_SUFFIXES``); None: the mask, and with instances the
+        labels, table, GeoJSON and overlay. Every run also writes ``sac_summary.csv`` and ``sac_run.json``.
     """
-    found = find_inputs(inputs, slides)
+    found = find_inputs(inputs, slides, recursive)
     clicks = load_clicks(points_file, [path for path, _ in found])
-    failures = []
+    check_output_dir(out_dir)
+    failures, rows = [], []
     for path, slide in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
-            segment_file(segmenter, path, out_dir, slide, level, clicks_for(clicks, path), progress)
+            rows.append(
+                segment_file(segmenter, path, out_dir, slide, level, clicks_for(clicks, path), progress, save)
+            )
         except InputError as error:
             failures.append(report_skipped(path, error))
+    write_run_record(out_dir, model_record(segmenter.model), segmenter.options, rows, failures)
     return failures
+
+
+def write_run_record(
+    out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, rows: list[dict], failures: list
+) -> None:
+    """``sac_summary.csv`` (per image: nuclei count, mean area, pixel size) and ``sac_run.json`` (the model, its
+    sha256, every setting, the versions, the command): what a run did, next to what it wrote."""
+    out_dir = Path(out_dir)
+    with atomic_write(out_dir / SUMMARY_FILE) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    record = {
+        "sac": sac.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "model": {key: model_meta.get(key) for key in ("weights_sha256", "model", "metrics")},
+        "options": dataclasses.asdict(options),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+        },
+        "images": len(rows),
+        "failures": [message for _, message in failures],
+    }
+    with atomic_write(out_dir / RUN_FILE) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+
+
+def model_record(model: SegmentAnyCell) -> dict:
+    """A model's checkpoint metadata (config.json), or its configuration when it was never saved."""
+    config = model.config
+    return getattr(model, "meta", None) or {
+        "model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config)
+    }
 
 
 def load_clicks(points_file: str | os.PathLike | None, paths: list[Path]) -> dict:
@@ -101,25 +176,51 @@ def segment_file(
     level: int | None = None,
     points: Points | None = None,
     progress: bool = True,
-) -> None:
-    """One input file to its outputs: the unit of work of a local run and of a dask task alike."""
+    save: Iterable[str] | None = None,
+) -> dict:
+    """One input file to its outputs (``save``: which, keys of ``OUTPUT_SUFFIXES``; None: mask, and labels,
+    table, GeoJSON and overlay with instances): the unit of work of a local run and of a dask task alike.
+    Returns its line of the run's summary table."""
     if slide:
-        segment_slide(segmenter, path, out_dir, level, clicks=points, progress=progress)
-        return
-    image = read_image(path)
+        summary = segment_slide(segmenter, path, out_dir, level, clicks=points, progress=progress)
+        return {
+            "image": path.name,
+            "nuclei": summary["nuclei"],
+            "mean_area_px": float("nan"),
+            "mpp": summary["mpp"],
+            "scale": f"slide level {summary['level']}",
+        }
+    found = read_input(path, segmenter.options.channel)
     recorded = read_pixel_size(path)
-    result = segmenter.segment(image, points, recorded[0] if recorded else None)
+    result = segmenter.segment(found.data, points, recorded[0] if recorded else None)
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
     if progress:
-        tqdm.write(f"sac: {path.name}: {note}", file=sys.stderr)
-    mask, labels = result.mask, result.labels
-    write_mask_png(output_path(out_dir, path, "mask"), mask)
-    if labels is None:
-        return
-    write_labels_tif(output_path(out_dir, path, "labels"), labels, result.mpp)
-    write_nuclei_csv(output_path(out_dir, path, "table"), labels, image, result.mpp)
-    write_geojson(output_path(out_dir, path, "geojson"), labels)
-    write_overlay(output_path(out_dir, path, "overlay"), image, labels)
+        tqdm.write(f"sac: {path.name}: {found.note}; {note}", file=sys.stderr)
+    wanted = set(save or DEFAULT_OUTPUTS) & (
+        set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
+    )
+    labels, image = result.labels, to_rgb_uint8(found.data, str(path))
+    writers = {
+        "mask": lambda target: write_mask_png(target, result.mask),
+        "prob": lambda target: write_probability_tif(target, result.maps[0], result.mpp),
+        "labels": lambda target: write_labels_tif(target, labels, result.mpp),
+        "table": lambda target: write_nuclei_csv(
+            target,
+            labels,
+            found.raw,
+            mpp=result.mpp,
+            channel_names=found.channel_names,
+            probability=result.maps[0],
+            name=path.name,
+        ),
+        "geojson": lambda target: write_geojson(target, labels, probability=result.maps[0]),
+        "overlay": lambda target: write_overlay(target, image, labels),
+    }
+    for kind in sorted(wanted, key=list(OUTPUT_SUFFIXES).index):
+        writers[kind](output_path(out_dir, path, kind))
+    count = 0 if labels is None else int(labels.max())
+    area = float(np.bincount(labels.ravel())[1:].mean()) if count else float("nan")
+    return {"image": path.name, "nuclei": count, "mean_area_px": area, "mpp": result.mpp, "scale": note}
 
 
 def report_skipped(path: Path, error: InputError) -> tuple[Path, str]:

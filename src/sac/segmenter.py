@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,15 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sac.instances import apply_clicks, instances_from_maps, sam_instances
-from sac.io import MPP_RANGE, InputError, to_rgb_uint8
+from sac.instances import (
+    apply_clicks,
+    filter_instances,
+    instances_from_maps,
+    sam_instances,
+)
+from sac.io import InputError, to_rgb_uint8
 from sac.model import SACOutput, SegmentAnyCell
+from sac.options import SegmentOptions
 from sac.points import combine_points
-from sac.tiling import DEFAULT_OVERLAP, predict_tiled
+from sac.tiling import predict_tiled
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-INSTANCE_MODES = ("fast", "sam")
-SCALE_MODES = ("auto", "native")
 # Automatic scale: rescale only when the nuclei's median area is off by more than this factor from the model's
 # (a factor 1.25 in diameter), and within what the estimate can be trusted for; fewer nuclei than this: no estimate.
 AUTO_AREA_TOLERANCE = 1.25**2
@@ -37,61 +40,6 @@ ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
 Points = tuple[np.ndarray | None, np.ndarray | None]  # (positive, negative) (x, y) pixel coordinates
 
 
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to segment: every inference setting, with its default and its check, in one place.
-
-    Parameters
-    ----------
-    instances : None, True, "fast" or "sam"
-        None: a mask only. ``True``/``"fast"``: watershed on the probability seeded by the generator's centres;
-        ``"sam"``: one SAM prompt per nucleus.
-    threshold : float
-        Nuclei probability cut-off, in [0, 1].
-    mpp : float, "auto" or "native"
-        The input's pixel size in µm. A number applies to every image; ``"auto"`` takes the file's own record
-        and, where there is none, estimates the scale from the nuclei of a first pass; ``"native"`` never
-        resamples. Images are resampled to the model's pixel size, and the maps back to the input's.
-    overlap : int
-        Blended overlap of neighbouring tiles (of the model's input size), in pixels.
-    batch_size : int
-        Tiles per forward pass.
-    """
-
-    instances: str | bool | None = None
-    threshold: float = 0.5
-    mpp: float | str = "auto"
-    overlap: int = DEFAULT_OVERLAP
-    batch_size: int = 4
-
-    def __post_init__(self) -> None:
-        mode = {True: "fast", False: None}.get(self.instances, self.instances)  # type: ignore[arg-type]
-        if mode is not None and mode not in INSTANCE_MODES:
-            raise InputError(
-                f"unknown instance mode {self.instances!r}; expected {' or '.join(INSTANCE_MODES)}"
-            )
-        object.__setattr__(self, "instances", mode)
-        if not 0 <= self.threshold <= 1:
-            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
-        if isinstance(self.mpp, str):
-            try:
-                object.__setattr__(self, "mpp", float(self.mpp))
-            except ValueError:
-                if self.mpp not in SCALE_MODES:
-                    raise InputError(
-                        f"mpp must be a pixel size in µm, auto or native; got {self.mpp!r}"
-                    ) from None
-        if not isinstance(self.mpp, str) and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
-            raise InputError(
-                f"mpp {self.mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
-                "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
-            )
-        if self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.overlap < 0:
-            raise InputError(f"tile overlap must not be negative, got {self.overlap}")
-
-
 class Segmentation(NamedTuple):
     """What one image gives: the mask, the labels (None without instances) and the maps behind both, with the
     scale the model saw it at."""
@@ -99,7 +47,7 @@ class Segmentation(NamedTuple):
     mask: np.ndarray  # (H, W) bool
     labels: np.ndarray | None  # (H, W) int32 nuclei ids
     maps: np.ndarray  # (4, H, W) float32, named by sac.model.MAP_NAMES
-    mpp: float | None  # the input's pixel size in µm, None when unknown
+    mpp: float | None  # the input's pixel size in µm, given or recorded in its file; None when unknown
     zoom: float  # model pixels per input pixel
     scale_note: str  # where the scale came from, in words
 
@@ -183,24 +131,50 @@ class Segmenter:
 
         On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss.
         """
-        rgb = to_rgb_uint8(image)
+        rgb = to_rgb_uint8(self._channel(np.asarray(image)))
         device = self.model.pixel_mean.device
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16)
             if device.type == "cuda"
             else contextlib.nullcontext()
         )
-        asked, threshold = self.options.instances, self.options.threshold
-        mode = asked or ("fast" if points is not None else None)
+        options = self.options
+        mode = options.instances or ("fast" if points is not None else None)
         with precision:
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
                 maps = self._maps_at(rgb, zoom)
-            labels = None if mode is None else instances_from_maps(maps[0], maps[2], threshold)
+            labels = None if mode is None else self._instances(maps)
             if mode == "sam" or points is not None:
                 labels = self._prompted(rgb, labels, maps[2], zoom, mode == "sam", points)
-        mask = maps[0] >= threshold if labels is None else labels > 0
-        return Segmentation(mask, labels if asked else None, maps, mpp, zoom, note)
+        if labels is not None:
+            # µm² per pixel: known, else as the model sees it (its pixel size over the zoom), else 1
+            pixel_area = (mpp or (self.model.config.mpp or zoom) / zoom) ** 2
+            labels = filter_instances(
+                labels,
+                options.min_size / pixel_area,
+                None if options.max_size is None else options.max_size / pixel_area,
+                options.exclude_edges,
+            )
+        mask = maps[0] >= options.threshold if labels is None else labels > 0
+        return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
+
+    def _instances(self, maps: np.ndarray) -> np.ndarray:
+        return instances_from_maps(
+            maps[0], maps[2], self.options.threshold, seed_threshold=self.options.seed_threshold
+        )
+
+    def _channel(self, image: np.ndarray) -> np.ndarray:
+        """The ``channel`` option applied to a channels-last array; images of one channel pass unchanged (files
+        have theirs picked by ``sac.io.read_input``, which also knows channel names)."""
+        channel = self.options.channel
+        if channel is None or image.ndim == 2:
+            return image
+        if isinstance(channel, str):
+            raise InputError(f"channel {channel!r}: an array has no channel names; give the channel's index")
+        if channel >= image.shape[-1]:
+            raise InputError(f"channel {channel} does not exist in an image of shape {image.shape}")
+        return image[..., channel]
 
     def _scale(
         self, rgb: np.ndarray, file_mpp: float | None
@@ -225,17 +199,16 @@ class Segmenter:
                 None,
             )
         maps = self.maps(rgb)
-        labels = instances_from_maps(maps[0], maps[2], self.options.threshold)
-        areas = np.bincount(labels.ravel())[1:]
+        areas = np.bincount(self._instances(maps).ravel())[1:]
         reference = self.model.config.nucleus_area
         if reference is None or areas.size < AUTO_MIN_NUCLEI:
             return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
         ratio = reference / float(np.median(areas))
         if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
-            return 1.0, model_mpp, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
+            return 1.0, None, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
         zoom = _snap(float(np.clip(np.sqrt(ratio), *AUTO_ZOOM_RANGE)))
         mpp = model_mpp * zoom
-        return zoom, mpp, f"{mpp:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}", None
+        return zoom, None, f"about {mpp:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}", None
 
     def _maps_at(self, rgb: np.ndarray, zoom: float) -> np.ndarray:
         """Maps of ``rgb`` computed at ``zoom`` times its size and resampled back to it."""
@@ -307,7 +280,7 @@ class Segmenter:
             return torch.cat([_maps(output) for output in outputs]).float().cpu().numpy()
 
         try:
-            return predict_tiled(run, rgb, size, options.overlap, options.batch_size)
+            return predict_tiled(run, rgb, size, options.overlap, options.batch_size, options.progress)
         finally:
             model.train(was_training)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from sac.io import InputError
 
 # 8 px of blended overlap: a 1000 px side then needs 4 tiles of 256 instead of 5 (16 tiles, not 25, 1.5x faster);
 # on validation images Dice changed by < 0.002 against 32 px.
 DEFAULT_OVERLAP = 8
+PROGRESS_TILES = 64  # images of at least this many tiles show a progress bar (about 4 s on 2 CPU cores)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -66,8 +68,9 @@ def predict_tiled(
     tile: int,
     overlap: int,
     batch_size: int = 4,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Run ``predict`` over ``image`` and blend its maps.
+    """Run ``predict`` over ``image`` and blend its maps; ``progress`` shows a bar for images of many tiles.
 
     ``predict(batch, origins)`` maps a (B, tile, tile, C) batch, whose tiles start at ``origins`` (row, column),
     to (B, K, tile, tile) float maps.
@@ -77,6 +80,9 @@ def predict_tiled(
     total: np.ndarray | None = None
     norm = np.zeros((height, width), np.float32)
     tiles = list(tile_grid((height, width), tile, overlap))
+    bar = tqdm(
+        total=len(tiles), unit="tile", leave=False, disable=not progress or len(tiles) < PROGRESS_TILES
+    )
     for start in range(0, len(tiles), batch_size):
         origins = tiles[start : start + batch_size]
         batch = np.stack([pad_to(image[y : y + tile, x : x + tile], tile, tile) for y, x in origins])
@@ -87,5 +93,7 @@ def predict_tiled(
             h, w = min(tile, height - y), min(tile, width - x)
             total[:, y : y + h, x : x + w] += values[:, :h, :w] * weight[:h, :w]
             norm[y : y + h, x : x + w] += weight[:h, :w]
+        bar.update(len(origins))
+    bar.close()
     assert total is not None
     return total / np.maximum(norm, 1e-6)

@@ -42,6 +42,7 @@ from sac.model import (
 from sac.segmenter import Segmenter
 
 STATE_FILE = "state.pt"
+FINE_TUNE_LR = 3e-4  # the default learning rate when a run starts from a trained model (--init)
 LOG_FILE = "log.csv"
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_click_iou", "lr", "elapsed_s")
 VAL_CLICKS = 256  # nuclei clicked once each for the validation click IoU
@@ -81,15 +82,19 @@ class TrainConfig:
         """
         settings, model = dict(data), dict(data.get("model") or {})
         settings.pop("model", None)
+        count, negative = settings.pop("num_points", None), settings.pop("num_negative", None)
         model_fields = {f.name for f in dataclasses.fields(SACConfig)}
         for key in [key for key in settings if key in model_fields]:
             model[key] = settings.pop(key)
-        if "num_points" in settings:
-            count = settings.pop("num_points")
-            model.setdefault("num_positive", count)
-            if model.get("num_negative") is None:
-                model["num_negative"] = count
-        model = {key: value for key, value in model.items() if value is not None or key == "mpp"}
+        if count is not None:  # num_points: as many negative as positive points, unless num_negative says
+            model["num_positive"] = model["num_negative"] = count
+        if negative is not None:
+            model["num_negative"] = negative
+        model = {
+            key: value for key, value in model.items() if value is not None or key in ("mpp", "nucleus_area")
+        }
+        if settings.get("init") and "lr" not in settings:  # fine-tuning: the README's learning rate
+            settings["lr"] = FINE_TUNE_LR
         unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"{source}: unknown keys {sorted(unknown)}")
@@ -614,6 +619,8 @@ def load_training_data(config: TrainConfig) -> tuple[list[NucleiSample], list[Nu
 def train(config: TrainConfig, progress: bool = True) -> dict:
     """Start a run in ``config.out`` (refusing to overwrite one) and train it."""
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
     if (out / STATE_FILE).exists():
         raise InputError(f"{out}: a run already exists there; use --resume {out} or another --out")
     out.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,8 @@ def _estimate_pixel_size(
     height, width = slide.shape[:2]
     y, x = max(0, height // 2 - ESTIMATE_SIDE // 2), max(0, width // 2 - ESTIMATE_SIDE // 2)
     image = to_rgb_uint8(slide[y : y + ESTIMATE_SIDE, x : x + ESTIMATE_SIDE], name, value_range)
-    return segmenter.with_options(instances=None, mpp="auto").segment(image).mpp
+    zoom = segmenter.with_options(instances=None, mpp="auto").segment(image).zoom
+    return None if segmenter.model.config.mpp is None else zoom * segmenter.model.config.mpp
 
 
 def _value_range(slide: Slide) -> tuple[float, float] | None:

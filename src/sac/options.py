@@ -1,0 +1,99 @@
+"""How to segment: every inference setting, its default and its check, in one frozen object.
+
+Kept free of torch so that the command line can show the defaults in ``--help`` without loading the model's
+libraries; :class:`sac.segmenter.Segmenter` applies the options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sac.io import MPP_RANGE, InputError
+from sac.tiling import DEFAULT_OVERLAP
+
+INSTANCE_MODES = ("fast", "sam")
+SCALE_MODES = ("auto", "native")
+DEFAULT_SEED_THRESHOLD = 0.4  # best validation AJI on MoNuSeg and DSB 2018 among 0.3-0.6
+DEFAULT_MIN_SIZE = 3.0  # µm²: ground-truth nuclei are at least 3.6 µm² (58 px at 0.25 µm/px in MoNuSeg train)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment: every inference setting, with its default and its check, in one place.
+
+    Parameters
+    ----------
+    instances : None, True, "fast" or "sam"
+        None: a mask only. ``True``/``"fast"``: watershed on the probability seeded by the generator's centres;
+        ``"sam"``: one SAM prompt per nucleus.
+    threshold : float
+        Nuclei probability cut-off, in [0, 1].
+    seed_threshold : float
+        Where the watershed's seeds are cut from the centre map, in (0, 1): higher splits touching nuclei more
+        readily, lower merges more.
+    min_size, max_size : float
+        Instances smaller or larger than this many µm² are dropped (when the pixel size is unknown, the image is
+        taken to be at the model's pixel size). ``max_size`` None: no upper bound.
+    exclude_edges : bool
+        Drop instances that touch the image border (cut nuclei whose measurements would be wrong).
+    channel : int, str or None
+        The channel the model sees, by index or (for files with OME channel names) by name; None: colour images
+        as colour, and of several other channels the first, with a warning.
+    mpp : float, "auto" or "native"
+        The input's pixel size in µm. A number applies to every image; ``"auto"`` takes the file's own record
+        and, where there is none, estimates the scale from the nuclei of a first pass; ``"native"`` never
+        resamples. Images are resampled to the model's pixel size, and the maps back to the input's.
+    overlap : int
+        Blended overlap of neighbouring tiles (of the model's input size), in pixels.
+    batch_size : int
+        Tiles per forward pass.
+    progress : bool
+        A progress bar over the tiles of large images.
+    """
+
+    instances: str | bool | None = None
+    threshold: float = 0.5
+    seed_threshold: float = DEFAULT_SEED_THRESHOLD
+    min_size: float = DEFAULT_MIN_SIZE
+    max_size: float | None = None
+    exclude_edges: bool = False
+    channel: int | str | None = None
+    mpp: float | str = "auto"
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = 4
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        mode = {True: "fast", False: None}.get(self.instances, self.instances)  # type: ignore[arg-type]
+        if mode is not None and mode not in INSTANCE_MODES:
+            raise InputError(
+                f"unknown instance mode {self.instances!r}; expected {' or '.join(INSTANCE_MODES)}"
+            )
+        object.__setattr__(self, "instances", mode)
+        if not 0 <= self.threshold <= 1:
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
+        if not 0 < self.seed_threshold < 1:
+            raise InputError(f"seed threshold must be in (0, 1), got {self.seed_threshold}")
+        if self.min_size < 0 or (self.max_size is not None and self.max_size <= self.min_size):
+            raise InputError(f"need 0 <= min size < max size, got {self.min_size} and {self.max_size}")
+        if isinstance(self.mpp, str):
+            try:
+                object.__setattr__(self, "mpp", float(self.mpp))
+            except ValueError:
+                if self.mpp not in SCALE_MODES:
+                    raise InputError(
+                        f"mpp must be a pixel size in µm, auto or native; got {self.mpp!r}"
+                    ) from None
+        if not isinstance(self.mpp, str) and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
+            raise InputError(
+                f"mpp {self.mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
+                "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
+            )
+        if isinstance(self.channel, str) and self.channel.isdigit():
+            object.__setattr__(self, "channel", int(self.channel))
+        if isinstance(self.channel, int) and self.channel < 0:
+            raise InputError(f"channel must be a non-negative index or a name, got {self.channel}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.overlap < 0:
+            raise InputError(f"tile overlap must not be negative, got {self.overlap}")

@@ -1,0 +1,121 @@
+"""The command line's own behaviour: version, help defaults, flag forms, output checks before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_nuclei
+from sac import __version__
+from sac.cli import main
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "cell.png"
+    Image.fromarray(synthetic_nuclei(64, 5)[0]).save(path)
+    return path
+
+
+def test_version_and_defaults_in_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"sac {__version__}"
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.5)" in text and "(default: auto)" in text and "(default: 0.4)" in text
+
+
+def test_instances_flag_followed_by_the_input(tiny_checkpoint, image, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--instances", str(image), "-o", str(out), "--model", str(tiny_checkpoint)]) == 0
+    assert (out / "cell_labels.tif").is_file()
+
+
+def test_ome_tif_outputs_are_named_without_ome(tiny_checkpoint, tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "scan.ome.tif", synthetic_nuclei(64, 5)[0], photometric="rgb")
+    out = tmp_path / "out"
+    assert (
+        main(["predict", str(tmp_path / "scan.ome.tif"), "-o", str(out), "--model", str(tiny_checkpoint)])
+        == 0
+    )
+    assert (out / "scan_mask.png").is_file()
+
+
+def test_recursive_folders(tiny_checkpoint, image, tmp_path):
+    (tmp_path / "nested" / "deeper").mkdir(parents=True)
+    image.rename(tmp_path / "nested" / "deeper" / "cell.png")
+    argv = ["predict", str(tmp_path / "nested"), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
+    assert main(argv) == 2  # the top folder holds no image itself
+    assert main([*argv, "--recursive"]) == 0 and (tmp_path / "out" / "cell_mask.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_bad_output_folder_fails_before_any_work(tiny_checkpoint, image, tmp_path, capsys, kind, monkeypatch):
+    target = tmp_path / "out"
+    if kind == "file":
+        target.write_text("not a folder")
+    else:
+        target.mkdir()
+        monkeypatch.setattr("os.access", lambda *_: False)
+    loads = []
+    monkeypatch.setattr("sac.segmenter.Segmenter.load", lambda *a, **k: loads.append(1))
+    assert main(["predict", str(image), "-o", str(target), "--model", str(tiny_checkpoint)]) == 2
+    error = capsys.readouterr().err
+    assert str(target) in error and len(error.strip().splitlines()) == 1 and not loads
+
+
+def test_evaluate_json_into_a_folder_and_train_out_a_file_are_refused(tmp_path, capsys):
+    (tmp_path / "report").mkdir()
+    assert main(["evaluate", "--dataset", "samples", "--json", str(tmp_path / "report")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    (tmp_path / "run").write_text("")
+    assert (
+        main(["train", "--dataset", "folder", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+        == 2
+    )
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_resume_says_which_flags_it_ignores(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.1", "--dataset", "monuseg"]) == 2
+    err = capsys.readouterr().err
+    assert "ignoring --dataset, --lr" in err and "not a SAC training run" in err
+
+
+def test_init_defaults_to_the_fine_tuning_learning_rate():
+    from sac.train import FINE_TUNE_LR, TrainConfig
+
+    assert TrainConfig.from_dict({"init": "nuclei"}).lr == FINE_TUNE_LR
+    assert TrainConfig.from_dict({"init": "nuclei", "lr": 0.01}).lr == 0.01
+    assert TrainConfig.from_dict({}).lr != FINE_TUNE_LR
+
+
+def test_evaluate_prints_its_header_and_the_metric_legend(tiny_checkpoint, capsys):
+    assert main(["evaluate", "--dataset", "samples", "--model", str(tiny_checkpoint), "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        out.startswith("sac evaluate: model")
+        and "dataset samples, split test, 1 images, instances fast" in out
+    )
+    assert "PQ = DQ x SQ" in out and "IoU exceeds 0.5" in out
+
+
+def test_binary_mask_is_split_with_a_warning_for_evaluation(tiny_checkpoint, tmp_path, capsys):
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    image, labels = synthetic_nuclei(96, 12, seed=3)
+    Image.fromarray(image).save(folder / "images" / "a.png")
+    Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(folder / "masks" / "a.png")
+    argv = ["evaluate", "--dataset", "folder", "--data-root", str(folder), "--model", str(tiny_checkpoint)]
+    with pytest.warns(UserWarning, match="binary mask, one instance per piece"):
+        assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["n_images"] == 1
