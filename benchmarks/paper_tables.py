@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sac.backbone import PRESETS
+from sac.backbone import is_random
 from sac.data import load_dataset
 from sac.instances import instances_from_maps
 from sac.io import atomic_write
@@ -47,7 +47,7 @@ class Variant:
 
 
 def variants(backbone: str, points: int) -> list[Variant]:
-    adapted = "full" if backbone in PRESETS else "lora"
+    adapted = "full" if is_random(backbone) else "lora"
     sac = {"encoder_mode": adapted, "num_points": points}
     rows = [
         Variant("SAM zero-shot (grid points, no training)", None, "sam", grid_points=True),
@@ -191,7 +191,7 @@ def write_tables(out: Path, results: list[dict], args, argv: list[str]) -> None:
         "per trained row; metrics on the test split"
         + (f" (first {args.limit} images of each)" if args.limit else "")
         + " (Dice/IoU: per-image mean of the semantic mask; AJI and PQ from watershed instances)."
-        + (" No pretrained SAM weights were used." if args.backbone in PRESETS else ""),
+        + (" No pretrained SAM weights were used." if is_random(args.backbone) else ""),
         "",
         "| dataset | method | Dice | IoU | AJI | PQ | F1@0.5 |",
         "|---|---|---|---|---|---|---|",

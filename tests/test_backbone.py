@@ -3,7 +3,7 @@ import torch
 from transformers import SamModel
 
 from conftest import tiny_sam_config
-from sac.backbone import PRESETS, count_parameters, create_sam, preset_config
+from sac.backbone import PRESETS, count_parameters, create_sam, is_random, preset_config
 from sac.io import InputError
 
 
@@ -150,7 +150,7 @@ def test_bad_sources_give_one_line_errors(tmp_path):
         with pytest.raises(InputError) as info:
             create_sam(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(InputError, match="neither a preset"):
+    with pytest.raises(InputError, match="neither a backbone name"):
         create_sam("no/such/place/here")
 
 
@@ -176,3 +176,17 @@ def test_hub_id_without_network(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(InputError, match="cannot load SAM weights"):
         create_sam("facebook/sam-vit-base")
+
+
+def test_official_names_mean_the_cached_official_weights(tmp_path, monkeypatch):
+    """`vit_b` is Meta's checkpoint from the cache, or a one-line error naming the fetch command, never random."""
+    monkeypatch.setenv("SAC_CACHE", str(tmp_path))
+    with pytest.raises(InputError, match="run `sac weights fetch vit_b`"):
+        create_sam("vit_b")
+    reference = randomized_model(tiny_sam_config(64))
+    torch.save(official_layout(reference.state_dict()), tmp_path / "sam_vit_b_01ec64.pth")  # a stand-in
+    loaded = create_sam("vit_b")
+    key = "vision_encoder.layers.0.attn.qkv.weight"
+    torch.testing.assert_close(loaded.state_dict()[key], reference.state_dict()[key])
+    assert is_random("tiny") and is_random("scratch:vit_b") and not is_random("vit_b")
+    assert not is_random("scratch:nothing") and not is_random("facebook/sam-vit-base")

@@ -18,7 +18,9 @@ from sac.io import (
     is_channel_first,
     list_images,
     read_image,
+    read_input,
     read_labels,
+    read_pixel_size,
     sha256sum,
     stretch,
     to_rgb_uint8,
@@ -328,3 +330,53 @@ def test_check_state_dict():
     with pytest.raises(InputError) as info:
         check_state_dict({}, expected, "weights.bin")
     assert "\n" not in str(info.value)
+
+
+def test_pixel_size_from_the_three_tiff_records(tmp_path):
+    """OME PhysicalSizeX, Aperio's MPP in the description, ImageJ/TIFF resolution tags; DPI defaults ignored."""
+    image = np.zeros((16, 16), np.uint8)
+    tifffile.imwrite(
+        tmp_path / "a.ome.tif", image, metadata={"PhysicalSizeX": 0.3, "PhysicalSizeXUnit": "µm"}
+    )
+    tifffile.imwrite(
+        tmp_path / "b.svs", image, description="Aperio Image Library v12\n1000x800 |AppMag = 20|MPP = 0.499"
+    )
+    tifffile.imwrite(
+        tmp_path / "c.tif", image, imagej=True, resolution=(2.5, 2.5), metadata={"unit": "micron"}
+    )
+    tifffile.imwrite(tmp_path / "d.tif", image, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "e.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    Image.fromarray(image).save(tmp_path / "f.png", dpi=(300, 300))
+    found = {
+        name: read_pixel_size(tmp_path / name)
+        for name in ("a.ome.tif", "b.svs", "c.tif", "d.tif", "e.tif", "f.png")
+    }
+    assert found["a.ome.tif"] == (pytest.approx(0.3), "OME-TIFF PhysicalSizeX")
+    assert found["b.svs"] == (pytest.approx(0.499), "Aperio SVS MPP")
+    assert found["c.tif"] == (pytest.approx(0.4), "ImageJ TIFF resolution")
+    assert found["d.tif"] == (pytest.approx(0.5), "TIFF resolution tags")
+    assert found["e.tif"] is None and found["f.png"] is None  # 72 dpi is no pixel size; PNG dpi neither
+
+
+def test_read_input_axes_channels_and_names(tmp_path):
+    planes = np.stack([np.full((8, 9), 10, np.uint16), np.full((8, 9), 20, np.uint16)])
+    tifffile.imwrite(
+        tmp_path / "two.ome.tif", planes, metadata={"axes": "CYX", "Channel": {"Name": ["GFP", "DAPI"]}}
+    )
+    with pytest.warns(
+        UserWarning, match=r"2 channels \(GFP, DAPI\) and no --channel: using channel 0 \(GFP\)"
+    ):
+        first = read_input(tmp_path / "two.ome.tif")
+    assert first.data.shape == (8, 9) and first.data.max() == 10 and first.raw.shape == (8, 9, 2)
+    by_name = read_input(tmp_path / "two.ome.tif", "dapi")
+    assert by_name.data.max() == 20 and by_name.note == "channel 1 (DAPI) of 2"
+    assert read_input(tmp_path / "two.ome.tif", 1).channel_names == ["GFP", "DAPI"]
+    with pytest.raises(InputError, match="no channel named 'Cy5'; channels: GFP, DAPI"):
+        read_input(tmp_path / "two.ome.tif", "Cy5")
+    with pytest.raises(InputError, match="channel 2 does not exist"):
+        read_input(tmp_path / "two.ome.tif", 2)
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((3, 8, 9), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(InputError, match=r"z\.tif: a Z stack of 3 planes \(axes ZYX\)"):
+        read_input(tmp_path / "z.tif")
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.png")
+    assert read_input(tmp_path / "rgb.png").note == "colour (RGB)"

@@ -106,6 +106,21 @@ def sam_config(
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
 
 
+SCRATCH = "scratch:"  # prefix of a randomly initialised official architecture, e.g. scratch:vit_b
+RANDOM_PRESETS = ("tiny", "small")  # sized for CPU training, only ever from scratch
+
+
+def is_random(backbone: str) -> bool:
+    """Whether a backbone name means a randomly initialised encoder (whose weights a checkpoint must keep)."""
+    return backbone in RANDOM_PRESETS or (
+        backbone.startswith(SCRATCH) and backbone.removeprefix(SCRATCH) in PRESETS
+    )
+
+
+def backbone_names() -> list[str]:
+    return [*RANDOM_PRESETS, *OFFICIAL_CHECKPOINTS, *(SCRATCH + name for name in OFFICIAL_CHECKPOINTS)]
+
+
 def preset_config(name: str, image_size: int | None = None) -> SamConfig:
     """The SamConfig of a named preset, optionally at another input size."""
     if name not in PRESETS:
@@ -306,14 +321,26 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def create_sam(source: str | Path = "tiny", image_size: int | None = None) -> SamModel:
-    """Build a SAM from a preset name, an official ``.pth``, a ``save_pretrained`` folder or a hub id.
+    """Build a SAM from a name, an official ``.pth``, a ``save_pretrained`` folder or a hub id.
 
-    Presets are randomly initialised (train them with the ``full`` encoder mode); the others carry pretrained
-    weights. ``image_size`` resizes position embeddings so the encoder runs at that input size.
+    ``vit_b``, ``vit_l`` and ``vit_h`` are Meta's weights from the cache (``sac weights fetch``). Randomly
+    initialised architectures have explicit names (train them with the ``full`` encoder mode): the CPU-sized
+    ``tiny`` and ``small``, or ``scratch:vit_b`` and the like. ``image_size`` resizes position embeddings so the
+    encoder runs at that input size.
     """
     source_str = str(source)
-    if source_str in PRESETS:
-        return SamModel(preset_config(source_str, image_size))
+    if is_random(source_str):
+        return SamModel(preset_config(source_str.removeprefix(SCRATCH), image_size))
+    if source_str in OFFICIAL_CHECKPOINTS:  # the official names mean the official weights
+        from sac.download import checkpoint_path  # download depends on this module for the checkpoint table
+
+        cached = checkpoint_path(source_str)
+        if not cached.is_file():
+            raise InputError(
+                f"{source_str}: the official weights are not in {cached.parent}; run `sac weights fetch "
+                f"{source_str}` (or use `{SCRATCH}{source_str}` for a randomly initialised {source_str})"
+            )
+        source_str = str(cached)
     path = Path(source_str).expanduser()
     if path.suffix in (".pth", ".pt", ".bin") or path.is_file():
         official = read_official_checkpoint(path)
@@ -329,7 +356,8 @@ def create_sam(source: str | Path = "tiny", image_size: int | None = None) -> Sa
         raise InputError(f"{path}: folder has no config.json (expected a save_pretrained SAM folder)")
     if not path.is_dir() and (source_str.startswith((".", "/", "~")) or source_str.count("/") != 1):
         raise InputError(
-            f"{source_str!r} is neither a preset ({', '.join(PRESETS)}), an existing file or folder, nor a hub id"
+            f"{source_str!r} is neither a backbone name ({', '.join(backbone_names())}), an existing file or "
+            "folder, nor a hub id"
         )
     try:
         pretrained = SamModel.from_pretrained(source_str)

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import sac
-from sac.backbone import PRESETS, count_parameters, create_sam
+from sac.backbone import count_parameters, create_sam, is_random
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
 from sac.io import InputError, atomic_write, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
@@ -66,7 +66,7 @@ class SACConfig:
 
     def __post_init__(self) -> None:
         if self.encoder_mode is None:
-            object.__setattr__(self, "encoder_mode", "full" if self.backbone in PRESETS else "lora")
+            object.__setattr__(self, "encoder_mode", "full" if is_random(self.backbone) else "lora")
         if self.lora_alpha is None:
             object.__setattr__(self, "lora_alpha", float(self.lora_rank))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -319,7 +319,7 @@ class SegmentAnyCell(nn.Module):
     # ------------------------------------------------------------------ persistence
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: generator, fusion, decoder, prompt encoder, and LoRA or the whole encoder."""
-        from_scratch = self.config.backbone in PRESETS  # a random base encoder cannot be rebuilt: keep it
+        from_scratch = is_random(self.config.backbone)  # a random base encoder cannot be rebuilt: keep it
         names = {name for name, param in self.named_parameters() if param.requires_grad or from_scratch}
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
 
