@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage.draw import disk
 
+from conftest import synthetic_nuclei
 from sac.data import (
     DATASET_MPP,
     CropDataset,
@@ -17,6 +20,7 @@ from sac.data import (
     load_dataset,
 )
 from sac.io import InputError
+from sac.metrics import dice
 
 
 def _nuclei(shape: tuple[int, int], count: int, seed: int) -> np.ndarray:
@@ -91,7 +95,7 @@ def test_load_dataset_unknown_and_missing(tmp_path):
     (tmp_path / "dsb2018" / "train").mkdir(parents=True)
     with pytest.raises(InputError, match=r"split\.json"):
         load_dataset("dsb2018", tmp_path, "train")
-    with pytest.raises(InputError, match="images/ and masks/"):
+    with pytest.raises(InputError, match="expected images/ with masks/ or annotations/"):
         load_dataset("folder", tmp_path, "train")
 
 
@@ -259,3 +263,17 @@ def test_real_dsb2018_split(data_root):
 def test_default_data_root_honours_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SAC_DATA", str(tmp_path))
     assert default_data_root() == tmp_path
+
+
+def test_folder_dataset_from_qupath_geojson_annotations(tmp_path):
+    """`sac train` on images with QuPath's exported objects beside them (annotations/<id>.geojson)."""
+    from sac.export import labels_to_geojson
+
+    image, labels = synthetic_nuclei(64, 6, seed=5)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "a.png")
+    (tmp_path / "annotations" / "a.geojson").write_text(json.dumps(labels_to_geojson(labels)))
+    (sample,) = load_dataset("folder", tmp_path)
+    assert sample.labels.max() == len(np.unique(labels)) - 1
+    assert dice(sample.labels > 0, labels > 0) > 0.95

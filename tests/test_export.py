@@ -51,6 +51,7 @@ def test_output_paths_are_named_after_the_input_stem(tmp_path):
         "mask": "_mask.png",
         "prob": "_prob.tif",
         "labels": "_labels.tif",
+        "cells": "_cells.tif",
         "table": "_nuclei.csv",
         "geojson": ".geojson",
         "overlay": "_overlay.png",
@@ -257,3 +258,33 @@ def test_writes_leave_only_their_outputs(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_geojson(tmp_path / "broken.geojson", labels)
     assert {path.name for path in tmp_path.iterdir()} == expected
+
+
+def test_cells_are_qupath_cell_objects_with_their_nucleus():
+    from skimage.segmentation import expand_labels
+
+    labels = _random_disks(2)
+    cells = expand_labels(labels, 3)
+    collection = labels_to_geojson(labels, cells=cells)
+    assert len(collection["features"]) == _ids(labels).size
+    for feature in collection["features"]:
+        assert feature["properties"]["objectType"] == "cell" and "nucleusGeometry" in feature
+    # the nucleus rasterises back to the nucleus, even from a cell object
+    np.testing.assert_array_equal(geojson_to_labels(collection, labels.shape), labels)
+
+
+def test_qupath_exports_read_as_labels(tmp_path):
+    from sac.export import read_geojson_labels
+
+    square = [[[1, 1], [4, 1], [4, 4], [1, 4], [1, 1]]]
+    other = [[[6, 6], [9, 6], [9, 9], [6, 9], [6, 6]]]
+    features = [  # QuPath writes a bare list of features; annotations may be MultiPolygons
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square}, "properties": {}},
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [other]}, "properties": {}},
+    ]
+    (tmp_path / "a.geojson").write_text(json.dumps(features))
+    labels = read_geojson_labels(tmp_path / "a.geojson", (12, 12))
+    assert labels.max() == 2 and (labels == 1).sum() == 9 and (labels == 2).sum() == 9
+    (tmp_path / "bad.geojson").write_text("{nope")
+    with pytest.raises(InputError, match=r"bad\.geojson: cannot read GeoJSON"):
+        read_geojson_labels(tmp_path / "bad.geojson", (12, 12))

@@ -221,6 +221,7 @@ def _predict(args: argparse.Namespace) -> int:
             level=args.level,
             recursive=args.recursive,
             save=save,
+            expand_cells=args.expand_cells,
         )
     else:
         segmenter = _load_segmenter(args, options)
@@ -233,6 +234,7 @@ def _predict(args: argparse.Namespace) -> int:
             args.level,
             recursive=args.recursive,
             save=save,
+            expand_cells=args.expand_cells,
         )
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
@@ -302,6 +304,13 @@ def _add_predict_parser(commands) -> None:
         metavar="LIST",
         help="outputs to write, comma-separated from mask, prob (float16 probability TIFF), labels, table, "
         "geojson, overlay; default: mask, and with --instances labels, table, geojson, overlay",
+    )
+    parser.add_argument(
+        "--expand-cells",
+        type=float,
+        metavar="DISTANCE",
+        help="also cell objects: nuclei grown by DISTANCE (µm when the pixel size is known, else px) into "
+        "_cells.tif and QuPath cells in the GeoJSON",
     )
     parser.add_argument(
         "--channel", help="the channel to segment, by index or OME channel name (e.g. 1 or DAPI); see README"

@@ -25,6 +25,7 @@ from scipy import ndimage
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
 
+from sac.export import read_geojson_labels
 from sac.io import InputError, check_pair, list_images, read_image, read_labels
 
 # Pixel size (µm/px) of each known dataset, from its release notes. DSB 2018 mixes microscopes and magnifications
@@ -163,27 +164,32 @@ class NucleiSample:
 
 
 def _load_pairs(
-    folder: Path, ids: Sequence[str] | None = None, mpp: dict[str, float | None] | None = None
+    folder: Path, ids: Sequence[str] | None = None, mpp: dict[str | None, float | None] | None = None
 ) -> list[NucleiSample]:
-    """Load ``folder/images`` with the same-stem files of ``folder/masks``, optionally only ``ids``.
+    """Load ``folder/images`` with the same-stem masks of ``folder/masks`` (label images) or, for images without
+    one, ``folder/annotations/<id>.geojson`` (QuPath's exported objects, rasterised); optionally only ``ids``.
 
     ``mpp`` maps ids to their pixel size (``None`` key: the default for ids it does not list).
     """
     mpp = mpp or {}
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    for sub in (images_dir, masks_dir):
-        if not sub.is_dir():
-            raise InputError(f"{sub}: folder not found (expected images/ and masks/ side by side)")
+    images_dir, masks_dir, notes_dir = folder / "images", folder / "masks", folder / "annotations"
+    if not images_dir.is_dir() or not (masks_dir.is_dir() or notes_dir.is_dir()):
+        raise InputError(f"{folder}: expected images/ with masks/ or annotations/ (GeoJSON) beside it")
     images = {path.stem: path for path in list_images([images_dir])}
-    masks = {path.stem: path for path in list_images([masks_dir])}
+    masks = {path.stem: path for path in list_images([masks_dir])} if masks_dir.is_dir() else {}
+    notes = {path.stem: path for path in notes_dir.glob("*.geojson")} if notes_dir.is_dir() else {}
     wanted = sorted(images) if ids is None else list(ids)
-    missing = [stem for stem in wanted if stem not in images or stem not in masks]
+    missing = [stem for stem in wanted if stem not in images or (stem not in masks and stem not in notes)]
     if missing:
         raise InputError(f"{folder}: no image/mask pair for {len(missing)} id(s), e.g. {missing[0]}")
     samples = []
     for stem in wanted:
-        image, labels = read_image(images[stem]), read_labels(masks[stem])
-        check_pair(image, labels, images[stem], masks[stem])
+        image = read_image(images[stem])
+        if stem in masks:
+            labels = read_labels(masks[stem])
+            check_pair(image, labels, images[stem], masks[stem])
+        else:
+            labels = read_geojson_labels(notes[stem], image.shape[:2])
         samples.append(NucleiSample(stem, image, labels, mpp.get(stem, mpp.get(None))))
     return samples
 

@@ -39,6 +39,7 @@ def predict_many(
     progress: bool = True,
     recursive: bool = False,
     save: list[str] | None = None,
+    expand_cells: float | None = None,
 ) -> list[tuple[Path, str]]:
     """Segment files and folders into ``out_dir`` with one task per file; returns the skipped files.
 
@@ -82,6 +83,7 @@ def predict_many(
                 level,
                 clicks_for(clicks, path),
                 save,
+                expand_cells,
                 pure=False,
             )
             for path, slide in found
@@ -105,6 +107,7 @@ def _segment_path(
     level: int | None,
     points: Points | None,
     save: list[str] | None,
+    expand_cells: float | None,
 ) -> tuple[dict | None, str | None]:
     """One file on a worker, through exactly the code a single-process run uses: (its summary row, or its
     failure message)."""
@@ -113,6 +116,6 @@ def _segment_path(
         _SEGMENTERS[key] = Segmenter.load(model_dir, device)
     try:
         segmenter = _SEGMENTERS[key].with_options(**dataclasses.asdict(options))
-        return segment_file(segmenter, path, out_dir, slide, level, points, False, save), None
+        return segment_file(segmenter, path, out_dir, slide, level, points, False, save, expand_cells), None
     except InputError as error:
         return None, report_skipped(path, error)[1]

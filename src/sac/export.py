@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
 from skimage.util import img_as_ubyte
 
-from sac.io import InputError, atomic_write
+from sac.io import InputError, atomic_write, first_line
 from sac.metrics import check_labels
 
 # What ``sac predict`` writes per input, named <stem><suffix>; slides get only labels and geojson.
@@ -26,6 +26,7 @@ OUTPUT_SUFFIXES = {
     "mask": "_mask.png",
     "prob": "_prob.tif",
     "labels": "_labels.tif",
+    "cells": "_cells.tif",
     "table": "_nuclei.csv",
     "geojson": ".geojson",
     "overlay": "_overlay.png",
@@ -221,29 +222,44 @@ def labels_to_geojson(
     offset_xy: tuple[float, float] = (0, 0),
     scale: float = 1.0,
     probability: np.ndarray | None = None,
+    cells: np.ndarray | None = None,
 ) -> dict:
     """Outline every nucleus as a QuPath detection; ``offset_xy`` places a tile inside its whole slide, and
     ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame. With the
-    model's ``probability`` map, each detection's measurements include its mean, ``confidence``."""
+    model's ``probability`` map, each detection's measurements include its mean, ``confidence``. With ``cells``
+    (labels of the same ids, grown from the nuclei), QuPath cell objects: the cell outline, with the nucleus as
+    their ``nucleusGeometry``."""
     labels = _check_label_image(labels)
+    cell_boxes = ndi.find_objects(cells) if cells is not None else []
     features = []
     for region in measure.regionprops(labels, intensity_image=probability):
-        ring = _outer_ring(region.image) + np.array(region.bbox[:2]) + 0.5
-        xy = (ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)) * scale
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [xy.tolist()]},
-                "properties": {
-                    "id": int(region.label),
-                    "objectType": "detection",
-                    "classification": {"name": NUCLEUS_CLASS, "color": list(NUCLEUS_COLOR)},
-                    "measurements": {"area": int(region.area)}
-                    | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
-                },
-            }
-        )
+        feature = {
+            "type": "Feature",
+            "geometry": _polygon(region.image, region.bbox[:2], offset_xy, scale),
+            "properties": {
+                "id": int(region.label),
+                "objectType": "detection",
+                "classification": {"name": NUCLEUS_CLASS, "color": list(NUCLEUS_COLOR)},
+                "measurements": {"area": int(region.area)}
+                | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
+            },
+        }
+        if cells is not None:
+            box = cell_boxes[region.label - 1]
+            feature["nucleusGeometry"] = feature["geometry"]
+            feature["geometry"] = _polygon(
+                cells[box] == region.label, (box[0].start, box[1].start), offset_xy, scale
+            )
+            feature["properties"]["objectType"] = "cell"
+        features.append(feature)
     return {"type": "FeatureCollection", "features": features}
+
+
+def _polygon(mask: np.ndarray, corner: tuple[int, int], offset_xy: tuple[float, float], scale: float) -> dict:
+    """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column)."""
+    ring = _outer_ring(mask) + np.asarray(corner) + 0.5
+    xy = (ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)) * scale
+    return {"type": "Polygon", "coordinates": [xy.tolist()]}
 
 
 def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> None:
@@ -253,19 +269,47 @@ def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> Non
         json.dump(collection, handle)
 
 
-def geojson_to_labels(feature_collection: dict, shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise polygon outlines back into labels (ids from ``properties.id``, else 1, 2, ...)."""
-    if not isinstance(feature_collection, dict) or feature_collection.get("type") != "FeatureCollection":
-        raise InputError("expected a GeoJSON FeatureCollection")
+def geojson_to_labels(feature_collection: dict | list, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise polygon outlines (a FeatureCollection or a list of features, as QuPath exports them; Polygon or
+    MultiPolygon; cells by their nucleus when they have one) into labels: ids from ``properties.id``, else 1, 2..."""
+    if isinstance(feature_collection, dict) and feature_collection.get("type") == "FeatureCollection":
+        features = feature_collection.get("features", [])
+    elif isinstance(feature_collection, list):
+        features = feature_collection
+    else:
+        raise InputError("expected a GeoJSON FeatureCollection or a list of features")
     labels = np.zeros(shape, dtype=np.uint32)
-    for index, feature in enumerate(feature_collection.get("features", [])):
-        geometry = feature.get("geometry") or {}
-        if geometry.get("type") != "Polygon":
+    for index, feature in enumerate(features):
+        geometry = (
+            (feature.get("nucleusGeometry") or feature.get("geometry") or {})
+            if isinstance(feature, dict)
+            else {}
+        )
+        polygons = {
+            "Polygon": [geometry.get("coordinates")],
+            "MultiPolygon": geometry.get("coordinates"),
+        }.get(geometry.get("type"))
+        if not polygons or not all(polygons):
             raise InputError(f"feature {index}: geometry type {geometry.get('type')!r} is not a Polygon")
-        xy = np.asarray(geometry["coordinates"][0], dtype=np.float64)
-        rows, cols = draw.polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
-        labels[rows, cols] = (feature.get("properties") or {}).get("id", index + 1)
+        label = (feature.get("properties") or {}).get("id", index + 1)
+        for polygon in polygons:
+            xy = np.asarray(polygon[0], dtype=np.float64)
+            rows, cols = draw.polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
+            labels[rows, cols] = label
     return labels
+
+
+def read_geojson_labels(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+    """Int32 instance labels of an image of ``shape`` from a GeoJSON file of its annotations (QuPath's export)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        labels = geojson_to_labels(data, shape)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: cannot read GeoJSON annotations ({first_line(error)})") from None
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:

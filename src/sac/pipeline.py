@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 import sac
@@ -87,6 +88,7 @@ def segment_files(
     progress: bool = True,
     recursive: bool = False,
     save: Iterable[str] | None = None,
+    expand_cells: float | None = None,
 ) -> list[tuple[Path, str]]:
     """Segment image files, slides and folders of them into ``out_dir``; returns the skipped files with a reason.
 
@@ -107,6 +109,8 @@ def segment_files(
     save : names, optional
         Which outputs to write (keys of ``sac.export.OUTPUT_SUFFIXES``); None: the mask, and with instances the
         labels, table, GeoJSON and overlay. Every run also writes ``sac_summary.csv`` and ``sac_run.json``.
+    expand_cells : float, optional
+        Cell objects grown from the nuclei (see :func:`segment_file`).
     """
     found = find_inputs(inputs, slides, recursive)
     clicks = load_clicks(points_file, [path for path, _ in found])
@@ -114,8 +118,9 @@ def segment_files(
     failures, rows = [], []
     for path, slide in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
+            points = clicks_for(clicks, path)
             rows.append(
-                segment_file(segmenter, path, out_dir, slide, level, clicks_for(clicks, path), progress, save)
+                segment_file(segmenter, path, out_dir, slide, level, points, progress, save, expand_cells)
             )
         except InputError as error:
             failures.append(report_skipped(path, error))
@@ -177,10 +182,12 @@ def segment_file(
     points: Points | None = None,
     progress: bool = True,
     save: Iterable[str] | None = None,
+    expand_cells: float | None = None,
 ) -> dict:
     """One input file to its outputs (``save``: which, keys of ``OUTPUT_SUFFIXES``; None: mask, and labels,
     table, GeoJSON and overlay with instances): the unit of work of a local run and of a dask task alike.
-    Returns its line of the run's summary table."""
+    ``expand_cells`` grows each nucleus by that distance (µm when the pixel size is known, else pixels) into a
+    cell: ``<stem>_cells.tif``, and QuPath cell objects in the GeoJSON. Returns its line of the run's summary."""
     if slide:
         summary = segment_slide(segmenter, path, out_dir, level, clicks=points, progress=progress)
         return {
@@ -200,6 +207,10 @@ def segment_file(
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
     )
     labels, image = result.labels, to_rgb_uint8(found.data, str(path))
+    cells = None
+    if expand_cells and labels is not None:  # µm with a known pixel size, else px (StarDist's QuPath cells)
+        cells = expand_labels(labels, expand_cells / (result.mpp or 1.0))
+        wanted.add("cells")
     writers = {
         "mask": lambda target: write_mask_png(target, result.mask),
         "prob": lambda target: write_probability_tif(target, result.maps[0], result.mpp),
@@ -213,7 +224,8 @@ def segment_file(
             probability=result.maps[0],
             name=path.name,
         ),
-        "geojson": lambda target: write_geojson(target, labels, probability=result.maps[0]),
+        "cells": lambda target: write_labels_tif(target, cells, result.mpp),
+        "geojson": lambda target: write_geojson(target, labels, probability=result.maps[0], cells=cells),
         "overlay": lambda target: write_overlay(target, image, labels),
     }
     for kind in sorted(wanted, key=list(OUTPUT_SUFFIXES).index):
