@@ -19,26 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from sac.data import NucleiSample, load_dataset
+from sac.data import load_dataset, rescale_sample
 from sac.evaluate import evaluate_model
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
 
 SCALES = (1.0, 0.75, 0.5)
-
-
-def downscale(sample: NucleiSample, scale: float) -> NucleiSample:
-    """The sample as a scan at ``scale`` times the resolution: area-averaged image, nearest-neighbour labels."""
-    if scale == 1:
-        return sample
-    shape = tuple(round(side * scale) for side in sample.labels.shape)
-    image = torch.from_numpy(sample.image).permute(2, 0, 1)[None].float()
-    image = F.interpolate(image, size=shape, mode="area")[0].permute(1, 2, 0).round().byte().numpy()
-    labels = torch.from_numpy(sample.labels)[None, None].float()
-    labels = F.interpolate(labels, size=shape, mode="nearest-exact")[0, 0].int().numpy()
-    return NucleiSample(sample.name, image, labels, None if sample.mpp is None else sample.mpp / scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = load_dataset("monuseg", args.data_root, "test")[: args.limit]
     rows = []
     for scale in SCALES:
-        scaled = [downscale(sample, scale) for sample in samples]
+        scaled = [rescale_sample(sample, scale) for sample in samples]
         unknown = [dataclasses.replace(sample, mpp=None) for sample in scaled]
         for setting, chosen, data in (
             ("given", segmenter.with_options(mpp=scaled[0].mpp), scaled),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sac.backbone import is_random
-from sac.data import load_dataset
+from sac.data import load_dataset, rescale_sample
 from sac.instances import instances_from_maps
 from sac.io import atomic_write
 from sac.metrics import evaluate_image, summarize
@@ -46,7 +46,11 @@ class Variant:
     grid_points: bool = False
 
 
-def variants(backbone: str, points: int) -> list[Variant]:
+# The pixel size a dataset's models work at, where it is not its own: GlaS at half resolution, so glands fit the view.
+WORKING_MPP = {"glas": 1.24}
+
+
+def variants(backbone: str, points: int, ablations: bool = True) -> list[Variant]:
     adapted = "full" if is_random(backbone) else "lora"
     sac = {"encoder_mode": adapted, "num_points": points}
     rows = [
@@ -58,6 +62,8 @@ def variants(backbone: str, points: int) -> list[Variant]:
         Variant("SAC, SAM mask only (no fusion head)", sac, "sam"),
         Variant(f"SAC ({adapted} encoder, {points}+{points} points)", sac),
     ]
+    if not ablations:
+        return rows
     rows += [
         Variant(f"ablation: {k}+{k} points", {**sac, "num_points": k}) for k in (1, 3, 16) if k != points
     ]
@@ -67,6 +73,13 @@ def variants(backbone: str, points: int) -> list[Variant]:
         for r in (1, 4, 16)
     ]
     return rows
+
+
+def at_working_scale(samples: list, dataset: str) -> list:
+    """Test samples resampled to the pixel size the dataset's models work at (unchanged for nuclei sets)."""
+    if dataset not in WORKING_MPP:
+        return samples
+    return [rescale_sample(s, s.mpp / WORKING_MPP[dataset]) for s in samples]
 
 
 def grid_prompts(shape: tuple[int, int], spacing: int) -> tuple[np.ndarray, None]:
@@ -114,16 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         return score_checkpoint(args, argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     datasets = args.datasets.split(",")
-    tests = {name: load_dataset(name, args.data_root, "test")[: args.limit] for name in datasets}
-    rows = [
-        v
-        for v in variants(args.backbone, args.points)
-        if not args.only or any(s in v.name for s in args.only.split(","))
-    ]
+    tests = {
+        name: at_working_scale(load_dataset(name, args.data_root, "test")[: args.limit], name)
+        for name in datasets
+    }
+
+    def rows_for(dataset: str) -> list[Variant]:  # the ablations are the paper's nuclei experiments
+        chosen = variants(args.backbone, args.points, ablations=dataset not in WORKING_MPP)
+        return [v for v in chosen if not args.only or any(s in v.name for s in args.only.split(","))]
+
     trained: dict[str, SegmentAnyCell] = {}
     results = []
     for dataset in datasets:
-        for variant in rows:
+        for variant in rows_for(dataset):
             key = f"{dataset}:{json.dumps(variant.train, sort_keys=True)}"
             if key not in trained:
                 trained[key] = build(variant, dataset, args, out / f"{dataset}-{len(trained)}")
@@ -144,7 +160,7 @@ def score_checkpoint(args, argv: list[str]) -> int:
     model = SegmentAnyCell.load(args.model).prepare_for_inference()
     results = []
     for dataset in args.datasets.split(","):
-        samples = load_dataset(dataset, args.data_root, "test")[: args.limit]
+        samples = at_working_scale(load_dataset(dataset, args.data_root, "test")[: args.limit], dataset)
         for map_name, label in [
             ("nuclei", "SAC output"),
             ("generator", "generator alone"),
@@ -172,6 +188,7 @@ def build(variant: Variant, dataset: str, args, run_dir: Path) -> SegmentAnyCell
             "max_steps": args.steps,
             "max_val_images": 0,
             "checkpoint_every": 10**9,
+            "mpp": WORKING_MPP.get(dataset),
             **variant.train,
         }
     )

@@ -241,6 +241,22 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     return _load_pairs(folder, mpp=mpp)
 
 
+def rescale_sample(sample: NucleiSample, scale: float) -> NucleiSample:
+    """The sample as if scanned at ``scale`` times its resolution: area-averaged (or bilinear, when enlarging)
+    image, nearest-neighbour labels, pixel size divided by ``scale``."""
+    if scale == 1:
+        return sample
+    shape = tuple(max(1, round(side * scale)) for side in sample.labels.shape)
+    image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1)[None].float()
+    mode = {"mode": "area"} if scale < 1 else {"mode": "bilinear", "align_corners": False}
+    image = (
+        torch.nn.functional.interpolate(image, size=shape, **mode)[0].permute(1, 2, 0).round().byte().numpy()
+    )
+    labels = torch.from_numpy(sample.labels)[None, None].float()
+    labels = torch.nn.functional.interpolate(labels, size=shape, mode="nearest-exact")[0, 0].int().numpy()
+    return NucleiSample(sample.name, image, labels, None if sample.mpp is None else sample.mpp / scale)
+
+
 def median_nucleus_area(samples: Sequence[NucleiSample], mpp: float | None) -> float | None:
     """Median nucleus area in pixels at pixel size ``mpp``, over the samples whose pixel size is known: the
     size ``--mpp auto`` compares an image's nuclei with. None when no sample has a known pixel size."""
