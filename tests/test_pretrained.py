@@ -38,3 +38,35 @@ def test_shipped_model_segments_a_monuseg_test_image(tmp_path):
     assert main(["predict", str(tmp_path / "crop.png"), "-o", str(tmp_path / "out")]) == 0
     written = np.array(Image.open(tmp_path / "out" / "crop_mask.png"))
     assert set(np.unique(written)) <= {0, 255}
+
+
+def test_shipped_model_answers_clicks_where_they_land_and_nowhere_else():
+    """On the bundled H&E sample: a positive click on a nucleus the automatic result misses adds that nucleus,
+    a negative click on a detected nucleus removes it, and no pixel farther than 32 px from the click changes."""
+    from scipy import ndimage
+
+    from sac.data import sample, sample_labels
+
+    image, truth = sample("he"), sample_labels("he")
+    segmenter = Segmenter.load(instances="fast")
+    before = segmenter.predict(image)
+    yy, xx = np.indices(before.shape)
+    # the largest true nucleus the automatic result leaves (almost) empty, clicked at its most interior pixel
+    covered = ndimage.mean(before > 0, truth, np.arange(1, truth.max() + 1))
+    missed = 1 + max(
+        (i for i in range(truth.max()) if covered[i] < 0.2),
+        key=lambda i: (truth == i + 1).sum(),
+        default=None,
+    )
+    depth = ndimage.distance_transform_edt(truth == missed)
+    y, x = np.unravel_index(np.argmax(depth), depth.shape)
+    after = segmenter.predict(image, points=(np.array([[x, y]]), None))
+    assert after[y, x] > 0 and ((after > 0) & (truth == missed)).sum() > 0.5 * (truth == missed).sum()
+    far = np.hypot(yy - y, xx - x) > 32
+    np.testing.assert_array_equal(after[far] > 0, before[far] > 0)
+    # a negative click on a detected nucleus removes it, and only it
+    target = before[before.shape[0] // 2, before.shape[1] // 2] or before.max()
+    ty, tx = np.argwhere(before == target)[0]
+    removed = segmenter.predict(image, points=(None, np.array([[tx, ty]])))
+    assert not removed[before == target].any()
+    np.testing.assert_array_equal(removed[before != target] > 0, before[before != target] > 0)
