@@ -1,6 +1,7 @@
-"""README figures: the shipped model's nuclei on a MoNuSeg test crop, and the default run's training curve.
+"""README figures: the shipped nuclei model on a MoNuSeg test crop, the gland model on a GlaS test image (ground
+truth left, SAC right), and the training curves of the runs that made them.
 
-python benchmarks/figures.py [--run runs/default] [--out benchmarks/figures]
+python benchmarks/figures.py [--run runs/nuclei] [--glands-run runs/glands] [--out benchmarks/figures]
 """
 
 from __future__ import annotations
@@ -11,30 +12,45 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from sac.data import load_dataset
 from sac.export import overlay
 from sac.segmenter import Segmenter
 
 
+def side_by_side(segmenter: Segmenter, sample, crop: tuple[slice, slice], path: Path) -> str:
+    image, truth = sample.image[crop], sample.labels[crop]
+    labels = segmenter.predict(image, mpp=sample.mpp)
+    Image.fromarray(np.concatenate([overlay(image, truth), overlay(image, labels)], axis=1)).save(path)
+    return (
+        f"{sample.name}: left ground truth ({len(np.unique(truth)) - 1} objects), right SAC ({labels.max()})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/default"))
+    parser.add_argument("--run", type=Path, default=Path("runs/nuclei"))
+    parser.add_argument("--glands-run", type=Path, default=Path("runs/glands"))
     parser.add_argument("--data-root")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/figures"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    sample = load_dataset("monuseg", args.data_root, "test")[0]
-    crop, truth = sample.image[:400, :400], sample.labels[:400, :400]
-    labels = Segmenter.load().predict(crop, instances=True)
-    from PIL import Image
-
-    side_by_side = np.concatenate([overlay(crop, truth), overlay(crop, labels)], axis=1)
-    Image.fromarray(side_by_side).save(args.out / "monuseg_overlay.png")
-    shutil.copyfile(args.run / "curve.png", args.out / "training_curve.png")
+    nuclei = load_dataset("monuseg", args.data_root, "test")[0]
     print(
-        f"{sample.name}: left ground truth ({len(np.unique(truth)) - 1} nuclei), right SAC ({labels.max()} nuclei)"
+        side_by_side(
+            Segmenter.load(instances="fast"), nuclei, np.s_[:400, :400], args.out / "monuseg_overlay.png"
+        )
     )
+    gland = load_dataset("glas", args.data_root, "test")[0]
+    print(
+        side_by_side(
+            Segmenter.load("glands", instances="fast"), gland, np.s_[:, :], args.out / "glas_overlay.png"
+        )
+    )
+    for run, name in ((args.run, "training_curve.png"), (args.glands_run, "glands_training_curve.png")):
+        if (run / "curve.png").is_file():
+            shutil.copyfile(run / "curve.png", args.out / name)
     return 0
 
 

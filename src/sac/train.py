@@ -587,7 +587,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def plot_log(log: Path, png: Path) -> None:
-    """Loss and validation Dice per epoch, for a glance at convergence."""
+    """Loss, validation Dice and validation one-click IoU per epoch, for a glance at convergence."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -598,8 +598,14 @@ def plot_log(log: Path, png: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     left.plot(epochs, [float(r["train_loss"]) for r in rows], marker="o")
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
-    right.plot(epochs, [float(r["val_dice"]) for r in rows], marker="o", color="tab:green")
-    right.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+    right.plot(epochs, [float(r["val_dice"]) for r in rows], marker="o", color="tab:green", label="Dice")
+    clicked = [
+        (e, float(r["val_click_iou"])) for e, r in zip(epochs, rows, strict=True) if r.get("val_click_iou")
+    ]
+    if clicked:
+        right.plot(*zip(*clicked, strict=True), marker="s", color="tab:purple", label="one-click IoU")
+        right.legend(loc="lower right")
+    right.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1))
     fig.tight_layout()
     with atomic_write(png) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
