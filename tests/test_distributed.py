@@ -17,7 +17,7 @@ from sac.cli import main
 from sac.distributed import predict_many
 from sac.io import InputError
 from sac.options import SegmentOptions
-from sac.pipeline import RUN_FILE, SUMMARY_FILE, segment_files
+from sac.pipeline import RUN_FILE, SUMMARY_FILE, RunOptions, segment_files
 from sac.segmenter import Segmenter
 
 distributed = pytest.importorskip("dask.distributed")
@@ -120,7 +120,7 @@ def test_bad_arguments(tiny_checkpoint, images, tmp_path):
     points = tmp_path / "points.csv"  # clicks are matched to the inputs before any cluster starts
     points.write_text("x,y,label,image\n1,2,1,elsewhere.png\n")
     with pytest.raises(InputError, match="not among the inputs"):
-        predict_many(tiny_checkpoint, [images], tmp_path, options, workers=1, points_file=points)
+        predict_many(tiny_checkpoint, [images], tmp_path, options, RunOptions(points_file=points), workers=1)
 
 
 def test_cli_rejects_workers_with_scheduler(tiny_checkpoint, images, tmp_path, capsys):

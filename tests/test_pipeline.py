@@ -14,7 +14,15 @@ import sac.model
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.io import InputError, read_image
-from sac.pipeline import RUN_FILE, SUMMARY_FILE, find_inputs, report_skipped, segment_file, segment_files
+from sac.pipeline import (
+    RUN_FILE,
+    SUMMARY_FILE,
+    RunOptions,
+    find_inputs,
+    report_skipped,
+    segment_file,
+    segment_files,
+)
 from sac.wsi import SLIDE_MIN_SIDE
 
 GOOD = ("good.png", "deep.tif", "grey.png", "alpha.png")
@@ -129,7 +137,7 @@ def test_points_file_is_read_and_matched_to_the_inputs_before_any_image(tiny_seg
     out, points = tmp_path / "out", tmp_path / "points.csv"
 
     def run(inputs):
-        return segment_files(tiny_segmenter, inputs, out, points, progress=False)
+        return segment_files(tiny_segmenter, inputs, out, RunOptions(points_file=points), progress=False)
 
     with pytest.raises(InputError, match=r"points\.csv"):
         run([images])  # missing
@@ -175,3 +183,13 @@ def test_cli_input_errors_exit_2(tiny_checkpoint, images, tmp_path, monkeypatch,
     monkeypatch.setattr(sac.model, "model_path", lambda model=None: tmp_path / "no-shipped-model")
     assert main(["predict", str(images / "good.png"), "-o", out]) == 2
     assert "does not ship with this sac installation" in capsys.readouterr().err
+
+
+def test_run_options_are_checked_once():
+    assert RunOptions(save=["mask", "prob"]).save == ("mask", "prob")
+    with pytest.raises(InputError, match="outputs masks: choose from mask, prob"):
+        RunOptions(save=["masks"])
+    with pytest.raises(InputError, match="cell expansion"):
+        RunOptions(expand_cells=-1)
+    with pytest.raises(InputError, match="pyramid level"):
+        RunOptions(level=-2)

@@ -18,7 +18,7 @@ from sac.cli import main
 from sac.instances import instances_from_maps
 from sac.io import InputError, to_rgb_uint8
 from sac.options import SegmentOptions
-from sac.pipeline import RUN_FILE, SUMMARY_FILE, segment_files
+from sac.pipeline import RUN_FILE, SUMMARY_FILE, RunOptions, segment_files
 from sac.segmenter import Segmenter
 from sac.wsi import open_slide, segment_slide
 
@@ -164,7 +164,8 @@ def test_bad_options_and_points_rejected_before_reading(slide, tmp_path):
         LocalSegmenter(instances="exact")
     with pytest.raises(InputError, match="not among the inputs"):
         (tmp_path / "points.csv").write_text("x,y,label,image\n5,5,1,other.tif\n")
-        segment_files(LocalSegmenter(), [path], tmp_path / "out", tmp_path / "points.csv", slides=True)
+        run = RunOptions(points_file=tmp_path / "points.csv", slides=True)
+        segment_files(LocalSegmenter(), [path], tmp_path / "out", run)
     assert not (tmp_path / "out").exists()
 
 
@@ -172,7 +173,9 @@ def test_segment_files_skips_bad_slides(slide, tmp_path):
     path, _ = slide
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 truncated")
-    failures = segment_files(LocalSegmenter(), [broken, path], tmp_path / "out", slides=True, progress=False)
+    failures = segment_files(
+        LocalSegmenter(), [broken, path], tmp_path / "out", RunOptions(slides=True), False
+    )
     assert [failed for failed, _ in failures] == [broken]
     assert failures[0][1].startswith(str(broken)) and "\n" not in failures[0][1]
     assert (tmp_path / "out" / "slide_labels.tif").is_file()

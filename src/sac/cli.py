@@ -191,7 +191,7 @@ def _load_segmenter(args: argparse.Namespace, options):
 
 def _predict(args: argparse.Namespace) -> int:
     from sac.io import check_output_dir
-    from sac.pipeline import find_inputs, segment_files
+    from sac.pipeline import RunOptions, find_inputs, segment_files
 
     options = _segment_options(args)
     args.inputs = [*getattr(args, "stray_inputs", []), *args.inputs]
@@ -201,41 +201,25 @@ def _predict(args: argparse.Namespace) -> int:
         args.inputs = [*args.inputs, *(sample_path(name) for name in args.sample)]
     if not args.inputs:
         raise InputError("no input: give image files or folders, or --sample he|fluo")
+    run = RunOptions(
+        points_file=args.points,
+        slides=args.wsi,
+        level=args.level,
+        recursive=args.recursive,
+        save=None if args.save is None else [name.strip() for name in args.save.split(",") if name.strip()],
+        expand_cells=args.expand_cells,
+    )
     # before loading the model, so a mistyped path or an unwritable output fails at once
-    count = len(find_inputs(args.inputs, args.wsi, args.recursive))
+    count = len(find_inputs(args.inputs, run.slides, run.recursive))
     check_output_dir(args.output)
-    save = _outputs(args.save)
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 
         failures = predict_many(
-            args.model,
-            args.inputs,
-            args.output,
-            options,
-            workers=args.workers,
-            scheduler=args.dask,
-            device=args.device,
-            points_file=args.points,
-            slides=args.wsi,
-            level=args.level,
-            recursive=args.recursive,
-            save=save,
-            expand_cells=args.expand_cells,
+            args.model, args.inputs, args.output, options, run, args.workers, args.dask, args.device
         )
     else:
-        segmenter = _load_segmenter(args, options)
-        failures = segment_files(
-            segmenter,
-            args.inputs,
-            args.output,
-            args.points,
-            args.wsi,
-            args.level,
-            recursive=args.recursive,
-            save=save,
-            expand_cells=args.expand_cells,
-        )
+        failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
         print(f"sac: {len(failures)} of {count} images failed:", file=sys.stderr)
@@ -244,18 +228,6 @@ def _predict(args: argparse.Namespace) -> int:
         return 1
     print(f"segmented {count} images into {args.output}")
     return 0
-
-
-def _outputs(names: str | None) -> list[str] | None:
-    from sac.export import OUTPUT_SUFFIXES
-
-    if names is None:
-        return None
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in OUTPUT_SUFFIXES]
-    if unknown or not chosen:
-        raise InputError(f"--save {names}: choose from {', '.join(OUTPUT_SUFFIXES)}")
-    return chosen
 
 
 class _InstancesAction(argparse.Action):

@@ -19,7 +19,7 @@ from sac.clicks import clicks_for
 from sac.io import InputError, check_output_dir
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
-from sac.pipeline import find_inputs, load_clicks, report_skipped, segment_file, write_run_record
+from sac.pipeline import RunOptions, find_inputs, load_clicks, report_skipped, segment_file, write_run_record
 from sac.segmenter import Points, Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -30,23 +30,19 @@ def predict_many(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     options: SegmentOptions,
+    run: RunOptions | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     device: str = "auto",
-    points_file: str | os.PathLike | None = None,
-    slides: bool = False,
-    level: int | None = None,
     progress: bool = True,
-    recursive: bool = False,
-    save: list[str] | None = None,
-    expand_cells: float | None = None,
 ) -> list[tuple[Path, str]]:
     """Segment files and folders into ``out_dir`` with one task per file; returns the skipped files.
 
     ``workers`` starts a local cluster of that many single-threaded processes; ``scheduler`` (an address such
     as ``tcp://host:8786``) joins a running cluster, whose workers must see the model, inputs and ``out_dir``
-    at the same paths. The other arguments are those of ``sac.pipeline.segment_files``.
+    at the same paths. ``options`` and ``run`` are those of ``sac.pipeline.segment_files``.
     """
+    run = run or RunOptions()
     if workers is not None and scheduler is not None:
         raise InputError("give a number of workers or a scheduler address, not both")
     if workers is not None and workers < 1:
@@ -57,8 +53,8 @@ def predict_many(
         raise InputError(
             "distributed prediction needs dask.distributed: pip install 'segment-any-cell[distributed]'"
         ) from None
-    found = find_inputs(inputs, slides, recursive)
-    clicks = load_clicks(points_file, [path for path, _ in found])
+    found = find_inputs(inputs, run.slides, run.recursive)
+    clicks = load_clicks(run.points_file, [path for path, _ in found])
     model_dir = model_path(model)
     meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
     check_output_dir(out_dir)
@@ -80,10 +76,8 @@ def predict_many(
                 path.absolute(),
                 out_dir,
                 slide,
-                level,
                 clicks_for(clicks, path),
-                save,
-                expand_cells,
+                run,
                 pure=False,
             )
             for path, slide in found
@@ -104,10 +98,8 @@ def _segment_path(
     path: Path,
     out_dir: Path,
     slide: bool,
-    level: int | None,
     points: Points | None,
-    save: list[str] | None,
-    expand_cells: float | None,
+    run: RunOptions,
 ) -> tuple[dict | None, str | None]:
     """One file on a worker, through exactly the code a single-process run uses: (its summary row, or its
     failure message)."""
@@ -116,6 +108,6 @@ def _segment_path(
         _SEGMENTERS[key] = Segmenter.load(model_dir, device)
     try:
         segmenter = _SEGMENTERS[key].with_options(**dataclasses.asdict(options))
-        return segment_file(segmenter, path, out_dir, slide, level, points, False, save, expand_cells), None
+        return segment_file(segmenter, path, out_dir, slide, points, run, progress=False), None
     except InputError as error:
         return None, report_skipped(path, error)[1]

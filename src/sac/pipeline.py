@@ -17,6 +17,7 @@ import platform
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,52 @@ from sac.segmenter import Points, Segmenter
 from sac.wsi import is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run reads and writes, beside how it segments (``SegmentOptions``): checked once, then passed to every
+    file, locally or to dask workers.
+
+    Parameters
+    ----------
+    points_file : path, optional
+        A user's clicks (``sac.clicks.read_clicks``: per image, by name); slides take them in level-0 pixels.
+    slides : bool
+        Stream every input as a whole-slide image (automatic for SVS and TIFFs over 8192 px a side).
+    level : int or None
+        Pyramid level of slides; None: the level closest to the model's pixel size.
+    recursive : bool
+        Also take images in subfolders of folders.
+    save : names, optional
+        Which outputs to write (keys of ``sac.export.OUTPUT_SUFFIXES``); None: the mask, and with instances the
+        labels, table, GeoJSON and overlay. Every run also writes ``sac_summary.csv`` and ``sac_run.json``.
+    expand_cells : float, optional
+        Grow each nucleus by this distance (µm when the pixel size is known, else pixels) into a cell:
+        ``<stem>_cells.tif``, and QuPath cell objects in the GeoJSON.
+    """
+
+    points_file: str | os.PathLike | None = None
+    slides: bool = False
+    level: int | None = None
+    recursive: bool = False
+    save: tuple[str, ...] | None = None
+    expand_cells: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.save is not None:
+            object.__setattr__(self, "save", tuple(self.save))
+            unknown = [name for name in self.save if name not in OUTPUT_SUFFIXES]
+            if unknown or not self.save:
+                raise InputError(
+                    f"outputs {', '.join(unknown) or 'none'}: choose from {', '.join(OUTPUT_SUFFIXES)}"
+                )
+        if self.level is not None and self.level < 0:
+            raise InputError(f"pyramid level must not be negative, got {self.level}")
+        if self.expand_cells is not None and self.expand_cells < 0:
+            raise InputError(f"cell expansion must not be negative, got {self.expand_cells}")
+
+
 SUMMARY_COLUMNS = ("image", "nuclei", "mean_area_px", "mpp", "scale")
 
 
@@ -82,45 +129,20 @@ def segment_files(
     segmenter: Segmenter,
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
-    points_file: str | os.PathLike | None = None,
-    slides: bool = False,
-    level: int | None = None,
+    run: RunOptions | None = None,
     progress: bool = True,
-    recursive: bool = False,
-    save: Iterable[str] | None = None,
-    expand_cells: float | None = None,
 ) -> list[tuple[Path, str]]:
-    """Segment image files, slides and folders of them into ``out_dir``; returns the skipped files with a reason.
-
-    Parameters
-    ----------
-    segmenter : Segmenter
-        The model and its options.
-    inputs : paths
-        Files and folders.
-    points_file : path, optional
-        A user's clicks (``sac.clicks.read_clicks``: per image, by name); slides take them in level-0 pixels.
-    slides : bool
-        Stream every input as a whole-slide image (automatic for SVS and TIFFs over 8192 px a side).
-    level : int or None
-        Pyramid level of slides; None: the level closest to the model's pixel size.
-    recursive : bool
-        Also take images in subfolders of folders.
-    save : names, optional
-        Which outputs to write (keys of ``sac.export.OUTPUT_SUFFIXES``); None: the mask, and with instances the
-        labels, table, GeoJSON and overlay. Every run also writes ``sac_summary.csv`` and ``sac_run.json``.
-    expand_cells : float, optional
-        Cell objects grown from the nuclei (see :func:`segment_file`).
-    """
-    found = find_inputs(inputs, slides, recursive)
-    clicks = load_clicks(points_file, [path for path, _ in found])
+    """Segment image files, slides and folders of them into ``out_dir`` as ``run`` says; returns the skipped files
+    with a one-line reason."""
+    run = run or RunOptions()
+    found = find_inputs(inputs, run.slides, run.recursive)
+    clicks = load_clicks(run.points_file, [path for path, _ in found])
     check_output_dir(out_dir)
     failures, rows = [], []
     for path, slide in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
-            points = clicks_for(clicks, path)
             rows.append(
-                segment_file(segmenter, path, out_dir, slide, level, points, progress, save, expand_cells)
+                segment_file(segmenter, path, out_dir, slide, clicks_for(clicks, path), run, progress)
             )
         except InputError as error:
             failures.append(report_skipped(path, error))
@@ -178,18 +200,15 @@ def segment_file(
     path: Path,
     out_dir: str | os.PathLike,
     slide: bool,
-    level: int | None = None,
     points: Points | None = None,
+    run: RunOptions | None = None,
     progress: bool = True,
-    save: Iterable[str] | None = None,
-    expand_cells: float | None = None,
 ) -> dict:
-    """One input file to its outputs (``save``: which, keys of ``OUTPUT_SUFFIXES``; None: mask, and labels,
-    table, GeoJSON and overlay with instances): the unit of work of a local run and of a dask task alike.
-    ``expand_cells`` grows each nucleus by that distance (µm when the pixel size is known, else pixels) into a
-    cell: ``<stem>_cells.tif``, and QuPath cell objects in the GeoJSON. Returns its line of the run's summary."""
+    """One input file to its outputs: the unit of work of a local run and of a dask task alike. Returns its line
+    of the run's summary table."""
+    run = run or RunOptions()
     if slide:
-        summary = segment_slide(segmenter, path, out_dir, level, clicks=points, progress=progress)
+        summary = segment_slide(segmenter, path, out_dir, run.level, clicks=points, progress=progress)
         return {
             "image": path.name,
             "nuclei": summary["nuclei"],
@@ -203,13 +222,15 @@ def segment_file(
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
     if progress:
         tqdm.write(f"sac: {path.name}: {found.note}; {note}", file=sys.stderr)
-    wanted = set(save or DEFAULT_OUTPUTS) & (
+    wanted = set(run.save or DEFAULT_OUTPUTS) & (
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
     )
     labels, image = result.labels, to_rgb_uint8(found.data, str(path))
     cells = None
-    if expand_cells and labels is not None:  # µm with a known pixel size, else px (StarDist's QuPath cells)
-        cells = expand_labels(labels, expand_cells / (result.mpp or 1.0))
+    if (
+        run.expand_cells and labels is not None
+    ):  # µm with a known pixel size, else px (StarDist's QuPath cells)
+        cells = expand_labels(labels, run.expand_cells / (result.mpp or 1.0))
         wanted.add("cells")
     writers = {
         "mask": lambda target: write_mask_png(target, result.mask),
