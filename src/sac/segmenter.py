@@ -148,8 +148,8 @@ class Segmenter:
             if mode == "sam" or points is not None:
                 labels = self._prompted(rgb, labels, maps[2], zoom, mode == "sam", points)
         if labels is not None:
-            # µm² per pixel: known, else as the model sees it (its pixel size over the zoom), else 1
-            pixel_area = (mpp or (self.model.config.mpp or zoom) / zoom) ** 2
+            # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
+            pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
             labels = filter_instances(
                 labels,
                 options.min_size / pixel_area,
