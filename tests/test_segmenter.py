@@ -231,3 +231,15 @@ def test_resampling_maps_round_trip_keeps_the_nuclei():
     expected = instances_from_maps(maps[0], maps[1]).max()
     assert instances_from_maps(back[0], back[1]).max() == expected
     assert _resample_labels(_resample_labels(labels, (256, 256)), (128, 128)).max() == labels.max()
+
+
+def test_test_time_augmentation_is_equivariant(tiny_segmenter):
+    """The averaged maps of a turned image are the turned maps: every view is turned back before averaging."""
+    image, _ = synthetic_nuclei(size=64, count=5)
+    tta = tiny_segmenter.with_options(tta=True)
+    plain, averaged = tiny_segmenter.maps(image), tta.maps(image)
+    assert averaged.shape == plain.shape and not np.allclose(averaged, plain)
+    turned = tta.maps(np.ascontiguousarray(np.rot90(image)))
+    np.testing.assert_allclose(np.rot90(averaged, axes=(1, 2)), turned, atol=1e-4)
+    with pytest.raises(InputError, match="test-time augmentation"):
+        tta.maps(image, points=(np.array([[5.0, 5.0]]), None))

@@ -156,6 +156,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="tiles per forward pass")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="where the model runs")
+    parser.add_argument(
+        "--tta", action="store_true", help="average the maps over the 8 flips and quarter turns (8x the time)"
+    )
 
 
 def _segment_options(args: argparse.Namespace) -> SegmentOptions:
@@ -168,6 +171,7 @@ def _segment_options(args: argparse.Namespace) -> SegmentOptions:
         max_size=args.max_size,
         exclude_edges=args.exclude_edges,
         channel=getattr(args, "channel", None),
+        tta=args.tta,
         mpp=args.mpp,
         overlap=args.overlap,
         batch_size=args.batch_size,

@@ -24,7 +24,7 @@ from sac.instances import (
     sam_instances,
 )
 from sac.io import InputError, to_rgb_uint8
-from sac.model import SACOutput, SegmentAnyCell
+from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions
 from sac.points import combine_points
 from sac.tiling import predict_tiled
@@ -279,8 +279,24 @@ class Segmenter:
                 outputs = [model(tensor)]
             return torch.cat([_maps(output) for output in outputs]).float().cpu().numpy()
 
+        def tiled(view: np.ndarray) -> np.ndarray:
+            nonlocal done
+            done = 0
+            return predict_tiled(run, view, size, options.overlap, options.batch_size, options.progress)
+
         try:
-            return predict_tiled(run, rgb, size, options.overlap, options.batch_size, options.progress)
+            if not options.tta:
+                return tiled(rgb)
+            if use_manual:
+                raise InputError("test-time augmentation does not combine with whole-mask point prompts")
+            # the eight flips and quarter turns of the image, each map turned back and averaged
+            total = np.zeros((len(MAP_NAMES), *rgb.shape[:2]), np.float32)
+            for turns in range(4):
+                for flip in (False, True):
+                    view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
+                    maps = tiled(np.ascontiguousarray(view))
+                    total += np.rot90(maps[:, :, ::-1] if flip else maps, -turns, axes=(1, 2))
+            return total / 8
         finally:
             model.train(was_training)
 

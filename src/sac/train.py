@@ -6,6 +6,7 @@ all derive from them, so ``--resume`` after an interruption continues exactly wh
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -39,7 +40,7 @@ from sac.model import (
     model_path,
     read_checkpoint_meta,
 )
-from sac.segmenter import Segmenter
+from sac.segmenter import Segmenter, resolve_device
 
 STATE_FILE = "state.pt"
 FINE_TUNE_LR = 3e-4  # the default learning rate when a run starts from a trained model (--init)
@@ -69,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
     init_sha256: str | None = None  # filled in from the init checkpoint when the run starts
+    device: str = "auto"  # auto: CUDA when present (bfloat16 autocast), else Apple's MPS, else the CPU
     max_zoom: float = 2.0  # random zoom in [1/max_zoom, max_zoom] for half of the crops (1: none)
     instance_prompts: int = 8  # nuclei prompted one by one per crop and step (0: the semantic objective only)
     correction_clicks: int = 2  # clicks on each instance mask's errors after the first, as SAM is trained
@@ -308,7 +310,10 @@ class TrainingObjective(nn.Module):
         loss, _ = sac_loss(output, batch)
         if self.instance_prompts:
             prompts = sample_instance_prompts(
-                batch["labels"].numpy(), batch["distance"][:, 0].numpy(), self.instance_prompts, rngs
+                batch["labels"].cpu().numpy(),
+                batch["distance"][:, 0].cpu().numpy(),
+                self.instance_prompts,
+                rngs,
             )
             if prompts is not None:
                 loss = loss + instance_loss(
@@ -356,9 +361,13 @@ def validation_click_iou(model: SegmentAnyCell, samples: list[NucleiSample], see
                 continue
             alone = prompts.labels.clone()
             alone[:, 1:] = -1  # the click only, no neighbour negatives
-            output = model(batch["image"])
-            answer = model.prompt_instances(output, prompts.image_index, prompts.points, alone)
-            target, valid = window_targets(prompts.targets, answer.origins, model.config.instance_window)
+            device = model.pixel_mean.device
+            output = model(batch["image"].to(device))
+            index, points, alone = prompts.image_index.to(device), prompts.points.to(device), alone.to(device)
+            answer = model.prompt_instances(output, index, points, alone)
+            target, valid = window_targets(
+                prompts.targets.to(device), answer.origins, model.config.instance_window
+            )
             predicted = (answer.logits > 0).float() * valid
             union = (predicted + target * valid).clamp(max=1).flatten(1).sum(1)
             ious.append((predicted * target).flatten(1).sum(1) / union.clamp(min=1))
@@ -406,6 +415,9 @@ class Trainer:
             self.config = config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, nucleus_area=area)
             )
+        self.device = resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per process under torchrun
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.model = SegmentAnyCell(config.model)
         if starting:
             fresh = self.model.load_weights(model_path(config.init), partial=True)
@@ -413,6 +425,7 @@ class Trainer:
                 tqdm.write(f"{config.init}: has no {', '.join(fresh)}; they start from scratch")
             if "click_head" in fresh and config.instance_prompts:  # a model never trained on clicks
                 self.model.copy_semantic_token()
+        self.model.to(self.device)
         objective = TrainingObjective(self.model, config.instance_prompts, config.correction_clicks)
         self.objective = (
             DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
@@ -498,7 +511,9 @@ class Trainer:
             np.random.default_rng([self.config.seed, self.step, offset + i, 7])
             for i in range(len(batch["image"]))
         ]
-        loss = self.objective(batch, rngs)
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        with self.precision():
+            loss = self.objective(batch, rngs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm=1.0)
@@ -510,6 +525,12 @@ class Trainer:
             dist.all_reduce(loss)
             loss /= self.world
         return float(loss)
+
+    def precision(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast on CUDA (about twice as fast, no loss scaling needed); full precision elsewhere."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def run(self, progress: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
