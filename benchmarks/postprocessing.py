@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--limit", type=int, default=20, help="at most this many validation images per dataset"
     )
+    parser.add_argument("--min-sizes", default=",".join(map(str, MIN_SIZES)), help="µm², comma-separated")
+    parser.add_argument("--seed-thresholds", default=",".join(map(str, SEED_THRESHOLDS)))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    min_sizes = [float(v) for v in args.min_sizes.split(",")]
+    seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     segmenter = Segmenter.load(args.model, instances="fast")
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             : args.limit
         ]
         results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
-        for min_size, seed_threshold in itertools.product(MIN_SIZES, SEED_THRESHOLDS):
+        for min_size, seed_threshold in itertools.product(min_sizes, seed_thresholds):
             per_image = []
             for sample, result in zip(held, results, strict=True):
                 labels = instances_from_maps(result.maps[0], result.maps[2], seed_threshold=seed_threshold)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         combination: float(
             np.mean([r["aji"] + r["pq"] for r in rows if (r["min_size"], r["seed_threshold"]) == combination])
         )
-        for combination in itertools.product(MIN_SIZES, SEED_THRESHOLDS)
+        for combination in itertools.product(min_sizes, seed_thresholds)
     }
     (min_size, seed_threshold), best = max(score.items(), key=lambda item: item[1])
     print(

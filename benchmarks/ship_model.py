@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="nuclei", choices=list(SHIPPED_MODELS))
     parser.add_argument("--command", default="", help="the training command, for the model card")
+    parser.add_argument(
+        "--min-size", type=float, help="post-processing chosen on validation (postprocessing.py)"
+    )
+    parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
     args = parser.parse_args(argv)
     model = SegmentAnyCell.load(args.checkpoint)
     weights = args.checkpoint / WEIGHTS_FILE
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((args.checkpoint / CONFIG_FILE).read_text())
     if meta["model"].get("nucleus_area") is None:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
+    for key in ("min_size", "seed_threshold"):
+        if getattr(args, key) is not None:
+            meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     data = {
         "train_config": train_config,
@@ -67,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Backbone preset `{model.config.backbone}` (no pretrained SAM weights: trained here, from scratch or from "
         f"another SAC model trained here), encoder mode `{model.config.encoder_mode}`, input "
         f"{model.config.image_size} px at {model.config.mpp} µm/px, {model.config.num_positive}+"
-        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px.",
+        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px;"
+        f" post-processing (chosen on validation images, benchmarks/postprocessing.py): objects under "
+        f"{meta['model'].get('min_size', 3.0):g} µm² dropped, watershed seeds at "
+        f"{meta['model'].get('seed_threshold', 0.4):g}.",
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
         f"`{config.init or 'random'}`.",

@@ -20,8 +20,7 @@ from scipy.spatial import KDTree
 from skimage import measure, morphology, segmentation
 
 from sac.io import InputError
-from sac.model import SegmentAnyCell
-from sac.options import DEFAULT_SEED_THRESHOLD
+from sac.model import SACConfig, SegmentAnyCell
 from sac.points import peak_pixels
 from sac.tiling import pad_to, tile_grid
 
@@ -52,7 +51,7 @@ def instances_from_maps(
     centre: np.ndarray,
     threshold: float = 0.5,
     min_size: int = 8,
-    seed_threshold: float = DEFAULT_SEED_THRESHOLD,
+    seed_threshold: float = SACConfig.seed_threshold,
 ) -> np.ndarray:
     """Int32 labels 1..N: the thresholded probability split by a watershed seeded at the centre map's cores.
 

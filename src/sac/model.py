@@ -59,9 +59,11 @@ class SACConfig:
     mpp: float | None = None  # µm per pixel of the training images the model works at; None: unknown
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     click_head_width: int = 16
-    nucleus_area: float | None = (
-        None  # median nucleus area (px) of the training images at ``mpp``, for --mpp auto
-    )
+    nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
+    # the post-processing that suits the model, chosen on its validation images: objects below min_size µm² are
+    # dropped; watershed seeds are cut from the centre map at seed_threshold (benchmarks/postprocessing.py)
+    min_size: float = 3.0
+    seed_threshold: float = 0.4
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -13,8 +13,6 @@ from sac.tiling import DEFAULT_OVERLAP
 
 INSTANCE_MODES = ("fast", "sam")
 SCALE_MODES = ("auto", "native")
-DEFAULT_SEED_THRESHOLD = 0.4  # best validation AJI on MoNuSeg and DSB 2018 among 0.3-0.6
-DEFAULT_MIN_SIZE = 3.0  # µm²: ground-truth nuclei are at least 3.6 µm² (58 px at 0.25 µm/px in MoNuSeg train)
 
 
 @dataclass(frozen=True)
@@ -28,12 +26,12 @@ class SegmentOptions:
         ``"sam"``: one SAM prompt per nucleus.
     threshold : float
         Nuclei probability cut-off, in [0, 1].
-    seed_threshold : float
+    seed_threshold : float or None
         Where the watershed's seeds are cut from the centre map, in (0, 1): higher splits touching nuclei more
-        readily, lower merges more.
-    min_size, max_size : float
+        readily, lower merges more. None: the model's own (chosen on its validation images).
+    min_size, max_size : float or None
         Instances smaller or larger than this many µm² are dropped (when the pixel size is unknown, the image is
-        taken to be at the model's pixel size). ``max_size`` None: no upper bound.
+        taken to be at the model's pixel size). ``min_size`` None: the model's own; ``max_size`` None: no bound.
     exclude_edges : bool
         Drop instances that touch the image border (cut nuclei whose measurements would be wrong).
     channel : int, str or None
@@ -55,8 +53,8 @@ class SegmentOptions:
 
     instances: str | bool | None = None
     threshold: float = 0.5
-    seed_threshold: float = DEFAULT_SEED_THRESHOLD
-    min_size: float = DEFAULT_MIN_SIZE
+    seed_threshold: float | None = None
+    min_size: float | None = None
     max_size: float | None = None
     exclude_edges: bool = False
     channel: int | str | None = None
@@ -75,9 +73,9 @@ class SegmentOptions:
         object.__setattr__(self, "instances", mode)
         if not 0 <= self.threshold <= 1:
             raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not 0 < self.seed_threshold < 1:
+        if self.seed_threshold is not None and not 0 < self.seed_threshold < 1:
             raise InputError(f"seed threshold must be in (0, 1), got {self.seed_threshold}")
-        if self.min_size < 0 or (self.max_size is not None and self.max_size <= self.min_size):
+        if (self.min_size or 0) < 0 or (self.max_size is not None and self.max_size <= (self.min_size or 0)):
             raise InputError(f"need 0 <= min size < max size, got {self.min_size} and {self.max_size}")
         if isinstance(self.mpp, str):
             try:

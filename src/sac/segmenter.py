@@ -150,9 +150,10 @@ class Segmenter:
         if labels is not None:
             # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
             pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
+            min_size = self.model.config.min_size if options.min_size is None else options.min_size
             labels = filter_instances(
                 labels,
-                options.min_size / pixel_area,
+                min_size / pixel_area,
                 None if options.max_size is None else options.max_size / pixel_area,
                 options.exclude_edges,
             )
@@ -160,9 +161,9 @@ class Segmenter:
         return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
 
     def _instances(self, maps: np.ndarray) -> np.ndarray:
-        return instances_from_maps(
-            maps[0], maps[2], self.options.threshold, seed_threshold=self.options.seed_threshold
-        )
+        seed = self.options.seed_threshold
+        seed = self.model.config.seed_threshold if seed is None else seed
+        return instances_from_maps(maps[0], maps[2], self.options.threshold, seed_threshold=seed)
 
     def _channel(self, image: np.ndarray) -> np.ndarray:
         """The ``channel`` option applied to a channels-last array; images of one channel pass unchanged (files
