@@ -70,3 +70,13 @@ def test_shipped_model_answers_clicks_where_they_land_and_nowhere_else():
     removed = segmenter.predict(image, points=(None, np.array([[tx, ty]])))
     assert not removed[before == target].any()
     np.testing.assert_array_equal(removed[before != target] > 0, before[before != target] > 0)
+
+
+def test_shipped_gland_model_loads_with_its_card_and_post_processing():
+    folder = model_path("glands")
+    model = SegmentAnyCell.load("glands")
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
+    assert "GlaS" in (folder / "MODEL_CARD.md").read_text()
+    assert model.config.mpp == pytest.approx(1.24) and model.config.min_size == 1000
+    data = json.loads((folder / "training_data.json").read_text())
+    assert all(name.startswith("train_") for name in data["trained_on"] + data["validated_on"])
