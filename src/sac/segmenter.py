@@ -145,20 +145,27 @@ class Segmenter:
             if maps is None:
                 maps = self._maps_at(rgb, zoom)
             labels = None if mode is None else self._instances(maps)
-            if mode == "sam" or points is not None:
-                labels = self._prompted(rgb, labels, maps[2], zoom, mode == "sam", points)
-        if labels is not None:
-            # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
-            pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
-            min_size = self.model.config.min_size if options.min_size is None else options.min_size
-            labels = filter_instances(
-                labels,
-                min_size / pixel_area,
-                None if options.max_size is None else options.max_size / pixel_area,
-                options.exclude_edges,
-            )
+            if mode == "sam":
+                labels = self._prompted(rgb, labels, maps[2], zoom, sam_mode=True)
+            if labels is not None:
+                labels = self._filtered(labels, mpp, zoom)
+            if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
+                labels = self._prompted(rgb, labels, maps[2], zoom, points=points)
         mask = maps[0] >= options.threshold if labels is None else labels > 0
         return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
+
+    def _filtered(self, labels: np.ndarray, mpp: float | None, zoom: float) -> np.ndarray:
+        """The size and edge filters of the options; sizes are µm², so pixel areas follow the pixel size."""
+        options = self.options
+        # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
+        pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
+        min_size = self.model.config.min_size if options.min_size is None else options.min_size
+        return filter_instances(
+            labels,
+            min_size / pixel_area,
+            None if options.max_size is None else options.max_size / pixel_area,
+            options.exclude_edges,
+        )
 
     def _instances(self, maps: np.ndarray) -> np.ndarray:
         seed = self.options.seed_threshold
@@ -225,8 +232,8 @@ class Segmenter:
         labels: np.ndarray,
         centre: np.ndarray,
         zoom: float,
-        sam_mode: bool,
-        points: Points | None,
+        sam_mode: bool = False,
+        points: Points | None = None,
     ) -> np.ndarray:
         """SAM instance mode and the user's clicks, run where SAM sees nuclei at its own scale."""
         shape = labels.shape
