@@ -24,6 +24,7 @@ from sac.data import load_dataset, rescale_sample
 from sac.evaluate import evaluate_model
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
+from speed import matmul_gflops
 
 SCALES = (1.0, 0.75, 0.5)
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {row["mpp"]: row["aji"] for row in rows if row["scale"] == 1}
     lines = [
         f"MoNuSeg test ({len(samples)} images), {datetime.date.today()}, {platform.machine()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads, matmul {matmul_gflops():.0f} GFLOP/s)",
         "",
         "| scale | pixel size | Dice | AJI | PQ | AJI / 1x AJI | s per image |",
         "|---|---|---|---|---|---|---|",

@@ -35,6 +35,7 @@ from sac.io import atomic_write
 from sac.metrics import evaluate_image, summarize
 from sac.points import peak_pixels
 from sac.segmenter import Segmenter
+from speed import matmul_gflops
 
 LOCALITY_RADIUS = 32  # px: a click should change nothing farther than this
 LOCALITY_CLICKS = 10  # clicks per image whose effect on the whole label image is measured
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/prompts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": str(datetime.date.today()),
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "matmul_gflops": round(matmul_gflops()),
         "model": args.model or "shipped",
     }
     for dataset in args.datasets.split(","):

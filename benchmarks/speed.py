@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     image = he_image(1000)
     semantic = end_to_end(segmenter, image, instances=False)
     with_instances = end_to_end(segmenter, image, instances=True)
+    with_tta = end_to_end(segmenter.with_options(tta=True), image, instances=True, repeats=3)
     tiles = len(tile_grid(image.shape[:2], model.config.image_size, DEFAULT_OVERLAP))
     timers = Timers(model)
     with contextlib.redirect_stderr(None):
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, run in (
                 ("semantic mask", semantic),
                 ("with instances (watershed) + labels, CSV, GeoJSON, overlay", with_instances),
+                ("the same with --tta (8 flips and rotations; median of 3)", with_tta),
             )
         ),
         "",
