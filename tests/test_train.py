@@ -215,3 +215,16 @@ def test_config_holds_the_model_config_and_reads_old_flat_files(tmp_path):
     assert resume(tmp_path, max_steps=1, progress=False)["step"] == 1
     with pytest.raises(InputError, match="unknown keys"):
         TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_train_only_changes_only_the_named_part(tmp_path):
+    """A click-head stage: the click head learns, every other weight (so every automatic output) stays."""
+    trainer = Trainer(tiny_config(tmp_path, train_only=["click_head"]), synthetic_samples(), [])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for step in range(3):
+        trainer.train_step(trainer.batch(step))
+    after = trainer.model.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and all(k.startswith("click_head.") for k in changed)
+    with pytest.raises(InputError, match="no part 'clik_head'"):
+        Trainer(tiny_config(tmp_path / "typo", train_only=["clik_head"]), synthetic_samples(), [])

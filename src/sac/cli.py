@@ -69,6 +69,7 @@ TRAIN_FLAGS = (
     "max_steps",
     "lr",
     "seed",
+    "train_only",
     "out",
 )
 
@@ -110,6 +111,13 @@ def _add_train_parser(commands) -> None:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--train-only",
+        type=lambda text: text.split(","),
+        metavar="PART[,PART]",
+        help="train only these parts of the model (e.g. click_head: better answers to clicks, every automatic "
+        "output unchanged); default: all",
+    )
     parser.add_argument("--out", help="run folder (checkpoints, log.csv, curve.png)")
     parser.set_defaults(run=_train)
 

@@ -74,6 +74,9 @@ class TrainConfig:
     max_zoom: float = 2.0  # random zoom in [1/max_zoom, max_zoom] for half of the crops (1: none)
     instance_prompts: int = 8  # nuclei prompted one by one per crop and step (0: the semantic objective only)
     correction_clicks: int = 2  # clicks on each instance mask's errors after the first, as SAM is trained
+    # train only these parts (names of the model's modules, e.g. ["click_head"]; None: all that are trainable),
+    # so a stage can improve the answer to clicks while every automatic output stays exactly as it was
+    train_only: list[str] | None = None
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "training config") -> TrainConfig:
@@ -322,6 +325,16 @@ class TrainingObjective(nn.Module):
         return loss
 
 
+def freeze_all_but(model: nn.Module, parts: list[str]) -> None:
+    """Leave only the parameters of the named modules (``click_head``, ``sam.mask_decoder``, ...) trainable."""
+    modules = dict(model.named_modules())
+    unknown = [part for part in parts if part not in modules or not part]
+    if unknown:
+        raise InputError(f"train_only: the model has no part {', '.join(map(repr, unknown))}")
+    for name, param in model.named_parameters():
+        param.requires_grad = any(name.startswith(part + ".") for part in parts)
+
+
 def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
     """Hold out a deterministic fraction of each dataset's training images for validation (never the test set)."""
     order = np.random.default_rng(seed).permutation(len(samples))
@@ -425,6 +438,8 @@ class Trainer:
                 tqdm.write(f"{config.init}: has no {', '.join(fresh)}; they start from scratch")
             if "click_head" in fresh and config.instance_prompts:  # a model never trained on clicks
                 self.model.copy_semantic_token()
+        if config.train_only:
+            freeze_all_but(self.model, config.train_only)
         self.model.to(self.device)
         objective = TrainingObjective(self.model, config.instance_prompts, config.correction_clicks)
         self.objective = (
@@ -515,7 +530,8 @@ class Trainer:
         with self.precision():
             loss = self.objective(batch, rngs)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:  # with only some parts trained, a batch may hold nothing they answer for
+            loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm=1.0)
         self.optimizer.step()
         self.scheduler.step()
