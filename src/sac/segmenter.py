@@ -207,7 +207,9 @@ class Segmenter:
                 None,
             )
         maps = self.maps(rgb)
-        areas = np.bincount(self._instances(maps).ravel())[1:]
+        # the objects the model would report at its own scale: specks below its minimum size say nothing of scale
+        min_area = self.model.config.min_size / model_mpp**2
+        areas = np.bincount(filter_instances(self._instances(maps), min_area).ravel())[1:]
         reference = self.model.config.nucleus_area
         if reference is None or areas.size < AUTO_MIN_NUCLEI:
             return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
