@@ -1,4 +1,5 @@
-"""The README's quickstart runs as written on a fresh machine: every command of its first block, in a new folder."""
+"""The README's quickstart runs as written on a fresh machine: every command of its first block, in a new folder;
+and every other `sac` command it shows at least parses (no flag the program does not have)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from sac.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -49,3 +52,20 @@ def test_quickstart_command_runs(command, tmp_path):
             assert all((out / f"{stem}{s}").is_file() for s in ("_labels.tif", "_nuclei.csv", ".geojson"))
     else:
         assert re.search(r"^dice\s+0\.\d+", done.stdout, re.MULTILINE), done.stdout
+
+
+def readme_sac_commands() -> list[str]:
+    """Every ``sac ...`` line of the README's bash blocks, continuation lines joined, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.DOTALL)
+    lines = [
+        line.split("  #")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()
+    ]
+    return [line for line in lines if line.startswith("sac ")]
+
+
+@pytest.mark.parametrize("command", readme_sac_commands())
+def test_every_readme_command_parses(command):
+    try:
+        build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as error:
+        pytest.fail(f"README command does not parse ({error.code}): {command}")
