@@ -6,7 +6,8 @@ On the test splits of MoNuSeg and DSB 2018 (never used in training or model sele
 - correction: of the ground-truth nuclei the automatic result misses (IoU < 0.5 with every predicted nucleus), the
   share one positive click at the nucleus centre recovers (IoU >= 0.5), through the same code a user's click takes
   (``sac.instances.apply_clicks``); of the false positives (IoU < 0.5 with every true nucleus), the share one
-  negative click removes; and for a sample of clicks, the share of the changed pixels farther than 32 px from it;
+  negative click removes; and for a sample of clicks, the share of the pixels farther than 32 px from the click
+  that change (the target), and the share of the changed pixels that lie that far;
 - SAM instance mode against the watershed (AJI, PQ);
 - the paper's ablation: K generated positive + K negative points (K = 1, 3, 8, 16) and K + 0, at inference.
 
@@ -88,7 +89,7 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labe
             true = truth == nucleus
             inside = true[answer.rows, answer.cols].sum()
             recovered += inside / (true.sum() + answer.rows.size - inside) >= 0.5
-    removed, far, changed = 0, 0, 0
+    removed, far, changed, distant = 0, 0, 0, 0
     false_clicks = centres(labels, false)
     chosen = set(
         rng.choice(
@@ -99,11 +100,11 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labe
         after = apply_clicks(model, image, labels, None, np.array([[col, row]]))
         removed += not (after[labels == false[index]] > 0).any()
         if len(missed) + index in chosen:
-            far, changed = _locality(labels, after, (row, col), far, changed)
+            far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
     for index, (row, col) in enumerate(clicks):
         if index in chosen:
             after = apply_clicks(model, image, labels, np.array([[col, row]]), None)
-            far, changed = _locality(labels, after, (row, col), far, changed)
+            far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
     return {
         "missed": len(missed),
         "recovered": int(recovered),
@@ -111,15 +112,19 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labe
         "removed": int(removed),
         "changed_pixels": changed,
         "changed_far": far,
+        "far_pixels": distant,
     }
 
 
-def _locality(before: np.ndarray, after: np.ndarray, click, far: int, changed: int) -> tuple[int, int]:
-    """Accumulate changed pixels (foreground or object identity) and those farther than the radius."""
-    differs = (before > 0) != (after > 0)
-    rows, cols = np.nonzero(differs)
+def _locality(
+    before: np.ndarray, after: np.ndarray, click, far: int, changed: int, distant: int
+) -> tuple[int, int, int]:
+    """Accumulate changed pixels (foreground), those of them farther than the radius, and all pixels that far."""
+    rows, cols = np.nonzero((before > 0) != (after > 0))
     distance = np.hypot(rows - click[0], cols - click[1])
-    return far + int((distance > LOCALITY_RADIUS).sum()), changed + len(rows)
+    yy, xx = np.ogrid[: before.shape[0], : before.shape[1]]
+    far_pixels = int(((yy - click[0]) ** 2 + (xx - click[1]) ** 2 > LOCALITY_RADIUS**2).sum())
+    return far + int((distance > LOCALITY_RADIUS).sum()), changed + len(rows), distant + far_pixels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             result["corrections"] = totals
             result["recovered_share"] = totals["recovered"] / max(1, totals["missed"])
             result["removed_share"] = totals["removed"] / max(1, totals["false_positives"])
+            result["far_pixels_changed"] = totals["changed_far"] / max(1, totals["far_pixels"])
             result["far_change_share"] = totals["changed_far"] / max(1, totals["changed_pixels"])
         if "instances" not in skip:
             for mode in ("fast", "sam"):
