@@ -18,6 +18,7 @@ from sac.data import (
     default_data_root,
     instance_distance_map,
     load_dataset,
+    pack_datasets,
 )
 from sac.io import InputError
 from sac.metrics import dice
@@ -277,3 +278,35 @@ def test_folder_dataset_from_qupath_geojson_annotations(tmp_path):
     (sample,) = load_dataset("folder", tmp_path)
     assert sample.labels.max() == len(np.unique(labels)) - 1
     assert dice(sample.labels > 0, labels > 0) > 0.95
+
+
+def test_packed_training_splits_load_from_the_zip(tmp_path):
+    """`sac pack`: training splits only, labels exact, images close (JPEG), pixel sizes kept; read from the zip."""
+    smooth = [
+        NucleiSample(name, *synthetic_nuclei(96, 10, seed=i)) for i, name in enumerate(["big", "small"])
+    ]
+    _write_folder(tmp_path / "data" / "mine" / "train", smooth)
+    _write_folder(tmp_path / "data" / "mine" / "test", smooth[:1])
+    (tmp_path / "data" / "mine" / "provenance.csv").write_text("id,microns_per_pixel\nbig,0.5\n")
+    _write_folder(tmp_path / "data" / "dsb2018" / "train", smooth)
+    (tmp_path / "data" / "dsb2018" / "split.json").write_text(
+        json.dumps({"train": ["big"], "test": ["small"]})
+    )
+    archive = tmp_path / "train.zip"
+    size = pack_datasets(["mine", "dsb2018"], archive, tmp_path / "data")
+    assert size == archive.stat().st_size
+    for name, wanted in (("mine", smooth), ("dsb2018", smooth[:1])):
+        packed = load_dataset(name, archive, "train")
+        assert [s.name for s in packed] == [s.name for s in wanted]
+        for got, original in zip(packed, wanted, strict=True):
+            np.testing.assert_array_equal(got.labels, original.labels)
+            # JPEG smooths the synthetic pixel noise, and keeps the colours
+            assert np.abs(got.image.astype(int) - original.image).mean() < 8
+            assert np.abs(got.image.mean(axis=(0, 1)) - original.image.mean(axis=(0, 1))).max() < 1
+    assert [s.mpp for s in load_dataset("mine", archive, "train")] == [0.5, None]
+    with pytest.raises(InputError, match="dataset split not found"):
+        load_dataset("mine", archive, "test")
+    assert load_dataset("dsb2018", archive, "test") == []
+    (tmp_path / "broken.zip").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a data archive"):
+        load_dataset("mine", tmp_path / "broken.zip")

@@ -122,6 +122,36 @@ def _add_train_parser(commands) -> None:
     parser.set_defaults(run=_train)
 
 
+def _add_pack_parser(commands) -> None:
+    parser = commands.add_parser(
+        "pack",
+        help="pack datasets' training splits into one zip, to train on another machine",
+        description="The zip holds the shared data layout (images as JPEG, labels as 16-bit PNG, pixel sizes); "
+        "sac train --data-root FILE.zip reads it. Test splits are never packed.",
+    )
+    parser.add_argument("--dataset", dest="datasets", required=True, help="datasets, joined by commas")
+    parser.add_argument("--data-root", help="datasets folder; none: $SAC_DATA, else ../shared/data")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.zip")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the packed images")
+    parser.set_defaults(run=_pack)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from sac.data import PACK_LIMIT_MIB, pack_datasets
+    from sac.io import check_output_file
+
+    if not args.output.endswith(".zip"):
+        raise InputError(f"{args.output}: the packed data is a zip; name it FILE.zip")
+    if not 1 <= args.quality <= 100:
+        raise InputError(f"--quality {args.quality}: expected 1-100")
+    check_output_file(args.output)
+    size = pack_datasets(args.datasets.split(","), args.output, args.data_root, args.quality) / 2**20
+    print(f"{args.output}: {size:.1f} MiB")
+    if size > PACK_LIMIT_MIB:
+        print(f"sac: warning: above {PACK_LIMIT_MIB} MiB; a lower --quality packs smaller", file=sys.stderr)
+    return 0
+
+
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     """The model and segmentation options ``predict`` and ``evaluate`` share, so both run a model the same way."""
     parser.add_argument(
@@ -412,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=["vit_b", "vit_l", "vit_h"])
     fetch.set_defaults(run=_weights)
     _add_train_parser(commands)
+    _add_pack_parser(commands)
     _add_predict_parser(commands)
     _add_evaluate_parser(commands)
     return parser

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,7 +30,7 @@ from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
 
 from sac.export import read_geojson_labels
-from sac.io import InputError, check_pair, list_images, read_image, read_labels
+from sac.io import InputError, atomic_write, check_pair, list_images, read_image, read_labels, sha256sum
 
 # Pixel size (µm/px) of each known dataset, from its release notes. DSB 2018 mixes microscopes and magnifications
 # without recording them: None, its images are used at their native scale. A dataset's provenance.csv column
@@ -218,7 +222,7 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         root = default_data_root()
         if root is None:
             raise InputError("no data folder found: pass a root or set SAC_DATA")
-    root = Path(root)
+    root = unpacked(Path(root)) if str(root).endswith(".zip") else Path(root)
     if name == "folder":
         return _load_pairs(root / split if (root / split).is_dir() else root)
     if not (root / name).is_dir():
@@ -239,6 +243,64 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     if not folder.is_dir():
         raise InputError(f"{folder}: dataset split not found")
     return _load_pairs(folder, mpp=mpp)
+
+
+PACK_LIMIT_MIB = 64  # what travels with a run to another machine (e.g. a lent GPU)
+
+
+def pack_datasets(
+    names: Sequence[str], out: Path | str, root: Path | str | None = None, quality: int = 90
+) -> int:
+    """Write the *training* splits of datasets into one zip in the shared layout, so a training run can move to
+    another machine: ``sac train --data-root FILE.zip`` reads it as it reads the data folder. Returns its size.
+
+    Images are stored as JPEG of ``quality`` (those that are JPEG already are re-encoded too: one rule), labels as
+    16-bit PNG, each image's pixel size in ``provenance.csv``. Test splits are never packed.
+    """
+    members: list[tuple[str, bytes]] = []
+    for name in names:
+        samples = load_dataset(name, root, "train")
+        for sample in samples:
+            if sample.labels.max() > np.iinfo(np.uint16).max:
+                raise InputError(f"{name}/{sample.name}: more than 65535 labels do not fit a 16-bit PNG")
+            members.append(
+                (f"{name}/train/images/{sample.name}.jpg", _encoded(sample.image, "JPEG", quality))
+            )
+            members.append(
+                (f"{name}/train/masks/{sample.name}.png", _encoded(sample.labels.astype(np.uint16), "PNG"))
+            )
+        rows = "".join(f"{s.name},{'' if s.mpp is None else s.mpp}\n" for s in samples)
+        members.append((f"{name}/provenance.csv", f"id,microns_per_pixel\n{rows}".encode()))
+        if name == "dsb2018":  # its loader reads the split from split.json
+            split = {"train": [s.name for s in samples], "test": []}
+            members.append((f"{name}/split.json", json.dumps(split).encode()))
+    with atomic_write(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for member, data in members:  # JPEG and PNG are compressed already
+            archive.writestr(member, data)
+    return Path(out).stat().st_size
+
+
+def _encoded(array: np.ndarray, form: str, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, form, **({"quality": quality} if form == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def unpacked(archive: Path) -> Path:
+    """The folder a packed data zip is extracted to (once per content: the folder is named by its sha256)."""
+    if not archive.is_file():
+        raise InputError(f"{archive}: no such data archive")
+    folder = Path(tempfile.gettempdir()) / f"sac-data-{sha256sum(archive)[:16]}"
+    if not folder.is_dir():
+        partial = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        try:
+            with zipfile.ZipFile(archive) as handle:
+                handle.extractall(partial)
+        except zipfile.BadZipFile as error:
+            shutil.rmtree(partial)
+            raise InputError(f"{archive}: not a data archive ({error})") from None
+        partial.rename(folder)
+    return folder
 
 
 def rescale_sample(sample: NucleiSample, scale: float) -> NucleiSample:
