@@ -11,6 +11,7 @@ around it (``SACConfig.instance_window``), so a click changes nothing far from w
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +21,7 @@ from scipy.spatial import KDTree
 from skimage import measure, morphology, segmentation
 
 from sac.io import InputError
-from sac.model import SACConfig, SegmentAnyCell
+from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
 from sac.points import peak_pixels
 from sac.tiling import pad_to, tile_grid
 
@@ -100,8 +101,32 @@ def segment_at_points(
     clicks : (N, 2) int (row, column) positive clicks
     negatives : (N, K, 2) int (row, column) negative clicks per positive; rows of -1 are unused
 
+    The mask is the piece of the click's refinement window connected to the click (see :func:`tile_answers`).
+    """
+    clicks = np.asarray(clicks, np.int64).reshape(-1, 2)
+    answers: list[NucleusMask | None] = [None] * len(clicks)
+    for chosen, answer, corner in tile_answers(model, image, clicks, negatives, batch_size):
+        windows = (answer.logits[:, 0] > 0).cpu().numpy()
+        corners = answer.origins.cpu().numpy() + corner
+        scores = answer.iou.float().cpu().numpy()
+        for nucleus, window, origin, score in zip(chosen, windows, corners, scores, strict=True):
+            answers[nucleus] = _connected_to_click(window, origin, clicks[nucleus], image.shape, score)
+    return answers
+
+
+@torch.inference_mode()
+def tile_answers(
+    model: SegmentAnyCell,
+    image: np.ndarray,
+    clicks: np.ndarray,
+    negatives: np.ndarray,
+    batch_size: int = 64,
+) -> Iterator[tuple[np.ndarray, InstanceOutput, np.ndarray]]:
+    """The model's raw answers to clicks, batch by batch: (indices of the clicks, their answer, the tile's
+    top-left corner in the image).
+
     Each click is answered in the tile (overlapping by a quarter tile) where it lies most centrally, so its
-    refinement window is rarely cut by a tile border; the mask is the piece of the window connected to the click.
+    refinement window is rarely cut by a tile border.
     """
     clicks = np.asarray(clicks, np.int64).reshape(-1, 2)
     negatives = (
@@ -112,7 +137,6 @@ def segment_at_points(
     margin = np.minimum(clicks[:, None] - origins, origins + size - 1 - clicks[:, None]).min(axis=2)
     home = margin.argmax(axis=1) if len(clicks) else np.zeros(0, np.intp)
     device = model.pixel_mean.device
-    answers: list[NucleusMask | None] = [None] * len(clicks)
     was_training = model.training
     model.eval()
     try:
@@ -133,16 +157,9 @@ def segment_at_points(
                     torch.from_numpy(points).to(device),
                     torch.from_numpy(labels).to(device),
                 )
-                windows = (answer.logits[:, 0] > 0).cpu().numpy()
-                corners = answer.origins.cpu().numpy() + np.array([y, x])
-                scores = answer.iou.float().cpu().numpy()
-                for nucleus, window, corner, score in zip(chosen, windows, corners, scores, strict=True):
-                    answers[nucleus] = _connected_to_click(
-                        window, corner, clicks[nucleus], image.shape, score
-                    )
+                yield chosen, answer, np.array([y, x])
     finally:
         model.train(was_training)
-    return answers
 
 
 def _tile_prompts(
