@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             ious, totals = [], {}
             for sample in samples:
                 ious += single_click_ious(segmenter, sample.image, sample.labels, rng)
-                labels = segmenter.predict(sample.image, instances="fast")
+                labels = segmenter.predict(sample.image, mpp=sample.mpp, instances="fast")
                 for key, value in corrections(segmenter, sample.image, sample.labels, labels, rng).items():
                     totals[key] = totals.get(key, 0) + value
             result["single_click_iou"] = float(np.mean(ious))
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 segmenter.model.config = dataclasses.replace(
                     base, num_positive=positive, num_negative=negative
                 )
-                per_image = [evaluate_image(s.labels, segmenter.predict(s.image)) for s in samples]
+                per_image = [evaluate_image(s.labels, segmenter.predict(s.image, mpp=s.mpp)) for s in samples]
                 result["ablation"][f"{positive}+{negative}"] = summarize(per_image)["dice"]
             segmenter.model.config = base
         result["seconds"] = round(time.perf_counter() - started)
