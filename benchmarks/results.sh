@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Reproduces every figure in benchmarks/RESULTS.md for the shipped models (data from $SAC_DATA or ../shared/data).
-# Usage: bash benchmarks/results.sh [OUT_DIR]      (about 45 min on 2 CPU cores)
+# Usage: bash benchmarks/results.sh [OUT_DIR]      (about 90 min on 2 CPU cores)
 set -euo pipefail
 OUT=${1:-benchmarks/results}
 mkdir -p "$OUT"
 python benchmarks/postprocessing.py --json "$OUT/postprocessing.json"          # validation images only
+python benchmarks/postprocessing.py --min-sizes 3 --seed-thresholds 0.4 --json "$OUT/validation_modes.json"
+python benchmarks/click_diagnostics.py --json "$OUT/click_diagnostics.json"    # validation images only
 for dataset in monuseg consep dsb2018; do
   sac evaluate --dataset "$dataset" --split test --instances fast --json "$OUT/${dataset}_test.json"
+  sac evaluate --dataset "$dataset" --split test --instances fast --tta --json "$OUT/${dataset}_test_tta.json"
 done
 sac evaluate --dataset glas --split test --model glands --json "$OUT/glas_test.json"
-python benchmarks/prompts.py --json "$OUT/prompts.json"
+for dataset in monuseg dsb2018; do
+  python benchmarks/prompts.py --datasets "$dataset" --json "$OUT/prompts_${dataset}.json"
+done
 python benchmarks/magnification.py --json "$OUT/magnification.json"
-python benchmarks/speed.py --sizes 1000,2000,4000 | tee "$OUT/speed.md"
+python benchmarks/speed.py --sizes 1000,2000 | tee "$OUT/speed.md"
 python benchmarks/figures.py --out benchmarks/figures
