@@ -243,3 +243,13 @@ def test_test_time_augmentation_is_equivariant(tiny_segmenter):
     np.testing.assert_allclose(np.rot90(averaged, axes=(1, 2)), turned, atol=1e-4)
     with pytest.raises(InputError, match="test-time augmentation"):
         tta.maps(image, points=(np.array([[5.0, 5.0]]), None))
+
+
+def test_a_model_that_cannot_estimate_scale_says_so_and_keeps_the_native_scale():
+    """The gland model's case: no pixel size known, and object sizes do not tell the scale."""
+    segmenter = Segmenter(tiny_model(mpp=0.5, nucleus_area=50.0, estimate_scale=False).eval())
+    image, _ = synthetic_nuclei(64)
+    with pytest.warns(UserWarning, match="cannot estimate it: assuming 0.5 µm/px; give --mpp"):
+        result = segmenter.segment(image)
+    assert result.zoom == 1 and result.mpp is None and "assumed 0.5 µm/px" in result.scale_note
+    assert segmenter.segment(image, mpp=0.25).zoom == 0.5  # a known pixel size is used as ever

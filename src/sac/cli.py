@@ -457,7 +457,12 @@ class _SubParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    warnings.formatwarning = lambda message, *_: f"sac: warning: {message}\n"
+    from tqdm import tqdm
+
+    # one line each; on a line of its own when a progress bar is being drawn
+    warnings.formatwarning = lambda message, *_: (
+        ("\n" if getattr(tqdm, "_instances", None) else "") + f"sac: warning: {message}\n"
+    )
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -60,6 +60,9 @@ class SACConfig:
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     click_head_width: int = 16
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
+    # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
+    # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
+    estimate_scale: bool = True
     # the post-processing that suits the model, chosen on its validation images: objects below min_size µm² are
     # dropped; watershed seeds are cut from the centre map at seed_threshold (benchmarks/postprocessing.py)
     min_size: float = 3.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -206,6 +207,13 @@ class Segmenter:
                 f"{known:g} µm/px ({source}); zoom {zoom:.2f} to the model's {model_mpp:g}",
                 None,
             )
+        if not self.model.config.estimate_scale:
+            warnings.warn(
+                f"no pixel size known, and this model cannot estimate it: assuming {model_mpp:g} µm/px; "
+                "give --mpp (mpp=) for a reliable result",
+                stacklevel=3,
+            )
+            return 1.0, None, f"native scale (assumed {model_mpp:g} µm/px: no pixel size known)", None
         maps = self.maps(rgb)
         # the objects the model would report at its own scale: specks below its minimum size say nothing of scale
         min_area = self.model.config.min_size / model_mpp**2
