@@ -2,7 +2,7 @@
 
 One positive click at a random interior pixel of each true nucleus, no other prompt, as in ``prompts.py``; per
 click: whether SAM's own (quarter-resolution) mask holds the click, and the IoU of the click head's mask (the piece
-connected to the click) at several logit thresholds, by nucleus size.
+connected to the click, as ``sac.instances`` gives it to a user) at several logit thresholds, by nucleus size.
 
     python benchmarks/click_diagnostics.py --json benchmarks/results/click_diagnostics.json   # ~5 min on 2 cores
 """
@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from skimage import measure
 
 from sac.data import load_dataset
-from sac.instances import tile_answers
+from sac.instances import connected_to_click, tile_answers
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
 from sac.train import split_validation
@@ -40,24 +39,21 @@ def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rn
         logits = answer.logits[:, 0].float().cpu().numpy()
         sam = answer.sam_logits[:, 0].float().cpu().numpy()
         scale = sam.shape[-1] / size
+        origins = answer.origins.cpu().numpy() + corner  # each window's top-left corner in the image
         for k, nucleus in enumerate(chosen):
             row, col = clicks[nucleus] - corner  # in the tile
-            window_row, window_col = clicks[nucleus] - corner - answer.origins[k].cpu().numpy()
-            top, left = corner + answer.origins[k].cpu().numpy()
-            true = np.zeros(logits.shape[1:], bool)
-            rows, cols = np.nonzero(truth == ids[nucleus])
-            inside = (
-                (rows >= top) & (rows < top + true.shape[0]) & (cols >= left) & (cols < left + true.shape[1])
-            )
-            true[rows[inside] - top, cols[inside] - left] = True
+            true = truth == ids[nucleus]
             ious = {}
-            for threshold in THRESHOLDS:
-                pieces = measure.label(logits[k] > threshold)
-                mask = (pieces == pieces[window_row, window_col]) & (pieces[window_row, window_col] > 0)
-                ious[threshold] = float((mask & true).sum() / max((mask | true).sum(), 1))
+            for threshold in THRESHOLDS:  # the mask a user gets (sac.instances), at each threshold
+                mask = connected_to_click(
+                    logits[k] > threshold, origins[k], clicks[nucleus], truth.shape, 0.0
+                )
+                found = 0 if mask is None else mask.rows.size
+                inside = 0 if mask is None else int(true[mask.rows, mask.cols].sum())
+                ious[threshold] = inside / (int(true.sum()) + found - inside)
             records.append(
                 {
-                    "area": int(rows.size),
+                    "area": int(true.sum()),
                     "sam_holds_click": bool(sam[k, int(row * scale), int(col * scale)] > 0),
                     "iou": ious,
                 }
@@ -89,16 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         "sam_mask_holds_click": float(np.mean([r["sam_holds_click"] for r in records])),
         "click_head_iou": {},
     }
-    for low, high in SIZES:
+    groups = {f"{low}-{high or 'up'} px": (low, high) for low, high in SIZES} | {"all": (0, None)}
+    for name, (low, high) in groups.items():
         chosen = [r for r in records if r["area"] >= low and (high is None or r["area"] < high)]
-        name = f"{low}-{high or 'up'} px"
         report["click_head_iou"][name] = {"clicks": len(chosen)} | {
             f"logit>{t:g}": float(np.mean([r["iou"][t] for r in chosen])) if chosen else None
             for t in THRESHOLDS
         }
-    report["click_head_iou"]["all"] = {"clicks": len(records)} | {
-        f"logit>{t:g}": float(np.mean([r["iou"][t] for r in records])) for t in THRESHOLDS
-    }
     print(json.dumps(report, indent=1))
     if args.json:
         with atomic_write(args.json) as tmp:

@@ -110,7 +110,7 @@ def segment_at_points(
         corners = answer.origins.cpu().numpy() + corner
         scores = answer.iou.float().cpu().numpy()
         for nucleus, window, origin, score in zip(chosen, windows, corners, scores, strict=True):
-            answers[nucleus] = _connected_to_click(window, origin, clicks[nucleus], image.shape, score)
+            answers[nucleus] = connected_to_click(window, origin, clicks[nucleus], image.shape, score)
     return answers
 
 
@@ -178,7 +178,7 @@ def _tile_prompts(
     return coords.astype(np.float32), labels.astype(np.int64)
 
 
-def _connected_to_click(
+def connected_to_click(
     window: np.ndarray, corner: np.ndarray, click: np.ndarray, shape: tuple[int, ...], score: float
 ) -> NucleusMask | None:
     """The piece of a window mask (top-left ``corner`` in the image) that holds the click, clipped to the image
