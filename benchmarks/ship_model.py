@@ -11,13 +11,14 @@ did not record the median nucleus area (what ``--mpp auto`` compares with) gets 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
 from pathlib import Path
 
 from sac.data import median_nucleus_area
-from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SegmentAnyCell, model_path
+from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SACConfig, SegmentAnyCell, model_path
 from sac.train import TrainConfig, load_training_data
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -41,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         "--min-size", type=float, help="post-processing chosen on validation (postprocessing.py)"
     )
     parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
+    parser.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation by default (validation)"
+    )
+    parser.add_argument(
+        "--estimate-scale",
+        action=argparse.BooleanOptionalAction,
+        help="whether --mpp auto may estimate a pixel size from object sizes (glands: no)",
+    )
+    parser.add_argument(
+        "--mpp", type=float, help="the pixel size the model runs at, if not its training one (validation)"
+    )
     args = parser.parse_args(argv)
     model = SegmentAnyCell.load(args.checkpoint)
     weights = args.checkpoint / WEIGHTS_FILE
@@ -58,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((args.checkpoint / CONFIG_FILE).read_text())
     if meta["model"].get("nucleus_area") is None:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
-    for key in ("min_size", "seed_threshold"):
+    if args.mpp is not None:
+        meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
+    for key in ("min_size", "seed_threshold", "tta", "estimate_scale"):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -73,11 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Backbone preset `{model.config.backbone}` (no pretrained SAM weights: trained here, from scratch or from "
         f"another SAC model trained here), encoder mode `{model.config.encoder_mode}`, input "
-        f"{model.config.image_size} px at {model.config.mpp} µm/px, {model.config.num_positive}+"
+        f"{model.config.image_size} px at {meta['model']['mpp']:g} µm/px"
+        + (
+            f" (trained at {model.config.mpp:g} µm/px with zoom augmentation; the working scale was chosen on "
+            "validation images)"
+            if meta["model"]["mpp"] != model.config.mpp
+            else ""
+        )
+        + f", {model.config.num_positive}+"
         f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px;"
         f" post-processing (chosen on validation images, benchmarks/postprocessing.py): objects under "
         f"{meta['model'].get('min_size', 3.0):g} µm² dropped, watershed seeds at "
-        f"{meta['model'].get('seed_threshold', 0.4):g}.",
+        f"{meta['model'].get('seed_threshold', 0.4):g}"
+        + ("; maps averaged over the 8 flips and quarter turns (TTA)." if meta["model"].get("tta") else "."),
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
         f"`{config.init or 'random'}`.",

@@ -245,6 +245,21 @@ def test_test_time_augmentation_is_equivariant(tiny_segmenter):
         tta.maps(image, points=(np.array([[5.0, 5.0]]), None))
 
 
+def test_a_model_that_prefers_tta_gets_it_unless_the_user_says_no():
+    """The gland model averages its maps by default (chosen on validation); tta=False still turns it off."""
+    model = tiny_model(tta=True).eval()
+    image, _ = synthetic_nuclei(size=64, count=5)
+    default, on, off = Segmenter(model), Segmenter(model, tta=True), Segmenter(model, tta=False)
+    assert default.tta and not off.tta
+    np.testing.assert_array_equal(default.maps(image), on.maps(image))
+    assert not np.allclose(default.maps(image), off.maps(image))
+
+
+def test_a_model_run_at_another_scale_keeps_its_reference_area_in_microns():
+    config = tiny_model(mpp=1.0, nucleus_area=100.0).config.at_scale(2.0)
+    assert config.mpp == 2.0 and config.nucleus_area == 25.0
+
+
 def test_a_model_that_cannot_estimate_scale_says_so_and_keeps_the_native_scale():
     """The gland model's case: no pixel size known, and object sizes do not tell the scale."""
     segmenter = Segmenter(tiny_model(mpp=0.5, nucleus_area=50.0, estimate_scale=False).eval())

@@ -195,7 +195,10 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="tiles per forward pass")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="where the model runs")
     parser.add_argument(
-        "--tta", action="store_true", help="average the maps over the 8 flips and quarter turns (8x the time)"
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average the maps over the 8 flips and quarter turns (8x the time; default: the model's; nuclei "
+        "off, glands on)",
     )
 
 
@@ -363,7 +366,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
         f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}, split {args.split}, "
-        f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}"
+        f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}, "
+        f"TTA {'on' if segmenter.tta else 'off'}"
     )
     result = evaluate_model(segmenter, samples, glands=glands)
     for name, summary in [("all", result["summary"]), *result.get("parts", {}).items()]:
@@ -378,6 +382,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "dataset": args.dataset,
             "split": args.split,
             "instances": options.instances,
+            "tta": segmenter.tta,
             **result,
         }
         with atomic_write(args.json) as tmp:

@@ -56,7 +56,9 @@ class SACConfig:
     num_positive: int = 8
     num_negative: int = 8
     point_threshold: float = 0.5
-    mpp: float | None = None  # µm per pixel of the training images the model works at; None: unknown
+    # µm per pixel the model works at: its training images' (or one chosen on validation within their zoom
+    # augmentation, SACConfig.at_scale); None: unknown
+    mpp: float | None = None
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     click_head_width: int = 16
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
@@ -64,9 +66,11 @@ class SACConfig:
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
     estimate_scale: bool = True
     # the post-processing that suits the model, chosen on its validation images: objects below min_size µm² are
-    # dropped; watershed seeds are cut from the centre map at seed_threshold (benchmarks/postprocessing.py)
+    # dropped; watershed seeds are cut from the centre map at seed_threshold (benchmarks/postprocessing.py);
+    # tta: whether its maps are averaged over the eight flips and quarter turns unless the user says otherwise
     min_size: float = 3.0
     seed_threshold: float = 0.4
+    tta: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +79,17 @@ class SACConfig:
         if self.lora_alpha is None:
             object.__setattr__(self, "lora_alpha", float(self.lora_rank))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def at_scale(self, mpp: float) -> SACConfig:
+        """The same model run at another pixel size; its reference nucleus area, in pixels, follows.
+
+        A model trained with zoom augmentation has seen its objects over a range of sizes; where its validation
+        images show it does better elsewhere in that range (glands: more context per view), it runs there.
+        """
+        area = self.nucleus_area
+        if area is not None and self.mpp is not None:
+            area *= (self.mpp / mpp) ** 2
+        return dataclasses.replace(self, mpp=mpp, nucleus_area=area)
 
     @classmethod
     def from_dict(cls, data: dict) -> SACConfig:

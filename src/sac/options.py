@@ -45,8 +45,9 @@ class SegmentOptions:
         Blended overlap of neighbouring tiles (of the model's input size), in pixels.
     batch_size : int
         Tiles per forward pass.
-    tta : bool
-        Test-time augmentation: the maps averaged over the eight flips and quarter turns (8x the time).
+    tta : bool or None
+        Test-time augmentation: the maps averaged over the eight flips and quarter turns (8x the time). None: the
+        model's own choice (made on its validation images: off for nuclei, on for glands).
     progress : bool
         A progress bar over the tiles of large images.
     """
@@ -61,7 +62,7 @@ class SegmentOptions:
     mpp: float | str = "auto"
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 4
-    tta: bool = False
+    tta: bool | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:

@@ -101,6 +101,11 @@ class Segmenter:
         """The same model with some settings changed (validated again)."""
         return type(self)(self.model, dataclasses.replace(self.options, **changes))
 
+    @property
+    def tta(self) -> bool:
+        """Whether maps are averaged over flips and quarter turns: the options' choice, else the model's."""
+        return self.model.config.tta if self.options.tta is None else self.options.tta
+
     # ------------------------------------------------------------------ public
     def predict(
         self, image: np.ndarray, points: Points | None = None, mpp: float | None = None, **changes
@@ -303,7 +308,7 @@ class Segmenter:
             return predict_tiled(run, view, size, options.overlap, options.batch_size, options.progress)
 
         try:
-            if not options.tta:
+            if not self.tta:
                 return tiled(rgb)
             if use_manual:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
