@@ -47,18 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         help="sweep on maps averaged over flips and turns (default: the model's own choice)",
     )
-    parser.add_argument(
-        "--model-mpp",
-        type=float,
-        help="run the model at this pixel size (µm/px) instead of its own, to compare working scales",
-    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     min_sizes = [float(v) for v in args.min_sizes.split(",")]
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     segmenter = Segmenter.load(args.model, instances="fast", tta=args.tta)
-    if args.model_mpp:
-        segmenter.model.config = segmenter.model.config.at_scale(args.model_mpp)
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
     for dataset in args.datasets.split(","):

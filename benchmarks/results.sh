@@ -6,10 +6,11 @@ OUT=${1:-benchmarks/results}
 mkdir -p "$OUT"
 python benchmarks/postprocessing.py --json "$OUT/postprocessing.json"          # validation images only
 python benchmarks/postprocessing.py --min-sizes 3 --seed-thresholds 0.4 --json "$OUT/validation_modes.json"
-for scale in 1.24 1.55 1.86; do  # the gland model's working scale and TTA, on its validation images
-  python benchmarks/postprocessing.py --model glands --datasets glas --tta --model-mpp "$scale" \
-    --min-sizes 500,1000,2000 --seed-thresholds 0.1,0.15,0.2,0.25,0.3 --json "$OUT/postprocessing_glands_$scale.json"
-done
+python benchmarks/working_scale.py --scales 0.18,0.2,0.21,0.225,0.25,0.3 --json "$OUT/working_scale_nuclei.json"
+python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.55,1.86 --tta both \
+  --json "$OUT/working_scale_glands.json"
+python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 500,1000,2000 \
+  --seed-thresholds 0.1,0.15,0.2,0.25,0.3 --json "$OUT/postprocessing_glands.json"
 python benchmarks/click_diagnostics.py --json "$OUT/click_diagnostics.json"    # validation images only
 for dataset in monuseg consep dsb2018; do
   sac evaluate --dataset "$dataset" --split test --instances fast --json "$OUT/${dataset}_test.json"

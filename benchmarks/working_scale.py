@@ -1,0 +1,95 @@
+"""The pixel size a model works at, chosen on validation images: the model run at several working scales (with and
+without test-time augmentation), each scored with its own post-processing.
+
+A model trained with zoom augmentation has seen its objects over a range of sizes, so the scale it was trained at
+need not be the one it segments best at: glands gain from a coarser view (a whole gland and its surroundings in one
+tile), nuclei from a finer one (more encoder tokens per nucleus). The best mean score over the datasets decides:
+AJI + PQ for nuclei, the GlaS challenge's object F1 + object Dice for glands. Never the test splits.
+
+    python benchmarks/working_scale.py --scales 0.18,0.2,0.21,0.225,0.25,0.3 --json benchmarks/results/working_scale_nuclei.json
+    python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.55,1.86 --tta both \\
+        --json benchmarks/results/working_scale_glands.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sac.data import load_dataset
+from sac.evaluate import evaluate_model
+from sac.io import atomic_write
+from sac.segmenter import Segmenter
+from sac.train import split_validation
+from speed import matmul_gflops
+
+SCORES = {"glas": ("object_f1", "object_dice")}  # every other dataset: AJI + PQ
+TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
+    parser.add_argument("--datasets", default="monuseg,consep,cryonuseg,dsb2018")
+    parser.add_argument("--data-root")
+    parser.add_argument("--seed", type=int, default=0, help="the training run's seed (its validation split)")
+    parser.add_argument(
+        "--limit", type=int, default=20, help="at most this many validation images per dataset"
+    )
+    parser.add_argument(
+        "--scales", required=True, help="working pixel sizes to compare, µm/px, comma-separated"
+    )
+    parser.add_argument("--tta", choices=TTA_CHOICES, default="off")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    segmenter = Segmenter.load(args.model, instances="fast")
+    own = segmenter.model.config
+    rows = []
+    for dataset in args.datasets.split(","):
+        held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, args.seed)[1][
+            : args.limit
+        ]
+        keys = ("dice", "aji", "pq", *SCORES.get(dataset, ()))
+        for scale in [float(value) for value in args.scales.split(",")]:
+            segmenter.model.config = own.at_scale(scale)
+            for tta in TTA_CHOICES[args.tta]:
+                chosen = segmenter.with_options(tta=tta)
+                summary = evaluate_model(chosen, held, progress=False, glands=dataset == "glas")["summary"]
+                score = sum(summary[key] for key in SCORES.get(dataset, ("aji", "pq")))
+                rows.append(
+                    {"dataset": dataset, "images": len(held), "mpp": scale, "tta": tta}
+                    | {key: summary[key] for key in keys}
+                    | {"score": score}
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    settings = sorted({(row["mpp"], row["tta"]) for row in rows})
+    mean_score = {
+        setting: float(np.mean([row["score"] for row in rows if (row["mpp"], row["tta"]) == setting]))
+        for setting in settings
+    }
+    (scale, tta), best = max(mean_score.items(), key=lambda item: item[1])
+    print(
+        f"the model's own scale: {own.mpp} µm/px; best mean score: {scale} µm/px, TTA {'on' if tta else 'off'} ({best:.4f})"
+    )
+    if args.json:
+        report = {
+            "command": "python benchmarks/working_scale.py " + " ".join(argv or sys.argv[1:]),
+            "date": str(datetime.date.today()),
+            "matmul_gflops": round(matmul_gflops()),
+            "model_mpp": own.mpp,
+            "rows": rows,
+            "mean_score": [{"mpp": s, "tta": t, "score": v} for (s, t), v in mean_score.items()],
+            "best": {"mpp": scale, "tta": tta},
+        }
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
