@@ -120,3 +120,10 @@ def test_binary_mask_is_split_with_a_warning_for_evaluation(tiny_checkpoint, tmp
         assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["n_images"] == 1
+
+
+def test_each_image_line_says_when_maps_are_averaged(tiny_checkpoint, image, tmp_path, capsys):
+    args = ["predict", str(image), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
+    assert main(args) == 0 and "(TTA)" not in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "tta"), *args[4:], "--tta"]) == 0
+    assert "maps averaged over 8 flips and turns (TTA)" in capsys.readouterr().err

@@ -221,7 +221,8 @@ def segment_file(
     result = segmenter.segment(found.data, points, recorded[0] if recorded else None)
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
     if progress:
-        tqdm.write(f"sac: {path.name}: {found.note}; {note}", file=sys.stderr)
+        augmented = "; maps averaged over 8 flips and turns (TTA)" if segmenter.tta else ""
+        tqdm.write(f"sac: {path.name}: {found.note}; {note}{augmented}", file=sys.stderr)
     wanted = set(run.save or DEFAULT_OUTPUTS) & (
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
     )
