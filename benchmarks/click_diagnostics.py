@@ -3,6 +3,9 @@
 One positive click at a random interior pixel of each true nucleus, no other prompt, as in ``prompts.py``; per
 click: whether SAM's own (quarter-resolution) mask holds the click, and the IoU of the click head's mask (the piece
 connected to the click, as ``sac.instances`` gives it to a user) at several logit thresholds, by nucleus size.
+And for the nuclei the automatic pass misses, how a positive click at the centre fails, as ``prompts.py`` clicks:
+no answer, too big (over 1.6x the nucleus), too small (under 0.6x), or off (the right size, the wrong pixels); and
+whether the click lands on an automatic object (a merge) or on background.
 
     python benchmarks/click_diagnostics.py --json benchmarks/results/click_diagnostics.json   # ~5 min on 2 cores
 """
@@ -17,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from prompts import centres, iou_table
 from sac.data import load_dataset
-from sac.instances import connected_to_click, tile_answers
+from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
 from sac.train import split_validation
@@ -26,6 +30,7 @@ from speed import matmul_gflops
 
 THRESHOLDS = (-1.0, 0.0, 1.0, 2.0)  # click head logits
 SIZES = ((0, 100), (100, 300), (300, None))  # nucleus area in model pixels
+SIZE_RATIOS = (0.6, 1.6)  # an answer's area over its nucleus's: below, "small"; above, "big"
 
 
 def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rng) -> list[dict]:
@@ -61,6 +66,45 @@ def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rn
     return records
 
 
+def missed_outcomes(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray) -> list[dict]:
+    """How one positive click at the centre of each nucleus the automatic pass missed is answered."""
+    labels = segmenter.with_options(instances="fast").segment(image).labels
+    missed = np.flatnonzero(iou_table(truth, labels)[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
+    clicks = centres(truth, missed)
+    window = segmenter.model.config.instance_window
+    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), window)
+    records = []
+    for nucleus, answer, (row, col) in zip(
+        missed, segment_at_points(segmenter.model, image, clicks, negatives), clicks, strict=True
+    ):
+        true = truth == nucleus
+        area = int(true.sum())
+        if answer is None:
+            outcome = "none"
+        else:
+            inside = int(true[answer.rows, answer.cols].sum())
+            ratio = answer.rows.size / area
+            outcome = (
+                "recovered"
+                if inside / (area + answer.rows.size - inside) >= 0.5
+                else "small"
+                if ratio < SIZE_RATIOS[0]
+                else "big"
+                if ratio > SIZE_RATIOS[1]
+                else "off"
+            )
+        records.append({"area": area, "on_object": bool(labels[row, col]), "outcome": outcome})
+    return records
+
+
+def _shares(records: list[dict]) -> dict:
+    outcomes = ("recovered", "big", "small", "off", "none")
+    return {"clicks": len(records)} | {
+        name: float(np.mean([r["outcome"] == name for r in records])) if records else None
+        for name in outcomes
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder (default: the shipped model)")
@@ -71,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     segmenter = Segmenter.load(args.model)
     rng = np.random.default_rng(0)
-    records = []
+    records, missed = [], []
     for dataset in args.datasets.split(","):
         held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, 0)[1][: args.limit]
         for sample in held:
             if sample.mpp is None or abs(sample.mpp / segmenter.model.config.mpp - 1) < 0.05:  # model's scale
                 records += click_records(segmenter, sample.image, sample.labels, rng)
+                missed += missed_outcomes(segmenter, sample.image, sample.labels)
     report = {
         "command": "python benchmarks/click_diagnostics.py " + " ".join(argv or sys.argv[1:]),
         "date": str(datetime.date.today()),
@@ -92,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
             f"logit>{t:g}": float(np.mean([r["iou"][t] for r in chosen])) if chosen else None
             for t in THRESHOLDS
         }
+    report["missed_nuclei"] = {"all": _shares(missed)}
+    report["missed_nuclei"] |= {
+        "click on an automatic object": _shares([r for r in missed if r["on_object"]]),
+        "click on background": _shares([r for r in missed if not r["on_object"]]),
+    }
+    report["missed_nuclei"] |= {
+        f"{low}-{high or 'up'} px": _shares(
+            [r for r in missed if r["area"] >= low and (high is None or r["area"] < high)]
+        )
+        for low, high in SIZES
+    }
     print(json.dumps(report, indent=1))
     if args.json:
         with atomic_write(args.json) as tmp:
