@@ -31,8 +31,8 @@ SEED_THRESHOLDS = (0.3, 0.4, 0.5)
 GLAND_SCORE = ("object_f1", "object_dice")  # the GlaS challenge's object metrics, the gland model's targets
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def validation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, and which validation images: the arguments every validation benchmark shares."""
     parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
     parser.add_argument("--datasets", default="monuseg,consep,cryonuseg,dsb2018")
     parser.add_argument("--data-root")
@@ -40,6 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--limit", type=int, default=20, help="at most this many validation images per dataset"
     )
+
+
+def validation_images(args: argparse.Namespace, dataset: str) -> list:
+    """The held-out 10 % of a dataset's training images that the training run validated on (at most --limit)."""
+    return split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, args.seed)[1][: args.limit]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    validation_arguments(parser)
     parser.add_argument("--min-sizes", default=",".join(map(str, MIN_SIZES)), help="µm², comma-separated")
     parser.add_argument("--seed-thresholds", default=",".join(map(str, SEED_THRESHOLDS)))
     parser.add_argument(
@@ -55,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
     for dataset in args.datasets.split(","):
-        held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, args.seed)[1][
-            : args.limit
-        ]
+        held = validation_images(args, dataset)
         results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
         for min_size, seed_threshold in itertools.product(min_sizes, seed_thresholds):
             per_image = []

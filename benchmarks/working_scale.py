@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sac.data import load_dataset
+from postprocessing import validation_arguments, validation_images
 from sac.evaluate import evaluate_model
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
-from sac.train import split_validation
 from speed import matmul_gflops
 
 SCORES = {"glas": ("object_f1", "object_dice")}  # every other dataset: AJI + PQ
@@ -34,13 +33,7 @@ TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
-    parser.add_argument("--datasets", default="monuseg,consep,cryonuseg,dsb2018")
-    parser.add_argument("--data-root")
-    parser.add_argument("--seed", type=int, default=0, help="the training run's seed (its validation split)")
-    parser.add_argument(
-        "--limit", type=int, default=20, help="at most this many validation images per dataset"
-    )
+    validation_arguments(parser)
     parser.add_argument(
         "--scales", required=True, help="working pixel sizes to compare, µm/px, comma-separated"
     )
@@ -51,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     own = segmenter.model.config
     rows = []
     for dataset in args.datasets.split(","):
-        held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, args.seed)[1][
-            : args.limit
-        ]
+        held = validation_images(args, dataset)
         keys = ("dice", "aji", "pq", *SCORES.get(dataset, ()))
         for scale in [float(value) for value in args.scales.split(",")]:
             segmenter.model.config = own.at_scale(scale)
