@@ -31,6 +31,11 @@ SEED_THRESHOLDS = (0.3, 0.4, 0.5)
 GLAND_SCORE = ("object_f1", "object_dice")  # the GlaS challenge's object metrics, the gland model's targets
 
 
+def score_keys(dataset: str) -> tuple[str, ...]:
+    """The metrics whose sum decides a validation choice: the gland targets for GlaS, AJI + PQ for nuclei."""
+    return GLAND_SCORE if dataset == "glas" else ("aji", "pq")
+
+
 def validation_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, and which validation images: the arguments every validation benchmark shares."""
     parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         combination: float(
             np.mean(
                 [
-                    sum(r[key] for key in (GLAND_SCORE if r["dataset"] == "glas" else ("aji", "pq")))
+                    sum(r[key] for key in score_keys(r["dataset"]))
                     for r in rows
                     if (r["min_size"], r["seed_threshold"]) == combination
                 ]

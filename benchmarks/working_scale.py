@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import validation_arguments, validation_images
+from postprocessing import GLAND_SCORE, score_keys, validation_arguments, validation_images
 from sac.evaluate import evaluate_model
 from sac.io import atomic_write
 from sac.segmenter import Segmenter
 from speed import matmul_gflops
 
-SCORES = {"glas": ("object_f1", "object_dice")}  # every other dataset: AJI + PQ
 TTA_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -45,16 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for dataset in args.datasets.split(","):
         held = validation_images(args, dataset)
-        keys = ("dice", "aji", "pq", *SCORES.get(dataset, ()))
         for scale in [float(value) for value in args.scales.split(",")]:
             segmenter.model.config = own.at_scale(scale)
             for tta in TTA_CHOICES[args.tta]:
                 chosen = segmenter.with_options(tta=tta)
                 summary = evaluate_model(chosen, held, progress=False, glands=dataset == "glas")["summary"]
-                score = sum(summary[key] for key in SCORES.get(dataset, ("aji", "pq")))
+                score = sum(summary[key] for key in score_keys(dataset))
                 rows.append(
                     {"dataset": dataset, "images": len(held), "mpp": scale, "tta": tta}
-                    | {key: summary[key] for key in keys}
+                    | {key: summary[key] for key in ("dice", "aji", "pq", *GLAND_SCORE) if key in summary}
                     | {"score": score}
                 )
                 print(json.dumps(rows[-1]), flush=True)
