@@ -5,8 +5,6 @@ set -euo pipefail
 OUT=${1:-benchmarks/results}
 mkdir -p "$OUT"
 python benchmarks/postprocessing.py --json "$OUT/postprocessing.json"          # validation images only
-python benchmarks/postprocessing.py --min-sizes 3 --seed-thresholds 0.4 --json "$OUT/validation_modes.json"
-python benchmarks/working_scale.py --scales 0.25 --json "$OUT/validation_nuclei.json"
 python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.55,1.86 --tta both \
   --json "$OUT/working_scale_glands.json"
 python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 500,1000,2000 \
