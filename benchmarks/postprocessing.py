@@ -1,5 +1,5 @@
-"""Defaults chosen on validation images (never the test splits): minimum nucleus size and the watershed seed
-threshold, by AJI and PQ on each dataset's held-out training images (the seeded 10% that training validates on);
+"""Defaults chosen on validation images (never the test splits): minimum nucleus size and the watershed seeds'
+threshold and depth, by AJI and PQ on each dataset's held-out training images (the seeded 10% that training validates on);
 which instance mode (watershed or SAM per nucleus) does better, and what test-time augmentation gains; and what
 the automatic scale does when no pixel size is known (``auto`` against ``native``, and the known one). GlaS is
 scored by the challenge's object F1 and object Dice (the gland targets) instead of AJI and PQ.
@@ -27,7 +27,8 @@ from sac.segmenter import Segmenter
 from sac.train import split_validation
 
 MIN_SIZES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)  # µm²
-SEED_THRESHOLDS = (0.3, 0.4, 0.5)
+SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+SEED_DEPTHS = (0.0, 0.1, 0.15, 0.2)  # 0: one seed per core
 GLAND_SCORE = ("object_f1", "object_dice")  # the GlaS challenge's object metrics, the gland model's targets
 
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     validation_arguments(parser)
     parser.add_argument("--min-sizes", default=",".join(map(str, MIN_SIZES)), help="µm², comma-separated")
     parser.add_argument("--seed-thresholds", default=",".join(map(str, SEED_THRESHOLDS)))
+    parser.add_argument("--seed-depths", default=",".join(map(str, SEED_DEPTHS)))
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -66,37 +68,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     min_sizes = [float(v) for v in args.min_sizes.split(",")]
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
+    seed_depths = [float(v) for v in args.seed_depths.split(",")]
     segmenter = Segmenter.load(args.model, instances="fast", tta=args.tta)
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
     for dataset in args.datasets.split(","):
         held = validation_images(args, dataset)
         results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
-        for min_size, seed_threshold in itertools.product(min_sizes, seed_thresholds):
-            per_image = []
-            for sample, result in zip(held, results, strict=True):
-                labels = instances_from_maps(result.maps[0], result.maps[2], seed_threshold=seed_threshold)
-                pixel_area = (result.mpp or model_mpp * result.zoom) ** 2
-                labels = filter_instances(labels, min_size / pixel_area)
-                per_image.append(
-                    evaluate_image(sample.labels, labels)
-                    | (gland_metrics(sample.labels, labels) if dataset == "glas" else {})
+        for seed_threshold, seed_depth in itertools.product(seed_thresholds, seed_depths):
+            unfiltered = [
+                instances_from_maps(
+                    r.maps[0], r.maps[2], seed_threshold=seed_threshold, seed_depth=seed_depth
                 )
-            summary = summarize(per_image) | {
-                key: float(np.mean([row[key] for row in per_image]))
-                for key in GLAND_SCORE
-                if dataset == "glas"
-            }
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "images": len(held),
-                    "min_size": min_size,
-                    "seed_threshold": seed_threshold,
+                for r in results
+            ]
+            for min_size in min_sizes:
+                per_image = []
+                for sample, result, labels in zip(held, results, unfiltered, strict=True):
+                    pixel_area = (result.mpp or model_mpp * result.zoom) ** 2
+                    labels = filter_instances(labels, min_size / pixel_area)
+                    per_image.append(
+                        evaluate_image(sample.labels, labels)
+                        | (gland_metrics(sample.labels, labels) if dataset == "glas" else {})
+                    )
+                summary = summarize(per_image) | {
+                    key: float(np.mean([row[key] for row in per_image]))
+                    for key in GLAND_SCORE
+                    if dataset == "glas"
                 }
-                | {key: summary[key] for key in ("dice", "aji", "pq", "f1", *GLAND_SCORE) if key in summary}
-            )
-            print(json.dumps(rows[-1]), flush=True)
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "images": len(held),
+                        "min_size": min_size,
+                        "seed_threshold": seed_threshold,
+                        "seed_depth": seed_depth,
+                    }
+                    | {
+                        key: summary[key]
+                        for key in ("dice", "aji", "pq", "f1", *GLAND_SCORE)
+                        if key in summary
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
         modes = {  # the default instance mode, and what test-time augmentation gains, decided here
             "fast": segmenter.with_options(tta=False),
             "sam": segmenter.with_options(instances="sam", tta=False),
@@ -125,19 +139,20 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     sum(r[key] for key in score_keys(r["dataset"]))
                     for r in rows
-                    if (r["min_size"], r["seed_threshold"]) == combination
+                    if (r["min_size"], r["seed_threshold"], r["seed_depth"]) == combination
                 ]
             )
         )
-        for combination in itertools.product(min_sizes, seed_thresholds)
+        for combination in itertools.product(min_sizes, seed_thresholds, seed_depths)
     }
-    (min_size, seed_threshold), best = max(score.items(), key=lambda item: item[1])
+    (min_size, seed_threshold, seed_depth), best = max(score.items(), key=lambda item: item[1])
     print(
-        f"best mean AJI + PQ (GlaS: object F1 + object Dice) over the datasets: min size {min_size} µm², seed threshold {seed_threshold} ({best:.4f})"
+        f"best mean AJI + PQ (GlaS: object F1 + object Dice) over the datasets: min size {min_size} µm², seed "
+        f"threshold {seed_threshold}, seed depth {seed_depth} ({best:.4f})"
     )
     if args.json:
         with atomic_write(args.json) as tmp:
-            record = {"rows": rows, "best": [min_size, seed_threshold], "scale": scale_rows}
+            record = {"rows": rows, "best": [min_size, seed_threshold, seed_depth], "scale": scale_rows}
             tmp.write_text(json.dumps(record, indent=2))
     return 0
 

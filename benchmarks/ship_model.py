@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "--min-size", type=float, help="post-processing chosen on validation (postprocessing.py)"
     )
     parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
+    parser.add_argument("--seed-depth", type=float, help="post-processing chosen on validation")
     parser.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation by default (validation)"
     )
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
     if args.mpp is not None:
         meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
-    for key in ("min_size", "seed_threshold", "tta", "estimate_scale"):
+    for key in ("min_size", "seed_threshold", "seed_depth", "tta", "estimate_scale"):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         f" post-processing (chosen on validation images, benchmarks/postprocessing.py): objects under "
         f"{meta['model'].get('min_size', 3.0):g} µm² dropped, watershed seeds at "
         f"{meta['model'].get('seed_threshold', 0.4):g}"
+        + (
+            f", split between centre-map peaks {meta['model']['seed_depth']:g} above the valley between them"
+            if meta["model"].get("seed_depth")
+            else ""
+        )
         + ("; maps averaged over the 8 flips and quarter turns (TTA)." if meta["model"].get("tta") else "."),
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "

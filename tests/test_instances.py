@@ -6,12 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skimage import measure
+from skimage import measure, morphology, segmentation
 from skimage.draw import disk
 
 from conftest import synthetic_nuclei
 from sac.data import default_data_root, instance_distance_map
-from sac.instances import NucleusMask, _paint, _tile_prompts, instances_from_maps, sam_instances
+from sac.instances import (
+    NucleusMask,
+    _paint,
+    _tile_prompts,
+    depth_seeds,
+    instances_from_maps,
+    sam_instances,
+)
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
 from sac.model import SegmentAnyCell
@@ -57,6 +64,51 @@ def test_blob_without_marker_keeps_one_label():
     labels = instances_from_maps(probability, instance_distance_map(truth))
     assert labels.max() == 3
     assert len(np.unique(labels[5:12, 50:60])) == 1 and labels[8, 55] > 0
+
+
+def _two_peaks(valley: float) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground and a centre map of two touching nuclei whose peaks (1.0 and 0.8) meet at ``valley``."""
+    truth = _touching_disks()
+    rows, cols = np.mgrid[: truth.shape[0], : truth.shape[1]]
+    left = 1.0 - np.hypot(rows - 24, cols - 20) / 8 * (1 - valley)  # cones that cross at column 28
+    right = 0.8 - np.hypot(rows - 24, cols - 36) / 8 * (0.8 - valley)
+    return truth > 0, np.where(truth > 0, np.maximum(left, right), 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("valley", "depth", "expected"),
+    [(0.6, 0.0, 1), (0.6, 0.15, 2), (0.6, 0.3, 1), (0.3, 0.0, 2), (0.3, 0.8, 2)],
+)
+def test_seed_depth_splits_a_core_only_at_a_deep_valley(valley, depth, expected):
+    """Peaks 0.8 and 1.0 joined at 0.6 share one core at the 0.4 threshold; a depth up to 0.2 parts them, and
+    a valley below the threshold always does."""
+    foreground, centre = _two_peaks(valley)
+    labels = instances_from_maps(foreground.astype(np.float32), centre, seed_threshold=0.4, seed_depth=depth)
+    assert labels.max() == expected
+    _assert_clean_labels(labels, foreground.shape)
+
+
+def test_depth_seeds_ignore_shallow_bumps_and_low_peaks():
+    foreground, centre = _two_peaks(0.6)
+    bumpy = centre + 0.04 * (np.indices(centre.shape).sum(axis=0) % 3 == 0) * foreground
+    bumpy[foreground & (bumpy < 0.1)] = 0  # rims low enough that no seed may start there
+    markers = depth_seeds(bumpy.astype(np.float32), foreground, threshold=0.4, depth=0.15)
+    assert markers.max() == 2
+    assert markers[24, 20] != markers[24, 36] and {markers[24, 20], markers[24, 36]} == {1, 2}
+    assert not markers[foreground & (bumpy < 0.4)].any()
+
+
+def test_depth_seeds_agree_with_h_maxima_on_noisy_maps():
+    """Same seeds as scikit-image's h-maxima (above the threshold) on a noisy map of many nuclei."""
+    truth = synthetic_nuclei(size=160, count=30, seed=3)[1]
+    centre = instance_distance_map(truth) + np.random.default_rng(0).normal(0, 0.03, truth.shape)
+    centre = np.where(truth > 0, centre, 0).astype(np.float32)
+    ours = depth_seeds(centre, truth > 0, threshold=0.0, depth=0.15)
+    reference = measure.label(morphology.h_maxima(centre, 0.15) & (truth > 0))
+    ours_labels = segmentation.watershed(-centre, ours, mask=truth > 0)
+    reference_labels = segmentation.watershed(-centre, reference, mask=truth > 0)
+    assert abs(int(ours.max()) - int(reference.max())) <= 1
+    assert aggregated_jaccard_index(reference_labels, ours_labels) > 0.97
 
 
 def test_small_objects_removed_and_small_holes_filled():

@@ -36,6 +36,8 @@ def test_instance_modes_are_normalised(given, mode):
         ({"instances": "slow"}, "instance mode"),
         ({"threshold": 2.0}, "threshold"),
         ({"threshold": -0.1}, "threshold"),
+        ({"seed_depth": 1.0}, "seed depth must be in"),
+        ({"seed_depth": -0.1}, "seed depth must be in"),
         ({"batch_size": 0}, "batch size"),
         ({"overlap": -1}, "overlap must not be negative"),
         ({"mpp": "20x"}, "mpp must be a pixel size in µm, auto or native"),

@@ -32,7 +32,9 @@ class LocalSegmenter(Segmenter):
     """
 
     def __init__(self, options: SegmentOptions | None = None, **settings) -> None:
-        config = SimpleNamespace(image_size=64, mpp=None, nucleus_area=None, min_size=3.0, seed_threshold=0.4)
+        config = SimpleNamespace(
+            image_size=64, mpp=None, nucleus_area=None, min_size=3.0, seed_threshold=0.4, seed_depth=0.0
+        )
         model = SimpleNamespace(config=config, pixel_mean=torch.zeros(1))
         super().__init__(model, options, **settings)  # type: ignore[arg-type]
 

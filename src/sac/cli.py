@@ -183,6 +183,12 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "(default: the model's; nuclei 0.4, glands 0.2)",
     )
     parser.add_argument(
+        "--seed-depth",
+        type=float,
+        help="split a seed between two centre-map peaks whose valley is this deep below the lower one; 0: never "
+        "(default: the model's)",
+    )
+    parser.add_argument(
         "--min-size",
         type=float,
         help="drop objects smaller than this, µm² (unknown pixel size: the model's is assumed; default: the "
@@ -208,6 +214,7 @@ def _segment_options(args: argparse.Namespace) -> SegmentOptions:
         instances=args.instances or None,
         threshold=args.threshold,
         seed_threshold=args.seed_threshold,
+        seed_depth=args.seed_depth,
         min_size=args.min_size,
         max_size=args.max_size,
         exclude_edges=args.exclude_edges,

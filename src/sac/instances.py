@@ -53,14 +53,15 @@ def instances_from_maps(
     threshold: float = 0.5,
     min_size: int = 8,
     seed_threshold: float = SACConfig.seed_threshold,
+    seed_depth: float = SACConfig.seed_depth,
 ) -> np.ndarray:
     """Int32 labels 1..N: the thresholded probability split by a watershed seeded at the centre map's cores.
 
-    Thresholded cores rather than h-maxima: the centre target peaks at 1 in every nucleus, so on noisy maps
-    simulated from MoNuSeg masks its cores split touching nuclei about as well (AJI 0.96 vs 0.97) at a sixth of
-    the cost. A core threshold of 0.4 gave the best AJI on the validation images of both MoNuSeg and DSB 2018
-    (0.3 to 0.6 tried with the shipped model). Foreground without a core (a nucleus the centre map missed) keeps
-    one label per connected piece instead of being dropped.
+    A core is a connected region of the centre map at or above ``seed_threshold``. With ``seed_depth`` > 0, a
+    core holding several peaks is split between any two whose valley is at least that deep below the lower
+    peak (see :func:`depth_seeds`): crowded small nuclei often share one core, because the valley between their
+    centres does not fall below the threshold. Foreground without a core (a nucleus the centre map missed)
+    keeps one label per connected piece instead of being dropped.
     """
     probability, centre = np.asarray(probability), np.asarray(centre)
     if probability.ndim != 2 or probability.shape != centre.shape:
@@ -70,11 +71,72 @@ def instances_from_maps(
     small = min_size - 1  # scikit-image removes pieces of at most max_size pixels
     foreground = morphology.remove_small_holes(probability >= threshold, max_size=small)
     foreground = morphology.remove_small_objects(foreground, max_size=small)
-    markers = measure.label(foreground & (centre >= seed_threshold))
+    if seed_depth > 0:
+        markers = depth_seeds(centre, foreground, seed_threshold, seed_depth)
+    else:
+        markers = measure.label(foreground & (centre >= seed_threshold))
     labels = segmentation.watershed(-centre, markers, mask=foreground)
     orphans = foreground & (labels == 0)
     labels[orphans] = measure.label(orphans)[orphans] + labels.max()
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+
+
+def depth_seeds(centre: np.ndarray, foreground: np.ndarray, threshold: float, depth: float) -> np.ndarray:
+    """Int32 watershed markers: the centre map's peaks at or above ``threshold``, grouped as its cores at
+    ``threshold`` would group them, except that two peaks whose valley lies ``depth`` or more below the lower
+    one stay apart.
+
+    The merge rule of h-maxima (a peak survives if its dynamic is at least ``depth``) applied to the basins of
+    all local maxima, from the highest valley down, so it costs two watersheds instead of a grey-level
+    reconstruction (a tenth of the time on 1000x1000 maps). Peaks below ``threshold`` are no seeds: their
+    basins are flooded from their neighbours, as with plain cores.
+    """
+    relief = np.where(foreground, centre, -1).astype(np.float32)
+    peaks = measure.label(morphology.local_maxima(relief, allow_borders=True) & foreground)
+    if peaks.max() < 2:
+        return peaks.astype(np.int32)
+    basins = segmentation.watershed(-relief, peaks, mask=foreground)
+    heights = np.full(peaks.max() + 1, -1, np.float32)
+    heights[peaks[peaks > 0]] = relief[peaks > 0]  # a local maximum is a plateau: one height per peak
+    first, second, valley = _basin_valleys(basins, relief)
+    parent = np.arange(len(heights))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for highest_first in np.argsort(-valley, kind="stable"):
+        a, b, level = root(first[highest_first]), root(second[highest_first]), valley[highest_first]
+        lower = min(heights[a], heights[b])
+        if a != b and lower >= threshold and level >= threshold and lower - level < depth:
+            if heights[a] < heights[b]:
+                a, b = b, a
+            parent[b] = a
+    roots = np.array([root(node) for node in range(len(heights))])
+    roots[heights < threshold] = 0
+    roots[0] = 0
+    return segmentation.relabel_sequential(roots[peaks])[0].astype(np.int32)
+
+
+def _basin_valleys(basins: np.ndarray, relief: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each pair of touching basins (a < b), the highest pass between them: the larger, over pixel pairs
+    across their border, of the lower pixel's height."""
+    pairs = []
+    for left, right, high_left, high_right in (
+        (basins[:, :-1], basins[:, 1:], relief[:, :-1], relief[:, 1:]),
+        (basins[:-1], basins[1:], relief[:-1], relief[1:]),
+    ):
+        border = (left != right) & (left > 0) & (right > 0)
+        a, b = left[border], right[border]
+        pairs.append((np.minimum(a, b), np.maximum(a, b), np.minimum(high_left[border], high_right[border])))
+    first, second, level = (np.concatenate(column) for column in zip(*pairs, strict=True))
+    key = first.astype(np.int64) * (int(basins.max()) + 1) + second
+    order = np.lexsort((-level, key))  # by pair, highest pass first
+    key, first, second, level = key[order], first[order], second[order], level[order]
+    keep = np.r_[True, key[1:] != key[:-1]]
+    return first[keep], second[keep], level[keep]
 
 
 class NucleusMask(NamedTuple):

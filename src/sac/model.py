@@ -66,10 +66,12 @@ class SACConfig:
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
     estimate_scale: bool = True
     # the post-processing that suits the model, chosen on its validation images: objects below min_size µm² are
-    # dropped; watershed seeds are cut from the centre map at seed_threshold (benchmarks/postprocessing.py);
+    # dropped; watershed seeds are cut from the centre map at seed_threshold, and split where the valley between
+    # two peaks is seed_depth deep (0: not split; benchmarks/postprocessing.py);
     # tta: whether its maps are averaged over the eight flips and quarter turns unless the user says otherwise
     min_size: float = 3.0
     seed_threshold: float = 0.4
+    seed_depth: float = 0.0
     tta: bool = False
     extra: dict = field(default_factory=dict)
 

@@ -29,6 +29,9 @@ class SegmentOptions:
     seed_threshold : float or None
         Where the watershed's seeds are cut from the centre map, in (0, 1): higher splits touching nuclei more
         readily, lower merges more. None: the model's own (chosen on its validation images).
+    seed_depth : float or None
+        A core holding several peaks of the centre map is split between two peaks whose valley is this deep
+        below the lower one, in [0, 1); 0 never splits a core. None: the model's own.
     min_size, max_size : float or None
         Instances smaller or larger than this many µm² are dropped (when the pixel size is unknown, the image is
         taken to be at the model's pixel size). ``min_size`` None: the model's own; ``max_size`` None: no bound.
@@ -55,6 +58,7 @@ class SegmentOptions:
     instances: str | bool | None = None
     threshold: float = 0.5
     seed_threshold: float | None = None
+    seed_depth: float | None = None
     min_size: float | None = None
     max_size: float | None = None
     exclude_edges: bool = False
@@ -76,6 +80,8 @@ class SegmentOptions:
             raise InputError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.seed_threshold is not None and not 0 < self.seed_threshold < 1:
             raise InputError(f"seed threshold must be in (0, 1), got {self.seed_threshold}")
+        if self.seed_depth is not None and not 0 <= self.seed_depth < 1:
+            raise InputError(f"seed depth must be in [0, 1), got {self.seed_depth}")
         if (self.min_size or 0) < 0 or (self.max_size is not None and self.max_size <= (self.min_size or 0)):
             raise InputError(f"need 0 <= min size < max size, got {self.min_size} and {self.max_size}")
         if isinstance(self.mpp, str):

@@ -174,9 +174,16 @@ class Segmenter:
         )
 
     def _instances(self, maps: np.ndarray) -> np.ndarray:
-        seed = self.options.seed_threshold
-        seed = self.model.config.seed_threshold if seed is None else seed
-        return instances_from_maps(maps[0], maps[2], self.options.threshold, seed_threshold=seed)
+        options, config = self.options, self.model.config
+        return instances_from_maps(
+            maps[0],
+            maps[2],
+            options.threshold,
+            seed_threshold=config.seed_threshold
+            if options.seed_threshold is None
+            else options.seed_threshold,
+            seed_depth=config.seed_depth if options.seed_depth is None else options.seed_depth,
+        )
 
     def _channel(self, image: np.ndarray) -> np.ndarray:
         """The ``channel`` option applied to a channels-last array; images of one channel pass unchanged (files
