@@ -36,6 +36,23 @@ def test_instances_flag_followed_by_the_input(tiny_checkpoint, image, tmp_path):
     assert (out / "cell_labels.tif").is_file()
 
 
+def test_seed_depth_flag_is_checked_first_and_recorded(tiny_checkpoint, image, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    argv = ["predict", str(image), "-o", str(out), "--model", str(tiny_checkpoint), "--instances"]
+    loads = []
+    with monkeypatch.context() as patch:
+        patch.setattr("sac.segmenter.Segmenter.load", lambda *a, **k: loads.append(1))
+        assert main([*argv, "--seed-depth", "1.5"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        "seed depth must be in [0, 1), got 1.5" in error
+        and len(error.strip().splitlines()) == 1
+        and not loads
+    )
+    assert main([*argv, "--seed-depth", "0.1"]) == 0
+    assert json.loads((out / "sac_run.json").read_text())["options"]["seed_depth"] == 0.1
+
+
 def test_ome_tif_outputs_are_named_without_ome(tiny_checkpoint, tmp_path):
     import tifffile
 

@@ -1,0 +1,125 @@
+"""What kind of instance errors the nuclei model makes, on validation images (never the test splits).
+
+Each true nucleus that no prediction matches (IoU < 0.5) is counted once, in the first class that fits: *merged*
+(its best-overlapping prediction also covers at least 30 % of another true nucleus), *split* (two or more
+predictions each cover at least 20 % of it), *missed* (at least half its pixels are background in the
+prediction) or *misshapen* (the rest). Each unmatched prediction is, likewise, a *merge* (it covers at least
+30 % of two or more true nuclei), *background* (at least half on true background), a *fragment* (less than half
+of the true nucleus that holds most of it) or a *near miss* (the rest). True nuclei are also broken down by area,
+since small crowded nuclei are where the watershed struggles.
+
+    python benchmarks/instance_errors.py --json benchmarks/results/instance_errors.json   # ~2 min on 2 cores
+    python benchmarks/instance_errors.py --seed-threshold 0.4 --seed-depth 0   # seeds as before the depth split
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from postprocessing import validation_arguments, validation_images
+from sac.io import atomic_write
+from sac.segmenter import Segmenter
+
+AREA_BINS = (0.0, 8.0, 16.0, 32.0, np.inf)  # µm²
+TRUE_CLASSES = ("merged", "split", "missed", "misshapen")
+PREDICTED_CLASSES = ("merge", "background", "fragment", "near miss")
+
+
+def overlap_table(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """(T + 1, P + 1) pixel counts of every (true label, predicted label) pair, background at index 0."""
+    truth, prediction = truth.astype(np.int64), prediction.astype(np.int64)
+    rows, cols = int(truth.max()) + 1, int(prediction.max()) + 1
+    return np.bincount((truth * cols + prediction).ravel(), minlength=rows * cols).reshape(rows, cols)
+
+
+def classify(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per true nucleus and per prediction: its class (an index into TRUE_CLASSES / PREDICTED_CLASSES, -1 when
+    matched), and the true nuclei's areas in pixels."""
+    true_area, pred_area = table.sum(axis=1)[1:], table.sum(axis=0)[1:]
+    inter = table[1:, 1:]
+    iou = inter / np.maximum(true_area[:, None] + pred_area[None, :] - inter, 1)
+    true_class = np.full(len(true_area), -1)
+    pred_class = np.full(len(pred_area), -1)
+    if len(true_area) and len(pred_area):
+        cover = inter / np.maximum(true_area[:, None], 1)  # share of each true nucleus a prediction covers
+        merged = (cover >= 0.3).sum(axis=0)[inter.argmax(axis=1)] >= 2
+        split = (cover >= 0.2).sum(axis=1) >= 2
+        missed = table[1:, 0] >= 0.5 * true_area
+        unmatched = iou.max(axis=1) < 0.5
+        for index, condition in enumerate((merged, split, missed, np.ones_like(merged))):
+            true_class[unmatched & (true_class < 0) & condition] = index
+        merge = (cover >= 0.3).sum(axis=0) >= 2
+        on_background = table[0, 1:] >= 0.5 * pred_area
+        fragment = cover[inter.argmax(axis=0), np.arange(len(pred_area))] < 0.5
+        unmatched = iou.max(axis=0) < 0.5
+        for index, condition in enumerate((merge, on_background, fragment, np.ones_like(merge))):
+            pred_class[unmatched & (pred_class < 0) & condition] = index
+    else:  # nothing to match: every true nucleus missed, every prediction on background
+        true_class[:] = TRUE_CLASSES.index("missed")
+        pred_class[:] = PREDICTED_CLASSES.index("background")
+    return true_class, pred_class, true_area, pred_area
+
+
+def summarise(true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.ndarray) -> dict:
+    """Shares of each class, and per area bin the share matched and the share of each true class."""
+    record = {
+        "true_nuclei": len(true_class),
+        "matched": float(np.mean(true_class < 0)),
+        **{name: float(np.mean(true_class == i)) for i, name in enumerate(TRUE_CLASSES)},
+        "predictions": len(pred_class),
+        "predictions_matched": float(np.mean(pred_class < 0)),
+        **{f"predicted {name}": float(np.mean(pred_class == i)) for i, name in enumerate(PREDICTED_CLASSES)},
+        "by_area": [],
+    }
+    for low, high in itertools.pairwise(AREA_BINS):
+        chosen = true_class[(true_area_um2 >= low) & (true_area_um2 < high)]
+        record["by_area"].append(
+            {"area_um2": [low, None if np.isinf(high) else high], "true_nuclei": len(chosen)}
+            | (
+                {"matched": float(np.mean(chosen < 0))}
+                | {name: float(np.mean(chosen == i)) for i, name in enumerate(TRUE_CLASSES)}
+                if len(chosen)
+                else {}
+            )
+        )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    validation_arguments(parser)
+    parser.add_argument("--seed-threshold", type=float, help="default: the model's")
+    parser.add_argument("--seed-depth", type=float, help="default: the model's")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    segmenter = Segmenter.load(
+        args.model, instances="fast", seed_threshold=args.seed_threshold, seed_depth=args.seed_depth
+    )
+    model_mpp = segmenter.model.config.mpp or 1.0
+    records = []
+    for dataset in args.datasets.split(","):
+        classes = []
+        for sample in validation_images(args, dataset):
+            result = segmenter.segment(sample.image, mpp=sample.mpp)
+            true_class, pred_class, true_area, _ = classify(overlap_table(sample.labels, result.labels))
+            classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
+        true_class, pred_class, area = (np.concatenate(column) for column in zip(*classes, strict=True))
+        records.append({"dataset": dataset} | summarise(true_class, pred_class, area))
+        print(json.dumps({k: v for k, v in records[-1].items() if k != "by_area"}), flush=True)
+        for row in records[-1]["by_area"]:
+            print("   ", json.dumps(row), flush=True)
+    if args.json:
+        settings = {"seed_threshold": args.seed_threshold, "seed_depth": args.seed_depth}
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps({"settings": settings, "datasets": records}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
