@@ -5,6 +5,8 @@ set -euo pipefail
 OUT=${1:-benchmarks/results}
 mkdir -p "$OUT"
 python benchmarks/postprocessing.py --json "$OUT/postprocessing.json"          # validation images only
+python benchmarks/instance_errors.py --json "$OUT/instance_errors.json"        # validation images only
+python benchmarks/instance_errors.py --seed-threshold 0.4 --seed-depth 0 --json "$OUT/instance_errors_cores.json"
 python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.55,1.86 --tta both \
   --json "$OUT/working_scale_glands.json"
 python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 500,1000,2000 \
