@@ -107,8 +107,8 @@ def depth_seeds(centre: np.ndarray, foreground: np.ndarray, threshold: float, de
             node = parent[node]
         return node
 
-    for highest_first in np.argsort(-valley, kind="stable"):
-        a, b, level = root(first[highest_first]), root(second[highest_first]), valley[highest_first]
+    for edge in np.argsort(-valley, kind="stable"):  # the highest pass first
+        a, b, level = root(first[edge]), root(second[edge]), valley[edge]
         lower = min(heights[a], heights[b])
         if a != b and lower >= threshold and level >= threshold and lower - level < depth:
             if heights[a] < heights[b]:
