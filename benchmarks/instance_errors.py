@@ -48,7 +48,8 @@ def classify(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     pred_class = np.full(len(pred_area), -1)
     if len(true_area) and len(pred_area):
         cover = inter / np.maximum(true_area[:, None], 1)  # share of each true nucleus a prediction covers
-        merged = (cover >= 0.3).sum(axis=0)[inter.argmax(axis=1)] >= 2
+        overlapped = inter.max(axis=1) > 0  # argmax names a prediction only where one overlaps
+        merged = overlapped & ((cover >= 0.3).sum(axis=0)[inter.argmax(axis=1)] >= 2)
         split = (cover >= 0.2).sum(axis=1) >= 2
         missed = table[1:, 0] >= 0.5 * true_area
         unmatched = iou.max(axis=1) < 0.5
