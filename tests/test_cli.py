@@ -27,7 +27,8 @@ def test_version_and_defaults_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.5)" in text and "(default: auto)" in text and "nuclei 0.4, glands 0.2" in text
+    assert "(default: 0.5)" in text and "(default: auto)" in text and "nuclei and glands 0.2" in text
+    assert "nuclei 0.15, glands 0)" in text
 
 
 def test_instances_flag_followed_by_the_input(tiny_checkpoint, image, tmp_path):

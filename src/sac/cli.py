@@ -180,13 +180,13 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--seed-threshold",
         type=float,
         help="watershed seeds from the centre map: higher splits touching nuclei more, lower merges more "
-        "(default: the model's; nuclei 0.4, glands 0.2)",
+        "(default: the model's; nuclei and glands 0.2)",
     )
     parser.add_argument(
         "--seed-depth",
         type=float,
         help="split a seed between two centre-map peaks whose valley is this deep below the lower one; 0: never "
-        "(default: the model's)",
+        "(default: the model's; nuclei 0.15, glands 0)",
     )
     parser.add_argument(
         "--min-size",
