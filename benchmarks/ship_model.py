@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from sac.data import median_nucleus_area
+from sac.export import OBJECT_CLASSES
 from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SACConfig, SegmentAnyCell, model_path
 from sac.train import TrainConfig, load_training_data
 
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
     parser.add_argument("--seed-depth", type=float, help="post-processing chosen on validation")
+    parser.add_argument(
+        "--objects",
+        choices=list(OBJECT_CLASSES),
+        help="what the model segments (names its table, QuPath class)",
+    )
     parser.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation by default (validation)"
     )
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
     if args.mpp is not None:
         meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
-    for key in ("min_size", "seed_threshold", "seed_depth", "tta", "estimate_scale"):
+    for key in ("min_size", "seed_threshold", "seed_depth", "tta", "estimate_scale", "objects"):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))

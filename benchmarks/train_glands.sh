@@ -3,7 +3,7 @@
 # half resolution (1.24 µm/px), with the same objectives, initialised from the nuclei model shipped at commit
 # 2d1a321 (an interim checkpoint, step 400 of the nuclei run; its H&E features; no external weights). About 65 min on
 # one CPU core. Settings: benchmarks/glands.json.
-# Usage: bash benchmarks/train_glands.sh [RUN_DIR]; then python benchmarks/ship_model.py RUN_DIR/best --name glands
+# Usage: bash benchmarks/train_glands.sh [RUN_DIR]; then python benchmarks/ship_model.py RUN_DIR/best --name glands --objects glands
 set -euo pipefail
 RUN_DIR=${1:-runs/glands}
 INIT=runs/nuclei_2d1a321

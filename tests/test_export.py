@@ -52,7 +52,7 @@ def test_output_paths_are_named_after_the_input_stem(tmp_path):
         "prob": "_prob.tif",
         "labels": "_labels.tif",
         "cells": "_cells.tif",
-        "table": "_nuclei.csv",
+        "table": "_{objects}.csv",
         "geojson": ".geojson",
         "overlay": "_overlay.png",
     }
@@ -60,6 +60,7 @@ def test_output_paths_are_named_after_the_input_stem(tmp_path):
     names = {kind: output_path(tmp_path / "out", source, kind) for kind in OUTPUT_SUFFIXES}
     assert names["labels"] == tmp_path / "out" / "slide.01_labels.tif"
     assert names["geojson"] == tmp_path / "out" / "slide.01.geojson"
+    assert names["table"] == tmp_path / "out" / "slide.01_nuclei.csv"
     assert len(set(names.values())) == len(OUTPUT_SUFFIXES)
     assert output_path("out", "a.png", "mask") == output_path("out", tmp_path / "a.tif", "mask")  # same stem
     assert output_path("out", "scan.ome.tif", "labels") == Path("out") / "scan_labels.tif"
@@ -171,6 +172,9 @@ def test_geojson_structure():
     xs, ys = np.array(ring).T
     assert xs.min() >= 3 and xs.max() <= 5 and ys.min() >= 2 and ys.max() <= 6
     json.dumps(collection)
+    (gland,) = labels_to_geojson(labels, objects="glands")["features"]
+    assert gland["properties"]["classification"] == {"name": "Gland", "color": [0, 160, 0]}
+    assert output_path("out", "he.png", "table", "glands") == Path("out") / "he_glands.csv"
 
 
 def test_geojson_offset_shifts_coordinates():

@@ -126,3 +126,9 @@ def test_lora_mode_trains_adapters_decoder_and_generator_only(tmp_path):
     model.prepare_for_inference()
     after = Segmenter(model).maps(synthetic_nuclei(64)[0])
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_config_knows_what_the_model_segments():
+    assert SACConfig().objects == "nuclei" and SACConfig(objects="glands").objects == "glands"
+    with pytest.raises(InputError, match="unknown objects 'cells': expected nuclei or glands"):
+        SACConfig(objects="cells")

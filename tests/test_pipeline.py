@@ -78,6 +78,19 @@ def test_segment_file_writes_what_the_segmenter_gives(tiny_segmenter, images, tm
         segment_file(segmenter, images / "corrupt.png", tmp_path / "out", slide=False)
 
 
+def test_outputs_are_named_for_what_the_model_segments(tiny_checkpoint, images, tmp_path):
+    """A gland model's table is <stem>_glands.csv (its QuPath class: test_export)."""
+    import dataclasses
+
+    from sac.segmenter import Segmenter
+
+    segmenter = Segmenter.load(tiny_checkpoint, instances="fast")
+    segmenter.model.config = dataclasses.replace(segmenter.model.config, objects="glands")
+    segment_file(segmenter, images / "good.png", tmp_path / "out", slide=False)
+    assert (tmp_path / "out" / "good_glands.csv").is_file()
+    assert not (tmp_path / "out" / "good_nuclei.csv").exists()
+
+
 def test_duplicate_stems_rejected_before_any_output(tiny_segmenter, images, tmp_path):
     tifffile.imwrite(images / "good.tif", read_image(images / "good.png"))
     with pytest.raises(InputError, match="same file name stem"):

@@ -85,5 +85,6 @@ def test_shipped_gland_model_loads_with_its_card_and_post_processing():
     assert model.config.mpp == pytest.approx(1.55) and model.config.min_size == 1000 and model.config.tta
     assert not model.config.estimate_scale  # no pixel size: native scale and a warning
     assert model.config.seed_depth == 0  # split seeds cut glands into pieces (validation)
+    assert model.config.objects == "glands"  # <stem>_glands.csv, QuPath class Gland
     data = json.loads((folder / "training_data.json").read_text())
     assert all(name.startswith("train_") for name in data["trained_on"] + data["validated_on"])

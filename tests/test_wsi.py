@@ -33,7 +33,13 @@ class LocalSegmenter(Segmenter):
 
     def __init__(self, options: SegmentOptions | None = None, **settings) -> None:
         config = SimpleNamespace(
-            image_size=64, mpp=None, nucleus_area=None, min_size=3.0, seed_threshold=0.4, seed_depth=0.0
+            image_size=64,
+            mpp=None,
+            nucleus_area=None,
+            min_size=3.0,
+            seed_threshold=0.4,
+            seed_depth=0.0,
+            objects="nuclei",
         )
         model = SimpleNamespace(config=config, pixel_mean=torch.zeros(1))
         super().__init__(model, options, **settings)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ OUTPUT_SUFFIXES = {
     "prob": "_prob.tif",
     "labels": "_labels.tif",
     "cells": "_cells.tif",
-    "table": "_nuclei.csv",
+    "table": "_{objects}.csv",  # named for what the model segments (SACConfig.objects)
     "geojson": ".geojson",
     "overlay": "_overlay.png",
 }
@@ -36,7 +36,8 @@ DEFAULT_OUTPUTS = ("mask", "labels", "table", "geojson", "overlay")
 TABLE_COLUMNS = ("image", "id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity")
 UNIT_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a known pixel size
 _DEFAULT_CHANNEL_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
-NUCLEUS_CLASS, NUCLEUS_COLOR = "Nucleus", (255, 0, 0)
+# What a model segments (SACConfig.objects), and the QuPath class and colour its objects get
+OBJECT_CLASSES = {"nuclei": ("Nucleus", (255, 0, 0)), "glands": ("Gland", (0, 160, 0))}
 BOUNDARY_COLOR = (1.0, 1.0, 0.0)
 
 
@@ -46,9 +47,12 @@ def output_stem(source: str | os.PathLike) -> str:
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
-def output_path(out_dir: str | os.PathLike, source: str | os.PathLike, kind: str) -> Path:
-    """Where the ``kind`` output (a key of ``OUTPUT_SUFFIXES``) of the input file ``source`` goes."""
-    return Path(out_dir) / f"{output_stem(source)}{OUTPUT_SUFFIXES[kind]}"
+def output_path(
+    out_dir: str | os.PathLike, source: str | os.PathLike, kind: str, objects: str = "nuclei"
+) -> Path:
+    """Where the ``kind`` output (a key of ``OUTPUT_SUFFIXES``) of the input file ``source`` goes; the table is
+    named for the ``objects`` the model segments."""
+    return Path(out_dir) / f"{output_stem(source)}{OUTPUT_SUFFIXES[kind].format(objects=objects)}"
 
 
 def _check_label_image(labels: np.ndarray) -> np.ndarray:
@@ -223,13 +227,15 @@ def labels_to_geojson(
     scale: float = 1.0,
     probability: np.ndarray | None = None,
     cells: np.ndarray | None = None,
+    objects: str = "nuclei",
 ) -> dict:
-    """Outline every nucleus as a QuPath detection; ``offset_xy`` places a tile inside its whole slide, and
+    """Outline every object as a QuPath detection of the class of ``objects`` (a key of ``OBJECT_CLASSES``); ``offset_xy`` places a tile inside its whole slide, and
     ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame. With the
     model's ``probability`` map, each detection's measurements include its mean, ``confidence``. With ``cells``
     (labels of the same ids, grown from the nuclei), QuPath cell objects: the cell outline, with the nucleus as
     their ``nucleusGeometry``."""
     labels = _check_label_image(labels)
+    class_name, color = OBJECT_CLASSES[objects]
     cell_boxes = ndi.find_objects(cells) if cells is not None else []
     features = []
     for region in measure.regionprops(labels, intensity_image=probability):
@@ -239,7 +245,7 @@ def labels_to_geojson(
             "properties": {
                 "id": int(region.label),
                 "objectType": "detection",
-                "classification": {"name": NUCLEUS_CLASS, "color": list(NUCLEUS_COLOR)},
+                "classification": {"name": class_name, "color": list(color)},
                 "measurements": {"area": int(region.area)}
                 | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
             },

@@ -25,6 +25,7 @@ from torch import nn
 
 import sac
 from sac.backbone import count_parameters, create_sam, is_random
+from sac.export import OBJECT_CLASSES
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
 from sac.io import InputError, atomic_write, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
@@ -73,6 +74,9 @@ class SACConfig:
     seed_threshold: float = 0.4
     seed_depth: float = 0.0
     tta: bool = False
+    objects: str = (
+        "nuclei"  # what it segments (a key of sac.export.OBJECT_CLASSES): its table's name, QuPath class
+    )
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,8 @@ class SACConfig:
         if self.lora_alpha is None:
             object.__setattr__(self, "lora_alpha", float(self.lora_rank))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.objects not in OBJECT_CLASSES:
+            raise InputError(f"unknown objects {self.objects!r}: expected {' or '.join(OBJECT_CLASSES)}")
 
     def at_scale(self, mpp: float) -> SACConfig:
         """The same model run at another pixel size; its reference nucleus area, in pixels, follows.

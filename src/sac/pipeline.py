@@ -227,6 +227,7 @@ def segment_file(
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
     )
     labels, image = result.labels, to_rgb_uint8(found.data, str(path))
+    objects = segmenter.model.config.objects
     cells = None
     if (
         run.expand_cells and labels is not None
@@ -247,11 +248,13 @@ def segment_file(
             name=path.name,
         ),
         "cells": lambda target: write_labels_tif(target, cells, result.mpp),
-        "geojson": lambda target: write_geojson(target, labels, probability=result.maps[0], cells=cells),
+        "geojson": lambda target: write_geojson(
+            target, labels, probability=result.maps[0], cells=cells, objects=objects
+        ),
         "overlay": lambda target: write_overlay(target, image, labels),
     }
     for kind in sorted(wanted, key=list(OUTPUT_SUFFIXES).index):
-        writers[kind](output_path(out_dir, path, kind))
+        writers[kind](output_path(out_dir, path, kind, objects))
     count = 0 if labels is None else int(labels.max())
     area = float(np.bincount(labels.ravel())[1:].mean()) if count else float("nan")
     return {"image": path.name, "nuclei": count, "mean_area_px": area, "mpp": result.mpp, "scale": note}

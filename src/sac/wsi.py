@@ -154,6 +154,7 @@ def segment_slide(
     if segmenter.options.instances is None:
         segmenter = segmenter.with_options(instances="fast")
     path, out_dir = Path(path), Path(out_dir)
+    objects = segmenter.model.config.objects
     labels_path, geojson_path = output_path(out_dir, path, "labels"), output_path(out_dir, path, "geojson")
     base_mpp, source = _slide_pixel_size(segmenter, path)
     if level is None:
@@ -200,7 +201,9 @@ def segment_slide(
                     labels = segmenter.segment(image, local).labels
                     central = _central(labels, (y - rows.start, x - cols.start), block)
                     kept = _claim(store, (rows, cols), labels, central, nuclei + 1)
-                    features = labels_to_geojson(kept, (cols.start, rows.start), slide.downsample)["features"]
+                    features = labels_to_geojson(
+                        kept, (cols.start, rows.start), slide.downsample, objects=objects
+                    )["features"]
                     if features:
                         handle.write((", " if nuclei else "") + ", ".join(map(json.dumps, features)))
                     nuclei += len(features)
