@@ -11,7 +11,7 @@
 # Stage 3 continues from stage 2's best checkpoint (step 3000) at a lower learning rate, same data and validation
 # split (seed 0): 1200 steps, 47 min on one core; validation mean AJI + PQ over the four sets 0.978 -> 0.997.
 # Stage 4 continues from stage 3's best checkpoint at lr 1e-4: 1200 steps, 46 min on one core; validation mean
-# AJI + PQ 0.997 -> 1.007 (seeds at 0.4), 1.015 -> 1.020 (seeds at 0.2 split 0.15 deep, the shipped setting).
+# AJI + PQ 0.997 -> 1.007 (seeds at 0.4), 1.015 -> 1.018 (seeds at 0.2 split 0.15 deep, the shipped setting).
 set -euo pipefail
 RUN_DIR=${1:-runs/nuclei}
 STAGE1=runs/stage1_5655afd
