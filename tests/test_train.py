@@ -13,7 +13,16 @@ from sac.data import NucleiSample, default_data_root
 from sac.io import InputError
 from sac.model import SACConfig, SegmentAnyCell
 from sac.segmenter import Segmenter
-from sac.train import TrainConfig, Trainer, read_log, resume, split_validation, train
+from sac.train import (
+    TrainConfig,
+    Trainer,
+    contact_map,
+    read_log,
+    resume,
+    sac_loss,
+    split_validation,
+    train,
+)
 
 
 def tiny_config(out, **overrides) -> TrainConfig:
@@ -45,6 +54,35 @@ def test_training_lowers_the_loss(tmp_path):
     fixed = trainer.batch(0)
     losses = [trainer.train_step(fixed) for _ in range(40)]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_contact_map_marks_only_the_gap_between_touching_nuclei():
+    labels = torch.zeros(1, 20, 30, dtype=torch.int64)
+    labels[0, 5:15, 2:10] = 1
+    labels[0, 5:15, 11:19] = 2  # one background column away from nucleus 1
+    labels[0, 5:15, 25:29] = 3  # alone
+    contact = contact_map(labels, radius=2)[0, 0]
+    assert contact[5:15, 10].all() and contact[:, 20:].sum() == 0
+    assert contact[:5].sum() + contact[15:].sum() > 0  # the band reaches round the corners of the gap
+    assert not contact[:, :7].any() and not contact[:, 14:].any()  # only near the gap
+
+
+def test_contact_weight_raises_the_centre_loss_only_where_nuclei_touch(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path), synthetic_samples(), [])
+    batch = trainer.batch(0)
+    assert contact_map(batch["labels"]).sum() > 0
+    with torch.no_grad():
+        output = trainer.model(batch["image"])
+    _, plain = sac_loss(output, batch, 0.0)
+    _, weighted = sac_loss(output, batch, 4.0)
+    assert weighted["centre"] > plain["centre"]
+    assert {k: v for k, v in weighted.items() if k != "centre"} == {
+        k: v for k, v in plain.items() if k != "centre"
+    }
+    batch["labels"] = (batch["labels"] > 0).long()  # one label: nothing touches
+    assert sac_loss(output, batch, 4.0)[1]["centre"] == pytest.approx(plain["centre"])
+    with pytest.raises(InputError, match="contact_weight"):
+        TrainConfig(contact_weight=-1)
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):

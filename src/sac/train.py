@@ -77,6 +77,13 @@ class TrainConfig:
     # train only these parts (names of the model's modules, e.g. ["click_head"]; None: all that are trainable),
     # so a stage can improve the answer to clicks while every automatic output stays exactly as it was
     train_only: list[str] | None = None
+    # extra weight of the centre map's loss where two nuclei lie within CONTACT_RADIUS px of each other (0: none),
+    # as U-Net weights the gaps between touching cells: merged neighbours are the largest instance error
+    contact_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.contact_weight >= 0:
+            raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "training config") -> TrainConfig:
@@ -134,15 +141,37 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     return bce + 1 - soft_dice
 
 
-def sac_loss(output: SACOutput, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Dice + BCE on each output: final map, SAM's low-resolution mask, generator map; BCE on the centre map."""
+CONTACT_RADIUS = 2  # px: how near two nuclei must come for the pixels between them to count as contact
+
+
+def contact_map(labels: torch.Tensor, radius: int = CONTACT_RADIUS) -> torch.Tensor:
+    """(B, H, W) instance labels -> (B, 1, H, W): 1 where two different nuclei lie within ``radius`` px, else 0.
+
+    These are the pixels a watershed needs to see as a valley to keep touching nuclei apart.
+    """
+    labels = labels[:, None].float()
+    size = 2 * radius + 1
+    absent = float(labels.max()) + 1
+    highest = F.max_pool2d(labels, size, stride=1, padding=radius)
+    lowest = -F.max_pool2d(-torch.where(labels > 0, labels, absent), size, stride=1, padding=radius)
+    return ((lowest < absent) & (highest != lowest)).float()
+
+
+def sac_loss(
+    output: SACOutput, batch: dict[str, torch.Tensor], contact_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dice + BCE on each output: final map, SAM's low-resolution mask, generator map; BCE on the centre map,
+    weighted ``1 + contact_weight`` where nuclei touch."""
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
+    centre_weight = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
     parts = {
         "final": dice_bce(output.logits, mask).mean(),
         "sam": dice_bce(output.sam_logits, low_res).mean(),
         "generator": dice_bce(output.generator_logits[:, :1], mask).mean(),
-        "centre": F.binary_cross_entropy_with_logits(output.generator_logits[:, 1:], batch["distance"]),
+        "centre": F.binary_cross_entropy_with_logits(
+            output.generator_logits[:, 1:], batch["distance"], weight=centre_weight
+        ),
     }
     total = parts["final"] + 0.5 * parts["sam"] + parts["generator"] + parts["centre"]
     return total, {k: float(v.detach()) for k, v in parts.items()}
@@ -302,15 +331,18 @@ class TrainingObjective(nn.Module):
     correction clicks, which is what makes SAM answer a click with the nucleus under it.
     """
 
-    def __init__(self, model: SegmentAnyCell, instance_prompts: int, correction_clicks: int):
+    def __init__(
+        self, model: SegmentAnyCell, instance_prompts: int, correction_clicks: int, contact_weight: float
+    ):
         super().__init__()
         self.model = model
         self.instance_prompts = instance_prompts
         self.correction_clicks = correction_clicks
+        self.contact_weight = contact_weight
 
     def forward(self, batch: dict[str, torch.Tensor], rngs: list[np.random.Generator]) -> torch.Tensor:
         output = self.model(batch["image"])
-        loss, _ = sac_loss(output, batch)
+        loss, _ = sac_loss(output, batch, self.contact_weight)
         if self.instance_prompts:
             prompts = sample_instance_prompts(
                 batch["labels"].cpu().numpy(),
@@ -441,7 +473,9 @@ class Trainer:
         if config.train_only:
             freeze_all_but(self.model, config.train_only)
         self.model.to(self.device)
-        objective = TrainingObjective(self.model, config.instance_prompts, config.correction_clicks)
+        objective = TrainingObjective(
+            self.model, config.instance_prompts, config.correction_clicks, config.contact_weight
+        )
         self.objective = (
             DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
         )
