@@ -169,11 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         maps = segmenter.maps(image)
         predict_total = time.perf_counter() - started
-    from sac.instances import instances_from_maps
-
-    config = model.config
     started = time.perf_counter()
-    instances_from_maps(maps[0], maps[2], seed_threshold=config.seed_threshold, seed_depth=config.seed_depth)
+    segmenter.instances(maps)
     post = time.perf_counter() - started
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} with "

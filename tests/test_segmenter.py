@@ -145,6 +145,22 @@ def test_segment_mask_labels_and_maps_agree(tiny_segmenter):
     np.testing.assert_array_equal(tiny_segmenter.predict(image), plain.mask)
 
 
+def test_instances_resplit_maps_with_the_options_seed_settings(tiny_segmenter):
+    yy, xx = np.mgrid[:40, :60]
+    peaks = [np.exp(-((xx - x) ** 2 + (yy - 20) ** 2) / 60) for x in (22, 38)]
+    maps = np.zeros((4, 40, 60), np.float32)
+    maps[0] = np.maximum(*peaks) > 0.1  # two touching nuclei, one foreground region
+    maps[2] = np.maximum(*peaks)  # their centres: one core at 0.3, its two peaks 0.66 above the valley
+    counts = {
+        depth: len(
+            np.unique(tiny_segmenter.with_options(seed_threshold=0.3, seed_depth=depth).instances(maps))
+        )
+        - 1
+        for depth in (0.0, 0.2)
+    }
+    assert counts == {0.0: 1, 0.2: 2}
+
+
 def test_segment_with_clicks(tiny_segmenter):
     image, _ = synthetic_nuclei(size=64, count=4)
     clicks = (np.array([[20.0, 30.0]], np.float32), np.array([[5.0, 5.0]], np.float32))

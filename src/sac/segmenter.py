@@ -150,7 +150,7 @@ class Segmenter:
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
                 maps = self._maps_at(rgb, zoom)
-            labels = None if mode is None else self._instances(maps)
+            labels = None if mode is None else self.instances(maps)
             if mode == "sam":
                 labels = self._prompted(rgb, labels, maps[2], zoom, sam_mode=True)
             if labels is not None:
@@ -173,7 +173,17 @@ class Segmenter:
             options.exclude_edges,
         )
 
-    def _instances(self, maps: np.ndarray) -> np.ndarray:
+    def instances(self, maps: np.ndarray) -> np.ndarray:
+        """Watershed instances from :meth:`maps`' output, with the model's seed settings unless the options say.
+
+        Parameters
+        ----------
+        maps : (4, H, W) float array, the channels of ``sac.model.MAP_NAMES``.
+
+        Returns
+        -------
+        (H, W) int32 labels, 0 background; the options' size filters in µm² are left to :meth:`segment`.
+        """
         options, config = self.options, self.model.config
         return instances_from_maps(
             maps[0],
@@ -229,7 +239,7 @@ class Segmenter:
         maps = self.maps(rgb)
         # the objects the model would report at its own scale: specks below its minimum size say nothing of scale
         min_area = self.model.config.min_size / model_mpp**2
-        areas = np.bincount(filter_instances(self._instances(maps), min_area).ravel())[1:]
+        areas = np.bincount(filter_instances(self.instances(maps), min_area).ravel())[1:]
         reference = self.model.config.nucleus_area
         if reference is None or areas.size < AUTO_MIN_NUCLEI:
             return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
