@@ -68,11 +68,13 @@ def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rn
 
 def missed_outcomes(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray) -> list[dict]:
     """How one positive click at the centre of each nucleus the automatic pass missed is answered."""
-    labels = segmenter.with_options(instances="fast").segment(image).labels
+    result = segmenter.with_options(instances="fast").segment(image)
+    labels = result.labels
     missed = np.flatnonzero(iou_table(truth, labels)[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
     clicks = centres(truth, missed)
-    window = segmenter.model.config.instance_window
-    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), window)
+    negatives = click_negatives(
+        labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, result.maps[2]
+    )
     records = []
     for nucleus, answer, (row, col) in zip(
         missed, segment_at_points(segmenter.model, image, clicks, negatives), clicks, strict=True

@@ -74,14 +74,18 @@ def single_click_ious(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray
     return scores
 
 
-def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labels: np.ndarray, rng) -> dict:
-    """Missed nuclei recovered by a positive click, false positives removed by a negative one, and locality."""
+def corrections(
+    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labels: np.ndarray, centre: np.ndarray, rng
+) -> dict:
+    """Missed nuclei recovered by a positive click, false positives removed by a negative one, and locality;
+    clicks are answered as ``Segmenter.segment(image, points=...)`` answers them, with the automatic pass's
+    ``labels`` and ``centre`` map."""
     table = iou_table(truth, labels)
     missed = np.flatnonzero(table[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
     false = np.flatnonzero(table[1:, 1:].max(axis=0, initial=0) < 0.5) + 1
     model = segmenter.model
     clicks = centres(truth, missed)
-    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), model.config.instance_window)
+    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), model.config, centre)
     answers = segment_at_points(model, image, clicks, negatives)
     recovered = 0
     for nucleus, answer in zip(missed, answers, strict=True):
@@ -97,13 +101,13 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labe
         ).tolist()
     )
     for index, (row, col) in enumerate(false_clicks):
-        after = apply_clicks(model, image, labels, None, np.array([[col, row]]))
+        after = apply_clicks(model, image, labels, None, np.array([[col, row]]), centre)
         removed += not (after[labels == false[index]] > 0).any()
         if len(missed) + index in chosen:
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
     for index, (row, col) in enumerate(clicks):
         if index in chosen:
-            after = apply_clicks(model, image, labels, np.array([[col, row]]), None)
+            after = apply_clicks(model, image, labels, np.array([[col, row]]), None, centre)
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
     return {
         "missed": len(missed),
@@ -155,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             ious, totals = [], {}
             for sample in samples:
                 ious += single_click_ious(segmenter, sample.image, sample.labels, rng)
-                labels = segmenter.predict(sample.image, mpp=sample.mpp, instances="fast")
-                for key, value in corrections(segmenter, sample.image, sample.labels, labels, rng).items():
+                auto = segmenter.with_options(instances="fast").segment(sample.image, mpp=sample.mpp)
+                for key, value in corrections(
+                    segmenter, sample.image, sample.labels, auto.labels, auto.maps[2], rng
+                ).items():
                     totals[key] = totals.get(key, 0) + value
             result["single_click_iou"] = float(np.mean(ious))
             result["single_clicks"] = len(ious)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,14 @@ from sac.instances import (
     NucleusMask,
     _paint,
     _tile_prompts,
+    click_negatives,
     depth_seeds,
     instances_from_maps,
     sam_instances,
 )
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
-from sac.model import SegmentAnyCell
+from sac.model import SACConfig, SegmentAnyCell
 
 
 def _touching_disks() -> np.ndarray:
@@ -167,6 +169,25 @@ def test_prompts_put_negatives_on_neighbours_inside_the_tile():
     shifted, shifted_labels = _tile_prompts(clicks + 32, moved, (32, 32), size=32)  # in the tile's own frame
     np.testing.assert_array_equal(shifted, coords)
     np.testing.assert_array_equal(shifted_labels, labels)
+
+
+def test_a_click_on_a_merge_gets_the_other_nucleus_as_its_negative():
+    truth = _touching_disks()
+    merged = (truth > 0).astype(np.int32)  # the automatic pass took the two disks for one object
+    merged[disk((6, 56), 4)] = 2  # a nucleus elsewhere
+    centre = instance_distance_map(truth)  # ... but its centre map sees both
+    click = np.array([[24, 18]])  # (row, column), in the left disk
+    none = np.zeros((0, 2), np.int64)
+    config = SACConfig(nucleus_area=float(np.pi * 10**2))  # disks of radius 10, centres 16 px apart
+    plain = click_negatives(merged, click, none, config)
+    informed = click_negatives(merged, click, none, config, centre)
+    assert informed[0, 0].tolist() == [24, 36]  # the right disk's centre comes first
+    assert [24, 36] not in plain[0].tolist()
+    np.testing.assert_array_equal(informed[0, 1], plain[0, 0])  # then the nearest other object, as before
+    single = click_negatives(truth, click, none, config, centre)
+    np.testing.assert_array_equal(single, click_negatives(truth, click, none, config))
+    far_apart = dataclasses.replace(config, nucleus_area=float(np.pi * 25**2))  # 16 px: one nucleus's peaks
+    np.testing.assert_array_equal(click_negatives(merged, click, none, far_apart, centre), plain)
 
 
 def test_paint_prefers_higher_scores_and_drops_cut_off_pieces():

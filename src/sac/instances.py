@@ -293,19 +293,21 @@ def apply_clicks(
     labels: np.ndarray,
     positive: np.ndarray | None,
     negative: np.ndarray | None,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels corrected by a user's clicks, (x, y) image coordinates.
 
-    A negative click removes the object under it. A positive click asks SAM for the nucleus under it (with the
-    negative clicks near it, and the centres of the two nearest other objects, as negatives) and adds it as a
-    new instance over whatever was there; a click SAM cannot answer is reported and changes nothing.
+    A negative click removes the object under it. A positive click asks SAM for the nucleus under it and adds it
+    as a new instance over whatever was there; a click SAM cannot answer is reported and changes nothing. SAM
+    gets as negatives the negative clicks near it, the other nuclei the ``centre`` map sees in the object under
+    it (a positive click on an object most often marks a merge), then the centres of the nearest other objects.
     """
     labels = np.asarray(labels).copy()
     positive, negative = (click_pixels(p, labels.shape) for p in (positive, negative))
     for row, col in negative:
         if labels[row, col]:
             labels[labels == labels[row, col]] = 0
-    negatives = click_negatives(labels, positive, negative, model.config.instance_window)
+    negatives = click_negatives(labels, positive, negative, model.config, centre)
     for (row, col), answer in zip(
         positive, segment_at_points(model, image, positive, negatives), strict=True
     ):
@@ -316,23 +318,67 @@ def apply_clicks(
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
+MERGE_PEAK_THRESHOLD = 0.1  # centre-map peaks at or above this, inside a clicked object, may be other nuclei
+MERGE_PEAK_SPACING = 0.8  # ... when this many typical nucleus radii or more from the click
+
+
 def click_negatives(
-    labels: np.ndarray, positive: np.ndarray, negative: np.ndarray, window: int
+    labels: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+    config: SACConfig,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, MAX_CLICK_NEGATIVES, 2) (row, column) negatives for each positive click (-1: unused): the user's
-    negative clicks within its window, then the centres of the nearest objects other than the one under it."""
+    negative clicks within its window, the peaks of other nuclei ``centre`` shows in the object under it (see
+    :func:`merged_neighbours`), then the centres of the nearest objects other than that one."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
     depth = ndimage.distance_transform_edt(labels > 0)
     centres = np.stack(np.unravel_index(peak_pixels(depth, labels, ids), labels.shape), 1).reshape(-1, 2)
     negatives = np.full((len(positive), MAX_CLICK_NEGATIVES, 2), -1)
+    radius = np.sqrt(config.nucleus_area / np.pi) if config.nucleus_area else 0.0
     for index, (row, col) in enumerate(positive):
-        near = negative[np.abs(negative - (row, col)).max(axis=1) < window // 2]
+        near = negative[np.abs(negative - (row, col)).max(axis=1) < config.instance_window // 2]
+        merged = (
+            merged_neighbours(labels, centre, row, col, MERGE_PEAK_SPACING * radius)
+            if centre is not None and labels[row, col]
+            else np.zeros((0, 2), np.int64)
+        )
         others = centres[ids != labels[row, col]]
         nearest = others[np.argsort(((others - (row, col)) ** 2).sum(1))[:NEGATIVES_PER_NUCLEUS]]
-        chosen = np.concatenate([near, nearest])[:MAX_CLICK_NEGATIVES]
+        chosen = np.concatenate([near, merged, nearest])[:MAX_CLICK_NEGATIVES]
         negatives[index, : len(chosen)] = chosen
     return negatives
+
+
+def merged_neighbours(
+    labels: np.ndarray, centre: np.ndarray, row: int, col: int, spacing: float
+) -> np.ndarray:
+    """(K, 2) (row, column) peaks, nearest first, of the nuclei other than the clicked one that the centre map
+    shows in the object under the click: its local maxima at or above ``MERGE_PEAK_THRESHOLD`` whose watershed
+    basin is not the click's, ``spacing`` pixels or more from it.
+
+    A positive click on an object most often marks a merge the automatic pass did not split; SAM, given the
+    other nuclei as negatives, answers with the clicked one instead of the merged whole (validation:
+    ``benchmarks/click_diagnostics.py``). Nearby maxima are spared: large pale nuclei have several.
+    """
+    box = ndimage.find_objects((labels == labels[row, col]).astype(np.int8))[0]
+    inside = labels[box] == labels[row, col]
+    relief = np.asarray(centre[box], np.float32)
+    peaks = measure.label(
+        morphology.local_maxima(relief, allow_borders=True) & inside & (relief >= MERGE_PEAK_THRESHOLD)
+    )
+    parts = segmentation.watershed(-relief, peaks, mask=inside)
+    click = (row - box[0].start, col - box[1].start)
+    ids = np.unique(parts)
+    ids = ids[(ids > 0) & (ids != parts[click])]
+    if not ids.size:
+        return np.zeros((0, 2), np.int64)
+    found = np.stack(np.unravel_index(peak_pixels(relief, parts, ids), relief.shape), 1)
+    squared = ((found - click) ** 2).sum(1)
+    found, squared = found[squared >= spacing**2], squared[squared >= spacing**2]
+    return found[np.argsort(squared, kind="stable")] + (box[0].start, box[1].start)
 
 
 def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:

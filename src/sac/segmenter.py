@@ -279,7 +279,7 @@ class Segmenter:
         if sam_mode:
             labels = sam_instances(self.model, rgb, labels, centre)
         if points is not None:
-            labels = apply_clicks(self.model, rgb, labels, *points)
+            labels = apply_clicks(self.model, rgb, labels, *points, centre)
         return labels if zoom == 1 else _resample_labels(labels, shape)
 
     @torch.inference_mode()
