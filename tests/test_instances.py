@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,9 @@ from sac.instances import (
     click_negatives,
     depth_seeds,
     instances_from_maps,
+    merged_neighbours,
     sam_instances,
+    valley_between,
 )
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
@@ -177,8 +178,7 @@ def test_a_click_on_a_merge_gets_the_other_nucleus_as_its_negative():
     merged[disk((6, 56), 4)] = 2  # a nucleus elsewhere
     centre = instance_distance_map(truth)  # ... but its centre map sees both
     click = np.array([[24, 18]])  # (row, column), in the left disk
-    none = np.zeros((0, 2), np.int64)
-    config = SACConfig(nucleus_area=float(np.pi * 10**2))  # disks of radius 10, centres 16 px apart
+    none, config = np.zeros((0, 2), np.int64), SACConfig()
     plain = click_negatives(merged, click, none, config)
     informed = click_negatives(merged, click, none, config, centre)
     assert informed[0, 0].tolist() == [24, 36]  # the right disk's centre comes first
@@ -186,8 +186,18 @@ def test_a_click_on_a_merge_gets_the_other_nucleus_as_its_negative():
     np.testing.assert_array_equal(informed[0, 1], plain[0, 0])  # then the nearest other object, as before
     single = click_negatives(truth, click, none, config, centre)
     np.testing.assert_array_equal(single, click_negatives(truth, click, none, config))
-    far_apart = dataclasses.replace(config, nucleus_area=float(np.pi * 25**2))  # 16 px: one nucleus's peaks
-    np.testing.assert_array_equal(click_negatives(merged, click, none, far_apart, centre), plain)
+
+
+def test_a_nucleus_with_two_shallow_peaks_is_not_taken_for_a_merge():
+    yy, xx = np.mgrid[:40, :60]
+    bumps = [np.exp(-((xx - x) ** 2 + (yy - 20) ** 2) / 700) for x in (24, 36)]
+    centre = np.maximum(*bumps)  # two maxima, the map dips 0.05 between them
+    labels = (centre > 0.2).astype(np.int32)
+    assert 0.04 < valley_between(centre, np.array([20, 24]), np.array([20, 36])) < 0.06
+    assert merged_neighbours(labels, centre, 20, 22).size == 0
+    deep = np.maximum(*[np.exp(-((xx - x) ** 2 + (yy - 20) ** 2) / 40) for x in (20, 40)])  # dips to 0
+    assert valley_between(deep, np.array([20, 20]), np.array([20, 40])) > 0.9
+    np.testing.assert_array_equal(merged_neighbours((deep > 0).astype(np.int32), deep, 20, 18), [[20, 40]])
 
 
 def test_paint_prefers_higher_scores_and_drops_cut_off_pieces():

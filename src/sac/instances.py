@@ -318,8 +318,10 @@ def apply_clicks(
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
-MERGE_PEAK_THRESHOLD = 0.1  # centre-map peaks at or above this, inside a clicked object, may be other nuclei
-MERGE_PEAK_SPACING = 0.8  # ... when this many typical nucleus radii or more from the click
+MERGE_PEAK_THRESHOLD = (
+    0.1  # centre-map peaks at or above this, inside a clicked object, may be other nuclei...
+)
+MERGE_VALLEY_DEPTH = 0.1  # ...when the map dips this deep between the click and them (validation, RESULTS.md)
 
 
 def click_negatives(
@@ -337,11 +339,10 @@ def click_negatives(
     depth = ndimage.distance_transform_edt(labels > 0)
     centres = np.stack(np.unravel_index(peak_pixels(depth, labels, ids), labels.shape), 1).reshape(-1, 2)
     negatives = np.full((len(positive), MAX_CLICK_NEGATIVES, 2), -1)
-    radius = np.sqrt(config.nucleus_area / np.pi) if config.nucleus_area else 0.0
     for index, (row, col) in enumerate(positive):
         near = negative[np.abs(negative - (row, col)).max(axis=1) < config.instance_window // 2]
         merged = (
-            merged_neighbours(labels, centre, row, col, MERGE_PEAK_SPACING * radius)
+            merged_neighbours(labels, centre, row, col)
             if centre is not None and labels[row, col]
             else np.zeros((0, 2), np.int64)
         )
@@ -352,16 +353,14 @@ def click_negatives(
     return negatives
 
 
-def merged_neighbours(
-    labels: np.ndarray, centre: np.ndarray, row: int, col: int, spacing: float
-) -> np.ndarray:
-    """(K, 2) (row, column) peaks, nearest first, of the nuclei other than the clicked one that the centre map
-    shows in the object under the click: its local maxima at or above ``MERGE_PEAK_THRESHOLD`` whose watershed
-    basin is not the click's, ``spacing`` pixels or more from it.
+def merged_neighbours(labels: np.ndarray, centre: np.ndarray, row: int, col: int) -> np.ndarray:
+    """(K, 2) (row, column) peaks, nearest first, of the other nuclei the centre map shows in the object under a
+    click: its local maxima at or above ``MERGE_PEAK_THRESHOLD`` from which a valley at least
+    ``MERGE_VALLEY_DEPTH`` deep parts the click.
 
-    A positive click on an object most often marks a merge the automatic pass did not split; SAM, given the
-    other nuclei as negatives, answers with the clicked one instead of the merged whole (validation:
-    ``benchmarks/click_diagnostics.py``). Nearby maxima are spared: large pale nuclei have several.
+    A positive click on an object most often marks a merge the automatic pass did not split; given the other
+    nuclei as negatives, SAM answers with the clicked nucleus rather than the merged whole. The valley spares a
+    nucleus's own lesser maxima (large pale nuclei have several), so a click anywhere inside a nucleus keeps it.
     """
     box = ndimage.find_objects((labels == labels[row, col]).astype(np.int8))[0]
     inside = labels[box] == labels[row, col]
@@ -369,16 +368,26 @@ def merged_neighbours(
     peaks = measure.label(
         morphology.local_maxima(relief, allow_borders=True) & inside & (relief >= MERGE_PEAK_THRESHOLD)
     )
-    parts = segmentation.watershed(-relief, peaks, mask=inside)
-    click = (row - box[0].start, col - box[1].start)
-    ids = np.unique(parts)
-    ids = ids[(ids > 0) & (ids != parts[click])]
-    if not ids.size:
-        return np.zeros((0, 2), np.int64)
-    found = np.stack(np.unravel_index(peak_pixels(relief, parts, ids), relief.shape), 1)
-    squared = ((found - click) ** 2).sum(1)
-    found, squared = found[squared >= spacing**2], squared[squared >= spacing**2]
-    return found[np.argsort(squared, kind="stable")] + (box[0].start, box[1].start)
+    found = np.stack(
+        np.unravel_index(peak_pixels(relief, peaks, np.arange(1, peaks.max() + 1)), relief.shape), 1
+    ).reshape(-1, 2)
+    click = np.array([row - box[0].start, col - box[1].start])
+    found = found[[valley_between(relief, click, peak) >= MERGE_VALLEY_DEPTH for peak in found]].reshape(
+        -1, 2
+    )
+    order = np.argsort(((found - click) ** 2).sum(1), kind="stable")
+    return found[order] + (box[0].start, box[1].start)
+
+
+def valley_between(relief: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
+    """How deep ``relief`` dips on the straight line from ``start`` to ``end`` (row, column): the most, over its
+    pixels, by which one lies below the lower of the highest points before and after it."""
+    steps = int(np.abs(end - start).max()) + 1
+    t = np.linspace(0, 1, max(steps, 2))[:, None]
+    rows, cols = np.round(start + t * (end - start)).astype(int).T
+    line = relief[rows, cols]
+    before, after = np.maximum.accumulate(line), np.maximum.accumulate(line[::-1])[::-1]
+    return float((np.minimum(before, after) - line).max())
 
 
 def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
