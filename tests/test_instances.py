@@ -195,6 +195,10 @@ def test_a_nucleus_with_two_shallow_peaks_is_not_taken_for_a_merge():
     labels = (centre > 0.2).astype(np.int32)
     assert 0.04 < valley_between(centre, np.array([20, 24]), np.array([20, 36])) < 0.06
     assert merged_neighbours(labels, centre, 20, 22).size == 0
+    assert merged_neighbours(labels, centre * 0.05, 20, 22).shape == (
+        0,
+        2,
+    )  # no peak counts: nothing to avoid
     deep = np.maximum(*[np.exp(-((xx - x) ** 2 + (yy - 20) ** 2) / 40) for x in (20, 40)])  # dips to 0
     assert valley_between(deep, np.array([20, 20]), np.array([20, 40])) > 0.9
     np.testing.assert_array_equal(merged_neighbours((deep > 0).astype(np.int32), deep, 20, 18), [[20, 40]])

@@ -318,10 +318,10 @@ def apply_clicks(
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
-MERGE_PEAK_THRESHOLD = (
-    0.1  # centre-map peaks at or above this, inside a clicked object, may be other nuclei...
-)
-MERGE_VALLEY_DEPTH = 0.1  # ...when the map dips this deep between the click and them (validation, RESULTS.md)
+# a positive click on an object: the object's centre-map maxima at or above MERGE_PEAK_THRESHOLD are other nuclei
+# when the map dips MERGE_VALLEY_DEPTH or more between the click and them (chosen on validation, RESULTS.md)
+MERGE_PEAK_THRESHOLD = 0.1
+MERGE_VALLEY_DEPTH = 0.1
 
 
 def click_negatives(
@@ -372,9 +372,8 @@ def merged_neighbours(labels: np.ndarray, centre: np.ndarray, row: int, col: int
         np.unravel_index(peak_pixels(relief, peaks, np.arange(1, peaks.max() + 1)), relief.shape), 1
     ).reshape(-1, 2)
     click = np.array([row - box[0].start, col - box[1].start])
-    found = found[[valley_between(relief, click, peak) >= MERGE_VALLEY_DEPTH for peak in found]].reshape(
-        -1, 2
-    )
+    parted = np.array([valley_between(relief, click, peak) >= MERGE_VALLEY_DEPTH for peak in found], bool)
+    found = found[parted]
     order = np.argsort(((found - click) ** 2).sum(1), kind="stable")
     return found[order] + (box[0].start, box[1].start)
 
