@@ -5,9 +5,12 @@ click: whether SAM's own (quarter-resolution) mask holds the click, and the IoU 
 connected to the click, as ``sac.instances`` gives it to a user) at several logit thresholds, by nucleus size.
 And for the nuclei the automatic pass misses, how a positive click at the centre fails, as ``prompts.py`` clicks:
 no answer, too big (over 1.6x the nucleus), too small (under 0.6x), or off (the right size, the wrong pixels); and
-whether the click lands on an automatic object (a merge) or on background.
+whether the click lands on an automatic object (a merge) or on background. And, as a user gets them (with the
+automatic pass's negatives, ``sac.instances.click_negatives``): the share of missed nuclei a click at a random
+interior pixel recovers, and the mean IoU of the answer to a click at a random interior pixel of every nucleus,
+which shows what a rule for negatives costs the clicks that did not need it.
 
-    python benchmarks/click_diagnostics.py --json benchmarks/results/click_diagnostics.json   # ~5 min on 2 cores
+    python benchmarks/click_diagnostics.py --json benchmarks/results/click_diagnostics.json   # ~3 min on one thread
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from prompts import centres, iou_table
 from sac.data import load_dataset
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import atomic_write
-from sac.segmenter import Segmenter
+from sac.segmenter import Segmentation, Segmenter
 from sac.train import split_validation
 from speed import matmul_gflops
 
@@ -33,9 +36,38 @@ SIZES = ((0, 100), (100, 300), (300, None))  # nucleus area in model pixels
 SIZE_RATIOS = (0.6, 1.6)  # an answer's area over its nucleus's: below, "small"; above, "big"
 
 
-def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rng) -> list[dict]:
+def interior_clicks(truth: np.ndarray, ids: np.ndarray, rng) -> np.ndarray:
+    """(N, 2) (row, column): a random pixel inside each of the nuclei ``ids``."""
+    return np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
+
+
+def user_negatives(segmenter: Segmenter, auto: Segmentation, clicks: np.ndarray, merges: bool) -> np.ndarray:
+    """The negatives the segmenter adds to clicks on its automatic result ``auto``; ``merges=False``: without
+    those at the other nuclei of a clicked merge (the rule before them, for comparison)."""
+    centre = auto.maps[2] if merges else None
+    return click_negatives(auto.labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, centre)
+
+
+def user_answer_ious(
+    segmenter: Segmenter, image, truth, auto: Segmentation, ids, clicks, merges: bool
+) -> list[float]:
+    """IoU with its nucleus of the answer to each click, given the negatives the segmenter would add."""
+    negatives = user_negatives(segmenter, auto, clicks, merges)
+    ious = []
+    for nucleus, answer in zip(
+        ids, segment_at_points(segmenter.model, image, clicks, negatives), strict=True
+    ):
+        true = truth == nucleus
+        inside = 0 if answer is None else int(true[answer.rows, answer.cols].sum())
+        found = 0 if answer is None else answer.rows.size
+        ious.append(inside / (int(true.sum()) + found - inside))
+    return ious
+
+
+def click_records(
+    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, clicks: np.ndarray
+) -> list[dict]:
     ids = np.unique(truth)[1:]
-    clicks = np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
     size = segmenter.model.config.image_size
     records = []
     for chosen, answer, corner in tile_answers(
@@ -66,15 +98,19 @@ def click_records(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rn
     return records
 
 
-def missed_outcomes(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray) -> list[dict]:
+def missed_nuclei(truth: np.ndarray, auto: Segmentation) -> np.ndarray:
+    """The true nuclei no automatic instance matches at IoU 0.5."""
+    return np.flatnonzero(iou_table(truth, auto.labels)[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
+
+
+def missed_outcomes(
+    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto: Segmentation, merges: bool
+) -> list[dict]:
     """How one positive click at the centre of each nucleus the automatic pass missed is answered."""
-    result = segmenter.with_options(instances="fast").segment(image)
-    labels = result.labels
-    missed = np.flatnonzero(iou_table(truth, labels)[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
+    labels = auto.labels
+    missed = missed_nuclei(truth, auto)
     clicks = centres(truth, missed)
-    negatives = click_negatives(
-        labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, result.maps[2]
-    )
+    negatives = user_negatives(segmenter, auto, clicks, merges)
     records = []
     for nucleus, answer, (row, col) in zip(
         missed, segment_at_points(segmenter.model, image, clicks, negatives), clicks, strict=True
@@ -114,16 +150,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root")
     parser.add_argument("--limit", type=int, default=5, help="validation images per dataset")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--without-merge-negatives",
+        action="store_true",
+        help="clicks on an automatic object get no negatives at its other nuclei (the rule before them)",
+    )
     args = parser.parse_args(argv)
     segmenter = Segmenter.load(args.model)
-    rng = np.random.default_rng(0)
-    records, missed = [], []
+    rng, missed_rng = np.random.default_rng(0), np.random.default_rng(1)
+    records, missed, user_ious, missed_ious = [], [], [], []
     for dataset in args.datasets.split(","):
         held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, 0)[1][: args.limit]
         for sample in held:
             if sample.mpp is None or abs(sample.mpp / segmenter.model.config.mpp - 1) < 0.05:  # model's scale
-                records += click_records(segmenter, sample.image, sample.labels, rng)
-                missed += missed_outcomes(segmenter, sample.image, sample.labels)
+                image, truth = sample.image, sample.labels
+                auto = segmenter.with_options(instances="fast").segment(image)
+                ids = np.unique(truth)[1:]
+                clicks = interior_clicks(truth, ids, rng)
+                records += click_records(segmenter, image, truth, clicks)
+                merges = not args.without_merge_negatives
+                user_ious += user_answer_ious(segmenter, image, truth, auto, ids, clicks, merges)
+                missed += missed_outcomes(segmenter, image, truth, auto, merges)
+                lost = missed_nuclei(truth, auto)
+                missed_ious += user_answer_ious(
+                    segmenter, image, truth, auto, lost, interior_clicks(truth, lost, missed_rng), merges
+                )
     report = {
         "command": "python benchmarks/click_diagnostics.py " + " ".join(argv or sys.argv[1:]),
         "date": str(datetime.date.today()),
@@ -131,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "clicks": len(records),
         "sam_mask_holds_click": float(np.mean([r["sam_holds_click"] for r in records])),
         "click_head_iou": {},
+        "user_click_iou": float(np.mean(user_ious)),
+        "missed_recovered_by_interior_click": float(np.mean(np.array(missed_ious) >= 0.5)),
     }
     groups = {f"{low}-{high or 'up'} px": (low, high) for low, high in SIZES} | {"all": (0, None)}
     for name, (low, high) in groups.items():
