@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompts import centres, iou_table
+from prompts import answer_ious, centres, interior_clicks, iou_table
 from sac.data import load_dataset
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import atomic_write
@@ -36,32 +36,11 @@ SIZES = ((0, 100), (100, 300), (300, None))  # nucleus area in model pixels
 SIZE_RATIOS = (0.6, 1.6)  # an answer's area over its nucleus's: below, "small"; above, "big"
 
 
-def interior_clicks(truth: np.ndarray, ids: np.ndarray, rng) -> np.ndarray:
-    """(N, 2) (row, column): a random pixel inside each of the nuclei ``ids``."""
-    return np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
-
-
 def user_negatives(segmenter: Segmenter, auto: Segmentation, clicks: np.ndarray, merges: bool) -> np.ndarray:
     """The negatives the segmenter adds to clicks on its automatic result ``auto``; ``merges=False``: without
     those at the other nuclei of a clicked merge (the rule before them, for comparison)."""
     centre = auto.maps[2] if merges else None
     return click_negatives(auto.labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, centre)
-
-
-def user_answer_ious(
-    segmenter: Segmenter, image, truth, auto: Segmentation, ids, clicks, merges: bool
-) -> list[float]:
-    """IoU with its nucleus of the answer to each click, given the negatives the segmenter would add."""
-    negatives = user_negatives(segmenter, auto, clicks, merges)
-    ious = []
-    for nucleus, answer in zip(
-        ids, segment_at_points(segmenter.model, image, clicks, negatives), strict=True
-    ):
-        true = truth == nucleus
-        inside = 0 if answer is None else int(true[answer.rows, answer.cols].sum())
-        found = 0 if answer is None else answer.rows.size
-        ious.append(inside / (int(true.sum()) + found - inside))
-    return ious
 
 
 def click_records(
@@ -104,11 +83,10 @@ def missed_nuclei(truth: np.ndarray, auto: Segmentation) -> np.ndarray:
 
 
 def missed_outcomes(
-    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto: Segmentation, merges: bool
+    segmenter: Segmenter, image, truth, auto: Segmentation, missed: np.ndarray, merges: bool
 ) -> list[dict]:
-    """How one positive click at the centre of each nucleus the automatic pass missed is answered."""
+    """How one positive click at the centre of each nucleus the automatic pass ``auto`` missed is answered."""
     labels = auto.labels
-    missed = missed_nuclei(truth, auto)
     clicks = centres(truth, missed)
     negatives = user_negatives(segmenter, auto, clicks, merges)
     records = []
@@ -158,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     segmenter = Segmenter.load(args.model)
     rng, missed_rng = np.random.default_rng(0), np.random.default_rng(1)
-    records, missed, user_ious, missed_ious = [], [], [], []
+    merges = not args.without_merge_negatives
+    records, outcomes, user_ious, missed_ious = [], [], [], []
     for dataset in args.datasets.split(","):
         held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, 0)[1][: args.limit]
         for sample in held:
@@ -168,12 +147,24 @@ def main(argv: list[str] | None = None) -> int:
                 ids = np.unique(truth)[1:]
                 clicks = interior_clicks(truth, ids, rng)
                 records += click_records(segmenter, image, truth, clicks)
-                merges = not args.without_merge_negatives
-                user_ious += user_answer_ious(segmenter, image, truth, auto, ids, clicks, merges)
-                missed += missed_outcomes(segmenter, image, truth, auto, merges)
-                lost = missed_nuclei(truth, auto)
-                missed_ious += user_answer_ious(
-                    segmenter, image, truth, auto, lost, interior_clicks(truth, lost, missed_rng), merges
+                user_ious += answer_ious(
+                    segmenter.model,
+                    image,
+                    truth,
+                    ids,
+                    clicks,
+                    user_negatives(segmenter, auto, clicks, merges),
+                )
+                missed = missed_nuclei(truth, auto)
+                outcomes += missed_outcomes(segmenter, image, truth, auto, missed, merges)
+                lost_clicks = interior_clicks(truth, missed, missed_rng)
+                missed_ious += answer_ious(
+                    segmenter.model,
+                    image,
+                    truth,
+                    missed,
+                    lost_clicks,
+                    user_negatives(segmenter, auto, lost_clicks, merges),
                 )
     report = {
         "command": "python benchmarks/click_diagnostics.py " + " ".join(argv or sys.argv[1:]),
@@ -192,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             f"logit>{t:g}": float(np.mean([r["iou"][t] for r in chosen])) if chosen else None
             for t in THRESHOLDS
         }
-    report["missed_nuclei"] = {"all": _shares(missed)}
+    report["missed_nuclei"] = {"all": _shares(outcomes)}
     report["missed_nuclei"] |= {
-        "click on an automatic object": _shares([r for r in missed if r["on_object"]]),
-        "click on background": _shares([r for r in missed if not r["on_object"]]),
+        "click on an automatic object": _shares([r for r in outcomes if r["on_object"]]),
+        "click on background": _shares([r for r in outcomes if not r["on_object"]]),
     }
     report["missed_nuclei"] |= {
         f"{low}-{high or 'up'} px": _shares(
-            [r for r in missed if r["area"] >= low and (high is None or r["area"] < high)]
+            [r for r in outcomes if r["area"] >= low and (high is None or r["area"] < high)]
         )
         for low, high in SIZES
     }

@@ -58,20 +58,26 @@ def centres(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.stack(np.unravel_index(peak_pixels(depth, labels, ids), labels.shape), 1).reshape(-1, 2)
 
 
+def interior_clicks(truth: np.ndarray, ids: np.ndarray, rng) -> np.ndarray:
+    """(N, 2) (row, column): a random pixel inside each of the nuclei ``ids``."""
+    return np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
+
+
+def answer_ious(model, image: np.ndarray, truth: np.ndarray, ids, clicks, negatives) -> list[float]:
+    """IoU with its true nucleus (``ids``) of SAM's answer to each click, 0 where it gives none."""
+    ious = []
+    for nucleus, answer in zip(ids, segment_at_points(model, image, clicks, negatives), strict=True):
+        true = truth == nucleus
+        inside = 0 if answer is None else int(true[answer.rows, answer.cols].sum())
+        found = 0 if answer is None else answer.rows.size
+        ious.append(inside / (int(true.sum()) + found - inside))
+    return ious
+
+
 def single_click_ious(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rng) -> list[float]:
     ids = np.unique(truth)[1:]
-    clicks = np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
-    answers = segment_at_points(segmenter.model, image, clicks, np.full((len(clicks), 1, 2), -1))
-    scores = []
-    for nucleus, answer in zip(ids, answers, strict=True):
-        if answer is None:
-            scores.append(0.0)
-            continue
-        mask = np.zeros(truth.shape, bool)
-        mask[answer.rows, answer.cols] = True
-        true = truth == nucleus
-        scores.append(float((mask & true).sum() / (mask | true).sum()))
-    return scores
+    clicks = interior_clicks(truth, ids, rng)
+    return answer_ious(segmenter.model, image, truth, ids, clicks, np.full((len(clicks), 1, 2), -1))
 
 
 def corrections(
@@ -86,13 +92,7 @@ def corrections(
     model = segmenter.model
     clicks = centres(truth, missed)
     negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), model.config, centre)
-    answers = segment_at_points(model, image, clicks, negatives)
-    recovered = 0
-    for nucleus, answer in zip(missed, answers, strict=True):
-        if answer is not None:
-            true = truth == nucleus
-            inside = true[answer.rows, answer.cols].sum()
-            recovered += inside / (true.sum() + answer.rows.size - inside) >= 0.5
+    recovered = sum(iou >= 0.5 for iou in answer_ious(model, image, truth, missed, clicks, negatives))
     removed, far, changed, distant = 0, 0, 0, 0
     false_clicks = centres(labels, false)
     chosen = set(
