@@ -32,6 +32,8 @@ from sac.lora import configure_encoder, merge_lora
 from sac.points import sample_point_prompts
 
 MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels predict_maps returns, in order
+# and after them, for a model with hv_maps: each pixel's horizontal and vertical offset from its nucleus's centre
+HV_MAP_NAMES = ("horizontal", "vertical")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -62,6 +64,9 @@ class SACConfig:
     mpp: float | None = None
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     click_head_width: int = 16
+    # a head predicting HoVer-Net's horizontal and vertical maps (each pixel's offset from its nucleus's centre,
+    # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
+    hv_maps: bool = False
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
@@ -99,6 +104,11 @@ class SACConfig:
             area *= (self.mpp / mpp) ** 2
         return dataclasses.replace(self, mpp=mpp, nucleus_area=area)
 
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        """The channels of the segmenter's maps for this model, in order."""
+        return MAP_NAMES + (HV_MAP_NAMES if self.hv_maps else ())
+
     @classmethod
     def from_dict(cls, data: dict) -> SACConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -118,7 +128,10 @@ ARCHITECTURE_FIELDS = (
     "generator_channels",
     "generator_depth",
     "click_head_width",
+    "hv_maps",
 )
+# architecture a fine-tuning run may add to its init checkpoint: the new module starts from scratch
+ADDABLE_FIELDS = ("hv_maps",)
 
 
 class SACOutput(NamedTuple):
@@ -130,6 +143,7 @@ class SACOutput(NamedTuple):
     point_labels: torch.Tensor  # (B, 1, N)
     image_embeddings: torch.Tensor  # (B, C, H/16, W/16) SAM encoder output, reused by instance prompts
     features: torch.Tensor  # (B, F, H, W) generator features, reused by the fusion head of instance prompts
+    hv: torch.Tensor | None = None  # (B, 2, H, W) horizontal and vertical maps, for a model with hv_maps
 
 
 class InstanceOutput(NamedTuple):
@@ -162,7 +176,27 @@ class FusionHead(nn.Module):
         return sam_up + self.layers(torch.cat([sam_up, generator_logits, features], dim=1))
 
 
-class ClickHead(nn.Module):
+class SmallUNet(nn.Module):
+    """A two-level U-Net at full resolution; its receptive field (about 40 pixels) spans a nucleus."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16):
+        super().__init__()
+        self.down1 = ConvBlock(in_channels, width)
+        self.down2 = ConvBlock(width, 2 * width)
+        self.bottom = ConvBlock(2 * width, 2 * width)
+        self.up2 = ConvBlock(4 * width, width)
+        self.up1 = ConvBlock(2 * width, width)
+        self.out = nn.Conv2d(width, out_channels, 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        first = self.down1(inputs)
+        second = self.down2(F.max_pool2d(first, 2))
+        bottom = self.bottom(F.max_pool2d(second, 2))
+        second = self.up2(torch.cat([F.interpolate(bottom, size=second.shape[-2:]), second], dim=1))
+        return self.out(self.up1(torch.cat([F.interpolate(second, size=first.shape[-2:]), first], dim=1)))
+
+
+class ClickHead(SmallUNet):
     """The full-resolution answer to a click, in a window centred on it.
 
     SAM's masks are a quarter of the input resolution, and its image embedding a sixteenth: a 12-pixel nucleus
@@ -175,20 +209,17 @@ class ClickHead(nn.Module):
     INPUTS = 1 + 2 + 2 + 1  # SAM's answer, generator maps, positive and negative clicks, previous answer
 
     def __init__(self, feature_channels: int, width: int = 16):
-        super().__init__()
-        self.down1 = ConvBlock(self.INPUTS + feature_channels, width)
-        self.down2 = ConvBlock(width, 2 * width)
-        self.bottom = ConvBlock(2 * width, 2 * width)
-        self.up2 = ConvBlock(4 * width, width)
-        self.up1 = ConvBlock(2 * width, width)
-        self.out = nn.Conv2d(width, 1, 1)
+        super().__init__(self.INPUTS + feature_channels, 1, width)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        first = self.down1(inputs)
-        second = self.down2(F.max_pool2d(first, 2))
-        bottom = self.bottom(F.max_pool2d(second, 2))
-        second = self.up2(torch.cat([F.interpolate(bottom, size=second.shape[-2:]), second], dim=1))
-        return self.out(self.up1(torch.cat([F.interpolate(second, size=first.shape[-2:]), first], dim=1)))
+
+class HVHead(SmallUNet):
+    """HoVer-Net's horizontal and vertical maps, from the generator's maps and features."""
+
+    def __init__(self, feature_channels: int, width: int = 16):
+        super().__init__(2 + feature_channels, 2, width)
+
+    def forward(self, generator_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([generator_logits, features], dim=1))
 
 
 class SegmentAnyCell(nn.Module):
@@ -215,6 +246,7 @@ class SegmentAnyCell(nn.Module):
         )
         self.fusion = FusionHead(config.generator_channels)
         self.click_head = ClickHead(config.generator_channels, config.click_head_width)
+        self.hv_head = HVHead(config.generator_channels, config.click_head_width) if config.hv_maps else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0
@@ -257,6 +289,7 @@ class SegmentAnyCell(nn.Module):
             prompt_labels,
             embeddings,
             generated.features,
+            None if self.hv_head is None else self.hv_head(generated.logits, generated.features),
         )
 
     def prompt_instances(
@@ -424,6 +457,8 @@ class SegmentAnyCell(nn.Module):
         merge_lora(self)
         self.generator.to(memory_format=torch.channels_last)
         self.fusion.to(memory_format=torch.channels_last)
+        if self.hv_head is not None:
+            self.hv_head.to(memory_format=torch.channels_last)
         return self.eval()
 
 

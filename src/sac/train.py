@@ -33,6 +33,7 @@ from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_are
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
 from sac.model import (
+    ADDABLE_FIELDS,
     ARCHITECTURE_FIELDS,
     SACConfig,
     SACOutput,
@@ -121,6 +122,8 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
+    for name in ADDABLE_FIELDS:  # a part the run adds starts from scratch (SegmentAnyCell.load_weights)
+        architecture[name] = architecture[name] or getattr(config.model, name)
     return dataclasses.replace(
         config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )
@@ -157,11 +160,63 @@ def contact_map(labels: torch.Tensor, radius: int = CONTACT_RADIUS) -> torch.Ten
     return ((lowest < absent) & (highest != lowest)).float()
 
 
+def hv_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) instance labels -> (B, 2, H, W) HoVer-Net's horizontal and vertical maps: each pixel's column
+    and row offset from its nucleus's centroid, scaled on either side of it to reach -1 and 1 at its farthest
+    pixels; 0 on background."""
+    batch, height, width = labels.shape
+    # one id per (image, nucleus), so all images are handled by one scatter
+    ids = (labels + (labels.amax() + 1) * torch.arange(batch, device=labels.device)[:, None, None]).flatten()
+    inside = labels.flatten() > 0
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=labels.device, dtype=torch.float32),
+        torch.arange(width, device=labels.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    count = torch.zeros(int(ids.max()) + 1, device=labels.device).index_add_(
+        0, ids, torch.ones_like(ids, dtype=torch.float32)
+    )
+    maps = []
+    for coordinate in (cols, rows):
+        coordinate = coordinate.flatten().repeat(batch)
+        centroid = torch.zeros_like(count).index_add_(0, ids, coordinate) / count.clamp(min=1)
+        offset = coordinate - centroid[ids]
+        scale = torch.zeros_like(count)
+        below = scale.scatter_reduce(0, ids, (-offset).clamp(min=0), "amax")
+        above = scale.scatter_reduce(0, ids, offset.clamp(min=0), "amax")
+        reach = torch.where(offset < 0, below[ids], above[ids]).clamp(min=1e-6)
+        maps.append(torch.where(inside, offset / reach, 0).view(batch, height, width))
+    return torch.stack(maps, dim=1)
+
+
+def hv_loss(hv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """HoVer-Net's loss on the horizontal and vertical maps: mean squared error everywhere, plus that of their
+    derivatives along their own axis inside nuclei, where the sign flips between touching nuclei must be sharp."""
+    target = hv_targets(labels)
+    inside = (labels > 0)[:, None].float()
+    gradient = _axis_gradients(hv) - _axis_gradients(target)
+    return F.mse_loss(hv, target) + (gradient.square() * inside).sum() / inside.sum().clamp(min=1)
+
+
+def _axis_gradients(hv: torch.Tensor) -> torch.Tensor:
+    """The horizontal map's derivative along columns and the vertical map's along rows (central differences)."""
+    horizontal, vertical = hv[:, :1], hv[:, 1:]
+    d_cols = (
+        F.pad(horizontal, (0, 1, 0, 0), mode="replicate")[..., 1:]
+        - F.pad(horizontal, (1, 0, 0, 0), mode="replicate")[..., :-1]
+    ) / 2
+    d_rows = (
+        F.pad(vertical, (0, 0, 0, 1), mode="replicate")[..., 1:, :]
+        - F.pad(vertical, (0, 0, 1, 0), mode="replicate")[..., :-1, :]
+    ) / 2
+    return torch.cat([d_cols, d_rows], dim=1)
+
+
 def sac_loss(
     output: SACOutput, batch: dict[str, torch.Tensor], contact_weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Dice + BCE on each output: final map, SAM's low-resolution mask, generator map; BCE on the centre map,
-    weighted ``1 + contact_weight`` where nuclei touch."""
+    """Dice + BCE on each output: final map, SAM's low-resolution mask (half weight), generator map; BCE on the
+    centre map, weighted ``1 + contact_weight`` where nuclei touch; :func:`hv_loss` on a model's HV maps."""
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
     centre_weight = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
@@ -173,7 +228,9 @@ def sac_loss(
             output.generator_logits[:, 1:], batch["distance"], weight=centre_weight
         ),
     }
-    total = parts["final"] + 0.5 * parts["sam"] + parts["generator"] + parts["centre"]
+    if output.hv is not None:
+        parts["hv"] = hv_loss(output.hv.float(), batch["labels"])
+    total = sum(part * (0.5 if name == "sam" else 1) for name, part in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
