@@ -20,7 +20,7 @@ import numpy as np
 
 from sac.data import load_dataset
 from sac.evaluate import evaluate_model
-from sac.instances import filter_instances, instances_from_maps
+from sac.instances import filter_instances
 from sac.io import atomic_write
 from sac.metrics import evaluate_image, gland_metrics, summarize
 from sac.segmenter import Segmenter
@@ -29,6 +29,7 @@ from sac.train import split_validation
 MIN_SIZES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)  # µm²
 SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 SEED_DEPTHS = (0.0, 0.1, 0.15, 0.2)  # 0: one seed per core
+HV_WEIGHTS = (0.0, 2.0, 4.0, 8.0)  # for a model with horizontal and vertical maps; 0: not used
 GLAND_SCORE = ("object_f1", "object_dice")  # the GlaS challenge's object metrics, the gland model's targets
 
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-thresholds", default=",".join(map(str, SEED_THRESHOLDS)))
     parser.add_argument("--seed-depths", default=",".join(map(str, SEED_DEPTHS)))
     parser.add_argument(
+        "--hv-weights", default=",".join(map(str, HV_WEIGHTS)), help="only for a model with HV maps"
+    )
+    parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="sweep on maps averaged over flips and turns (default: the model's own choice)",
@@ -70,18 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     seed_depths = [float(v) for v in args.seed_depths.split(",")]
     segmenter = Segmenter.load(args.model, instances="fast", tta=args.tta)
+    hv_weights = (
+        [float(v) for v in args.hv_weights.split(",")]
+        if segmenter.model.config.hv_maps
+        else [segmenter.model.config.hv_weight]  # unused: the model has no HV maps
+    )
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
     for dataset in args.datasets.split(","):
         held = validation_images(args, dataset)
         results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
-        for seed_threshold, seed_depth in itertools.product(seed_thresholds, seed_depths):
-            unfiltered = [
-                instances_from_maps(
-                    r.maps[0], r.maps[2], seed_threshold=seed_threshold, seed_depth=seed_depth
-                )
-                for r in results
-            ]
+        for seed_threshold, seed_depth, hv_weight in itertools.product(
+            seed_thresholds, seed_depths, hv_weights
+        ):
+            seeded = segmenter.with_options(
+                seed_threshold=seed_threshold, seed_depth=seed_depth, hv_weight=hv_weight
+            )
+            unfiltered = [seeded.instances(r.maps) for r in results]
             for min_size in min_sizes:
                 per_image = []
                 for sample, result, labels in zip(held, results, unfiltered, strict=True):
@@ -103,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         "min_size": min_size,
                         "seed_threshold": seed_threshold,
                         "seed_depth": seed_depth,
+                        "hv_weight": hv_weight,
                     }
                     | {
                         key: summary[key]
@@ -139,20 +149,21 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     sum(r[key] for key in score_keys(r["dataset"]))
                     for r in rows
-                    if (r["min_size"], r["seed_threshold"], r["seed_depth"]) == combination
+                    if (r["min_size"], r["seed_threshold"], r["seed_depth"], r["hv_weight"]) == combination
                 ]
             )
         )
-        for combination in itertools.product(min_sizes, seed_thresholds, seed_depths)
+        for combination in itertools.product(min_sizes, seed_thresholds, seed_depths, hv_weights)
     }
-    (min_size, seed_threshold, seed_depth), best = max(score.items(), key=lambda item: item[1])
+    best_settings, best = max(score.items(), key=lambda item: item[1])
+    min_size, seed_threshold, seed_depth, hv_weight = best_settings
     print(
         f"best mean AJI + PQ (GlaS: object F1 + object Dice) over the datasets: min size {min_size} µm², seed "
-        f"threshold {seed_threshold}, seed depth {seed_depth} ({best:.4f})"
+        f"threshold {seed_threshold}, seed depth {seed_depth}, hv weight {hv_weight} ({best:.4f})"
     )
     if args.json:
         with atomic_write(args.json) as tmp:
-            record = {"rows": rows, "best": [min_size, seed_threshold, seed_depth], "scale": scale_rows}
+            record = {"rows": rows, "best": list(best_settings), "scale": scale_rows}
             tmp.write_text(json.dumps(record, indent=2))
     return 0
 

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
     parser.add_argument("--seed-depth", type=float, help="post-processing chosen on validation")
+    parser.add_argument("--hv-weight", type=float, help="post-processing chosen on validation")
     parser.add_argument(
         "--objects",
         choices=list(OBJECT_CLASSES),
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
     if args.mpp is not None:
         meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
-    for key in ("min_size", "seed_threshold", "seed_depth", "tta", "estimate_scale", "objects"):
+    for key in ("min_size", "seed_threshold", "seed_depth", "hv_weight", "tta", "estimate_scale", "objects"):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f", split between centre-map peaks {meta['model']['seed_depth']:g} above the valley between them"
             if meta["model"].get("seed_depth")
+            else ""
+        )
+        + (
+            f", the centre map lowered {meta['model']['hv_weight']:g} times the boundaries the horizontal and "
+            "vertical maps show"
+            if meta["model"].get("hv_maps") and meta["model"].get("hv_weight")
             else ""
         )
         + ("; maps averaged over the 8 flips and quarter turns (TTA)." if meta["model"].get("tta") else "."),

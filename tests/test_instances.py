@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from skimage import measure, morphology, segmentation
 from skimage.draw import disk
 
@@ -17,6 +18,7 @@ from sac.instances import (
     _tile_prompts,
     click_negatives,
     depth_seeds,
+    hv_boundaries,
     instances_from_maps,
     merged_neighbours,
     sam_instances,
@@ -25,6 +27,7 @@ from sac.instances import (
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
 from sac.model import SACConfig, SegmentAnyCell
+from sac.train import hv_targets
 
 
 def _touching_disks() -> np.ndarray:
@@ -58,6 +61,19 @@ def test_touching_disks_get_two_labels():
     assert labels.max() == 2
     assert aggregated_jaccard_index(truth, labels) > 0.9
     _assert_clean_labels(labels, truth.shape)
+
+
+def test_hv_maps_split_touching_nuclei_the_centre_map_merges():
+    """One centre core over two touching disks: only the HV maps' boundary between them splits it."""
+    truth = _touching_disks()
+    merged = instance_distance_map((truth > 0).astype(np.int32))  # one nucleus, as the centre map saw it
+    probability = (truth > 0).astype(np.float32)
+    assert instances_from_maps(probability, merged, seed_threshold=0.2).max() == 1
+    hv = hv_targets(torch.from_numpy(truth).long()[None])[0].numpy()
+    boundaries = hv_boundaries(hv)
+    assert boundaries[truth > 0].max() > 0.5 > np.median(boundaries[truth > 0])
+    labels = instances_from_maps(probability, merged, seed_threshold=0.2, hv=hv, hv_weight=2)
+    assert labels.max() == 2 and aggregated_jaccard_index(truth, labels) > 0.9
 
 
 def test_blob_without_marker_keeps_one_label():

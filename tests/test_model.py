@@ -26,6 +26,18 @@ def test_forward_shapes_and_generated_points():
     assert output.point_labels[0, 0].tolist() == [1, 1, 1, 0, 0]
 
 
+def test_hv_maps_add_a_head_whose_weights_older_checkpoints_lack(tmp_path):
+    plain = tiny_model()
+    assert plain.hv_head is None and plain(torch.rand(1, 3, 64, 64)).hv is None
+    saved = plain.save(tmp_path / "plain")
+    model = tiny_model(hv_maps=True)
+    assert model(torch.rand(2, 3, 64, 64)).hv.shape == (2, 2, 64, 64)
+    assert model.config.map_names == ("nuclei", "generator", "centre", "sam", "horizontal", "vertical")
+    assert model.load_weights(saved, partial=True) == ["hv_head"]
+    with pytest.raises(InputError, match="hv_head"):
+        model.load_weights(saved)
+
+
 def test_manual_points_are_added_or_used_alone():
     model = tiny_model(num_positive=1, num_negative=1).eval()
     manual = torch.tensor([[[[5.0, 6.0]]]])

@@ -38,6 +38,7 @@ def test_instance_modes_are_normalised(given, mode):
         ({"threshold": -0.1}, "threshold"),
         ({"seed_depth": 1.0}, "seed depth must be in"),
         ({"seed_depth": -0.1}, "seed depth must be in"),
+        ({"hv_weight": -1.0}, "hv weight must be at least 0"),
         ({"batch_size": 0}, "batch size"),
         ({"overlap": -1}, "overlap must not be negative"),
         ({"mpp": "20x"}, "mpp must be a pixel size in µm, auto or native"),
@@ -261,6 +262,53 @@ def test_test_time_augmentation_is_equivariant(tiny_segmenter):
     np.testing.assert_allclose(np.rot90(averaged, axes=(1, 2)), turned, atol=1e-4)
     with pytest.raises(InputError, match="test-time augmentation"):
         tta.maps(image, points=(np.array([[5.0, 5.0]]), None))
+
+
+@pytest.mark.parametrize("turns", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_hv_maps_of_a_turned_or_flipped_view_are_turned_back_as_vectors(turns, flip):
+    """HV maps point from each nucleus's centre: turned back, a view's must equal the image's own."""
+    from sac.segmenter import maps_of_view
+    from sac.train import hv_targets
+
+    _, labels = synthetic_nuclei(size=40, count=5, seed=2)
+
+    def maps(labels: np.ndarray) -> np.ndarray:
+        hv = hv_targets(torch.from_numpy(np.ascontiguousarray(labels)).long()[None])[0].numpy()
+        return np.concatenate([np.repeat((labels > 0)[None], len(MAP_NAMES), 0), hv]).astype(np.float32)
+
+    view = np.rot90(labels, turns)[:, ::-1] if flip else np.rot90(labels, turns)
+    np.testing.assert_allclose(maps_of_view(maps(view), turns, flip), maps(labels), atol=1e-6)
+
+
+def test_a_model_with_hv_maps_returns_them_averaged_over_views():
+    model = tiny_model(hv_maps=True).eval()
+    image, _ = synthetic_nuclei(size=64, count=5)
+    segmenter = Segmenter(model, tta=True, instances="fast")
+    result = segmenter.segment(image)
+    assert result.maps.shape == (len(model.config.map_names), 64, 64)
+    turned = segmenter.maps(np.ascontiguousarray(np.rot90(image)))
+    # turning the image turns the offsets too: (h, v) becomes (v, -h)
+    expected = np.rot90(result.maps, axes=(1, 2)).copy()
+    expected[4:] = expected[5], -expected[4]
+    np.testing.assert_allclose(turned, expected, atol=1e-4)
+
+
+def test_instances_of_a_model_with_hv_maps_use_them_with_its_weight_or_the_options():
+    """Two touching disks under one centre core: the model's HV weight splits them, the option 0 does not."""
+    from sac.data import instance_distance_map
+    from sac.train import hv_targets
+
+    yy, xx = np.mgrid[:48, :64]
+    truth = np.where((yy - 24) ** 2 + (xx - 20) ** 2 <= 100, 1, 0)
+    truth[(yy - 24) ** 2 + (xx - 36) ** 2 <= 100] = 2
+    foreground = (truth > 0).astype(np.float32)
+    centre = instance_distance_map((truth > 0).astype(np.int32))
+    hv = hv_targets(torch.from_numpy(truth).long()[None])[0].numpy()
+    maps = np.concatenate([[foreground, foreground, centre, foreground], hv])
+    segmenter = Segmenter(tiny_model(hv_maps=True, hv_weight=2.0), seed_threshold=0.2)
+    assert segmenter.instances(maps).max() == 2
+    assert segmenter.with_options(hv_weight=0.0).instances(maps).max() == 1
 
 
 def test_a_model_that_prefers_tta_gets_it_unless_the_user_says_no():

@@ -17,6 +17,8 @@ from sac.train import (
     TrainConfig,
     Trainer,
     contact_map,
+    hv_loss,
+    hv_targets,
     read_log,
     resume,
     sac_loss,
@@ -83,6 +85,40 @@ def test_contact_weight_raises_the_centre_loss_only_where_nuclei_touch(tmp_path)
     assert sac_loss(output, batch, 4.0)[1]["centre"] == pytest.approx(plain["centre"])
     with pytest.raises(InputError, match="contact_weight"):
         TrainConfig(contact_weight=-1)
+
+
+def test_hv_targets_run_from_minus_one_to_one_across_each_nucleus():
+    labels = torch.zeros(1, 12, 20, dtype=torch.long)
+    labels[0, 2:9, 1:8] = 1
+    labels[0, 2:9, 8:15] = 2  # touching the first along columns 7 | 8
+    horizontal, vertical = hv_targets(labels)[0]
+    np.testing.assert_allclose(horizontal[5, :9], [0, -1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1, -1], atol=1e-6)
+    np.testing.assert_allclose(
+        vertical[:10, 10], [0, 0, -1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1, 0], atol=1e-6
+    )
+    assert horizontal[labels[0] == 0].abs().max() == 0 == vertical[labels[0] == 0].abs().max()
+
+
+def test_hv_loss_is_zero_only_for_the_targets():
+    labels = torch.from_numpy(synthetic_nuclei(32, 4)[1]).long()[None]
+    target = hv_targets(labels)
+    assert hv_loss(target, labels) == 0
+    blurred = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1)  # boundaries no longer sharp
+    assert hv_loss(blurred, labels) > 0
+
+
+def test_a_run_may_add_the_hv_head_to_its_init_checkpoint(tmp_path):
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, samples[:1]).run(progress=False)
+    config = tiny_config(
+        tmp_path / "hv", init=str(tmp_path / "source" / "last"), hv_maps=True, train_only=["hv_head"]
+    )
+    trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, samples[:1])
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    trainer.run(progress=False)
+    after = trainer.model.trainable_state_dict()
+    assert trainer.config.model.hv_maps
+    assert {k.split(".")[0] for k, v in after.items() if not torch.equal(v, before[k])} == {"hv_head"}
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.instances import instances_from_maps
 from sac.io import InputError, to_rgb_uint8
+from sac.model import SACConfig
 from sac.options import SegmentOptions
 from sac.pipeline import RUN_FILE, SUMMARY_FILE, RunOptions, segment_files
 from sac.segmenter import Segmenter
@@ -32,15 +33,7 @@ class LocalSegmenter(Segmenter):
     """
 
     def __init__(self, options: SegmentOptions | None = None, **settings) -> None:
-        config = SimpleNamespace(
-            image_size=64,
-            mpp=None,
-            nucleus_area=None,
-            min_size=3.0,
-            seed_threshold=0.4,
-            seed_depth=0.0,
-            objects="nuclei",
-        )
+        config = SACConfig(image_size=64, min_size=3.0, seed_threshold=0.4, seed_depth=0.0)
         model = SimpleNamespace(config=config, pixel_mean=torch.zeros(1))
         super().__init__(model, options, **settings)  # type: ignore[arg-type]
 

@@ -78,6 +78,7 @@ class SACConfig:
     min_size: float = 3.0
     seed_threshold: float = 0.4
     seed_depth: float = 0.0
+    hv_weight: float = 1.0  # how far hv_maps' boundaries lower the centre map (instances_from_maps)
     tta: bool = False
     objects: str = (
         "nuclei"  # what it segments (a key of sac.export.OBJECT_CLASSES): its table's name, QuPath class

@@ -32,6 +32,9 @@ class SegmentOptions:
     seed_depth : float or None
         A core holding several peaks of the centre map is split between two peaks whose valley is this deep
         below the lower one, in [0, 1); 0 never splits a core. None: the model's own.
+    hv_weight : float or None
+        For a model with horizontal and vertical maps: how far the boundaries they show lower the centre map
+        before the seeds are cut, at least 0 (0: not used). None: the model's own.
     min_size, max_size : float or None
         Instances smaller or larger than this many µm² are dropped (when the pixel size is unknown, the image is
         taken to be at the model's pixel size). ``min_size`` None: the model's own; ``max_size`` None: no bound.
@@ -59,6 +62,7 @@ class SegmentOptions:
     threshold: float = 0.5
     seed_threshold: float | None = None
     seed_depth: float | None = None
+    hv_weight: float | None = None
     min_size: float | None = None
     max_size: float | None = None
     exclude_edges: bool = False
@@ -82,6 +86,8 @@ class SegmentOptions:
             raise InputError(f"seed threshold must be in (0, 1), got {self.seed_threshold}")
         if self.seed_depth is not None and not 0 <= self.seed_depth < 1:
             raise InputError(f"seed depth must be in [0, 1), got {self.seed_depth}")
+        if self.hv_weight is not None and not self.hv_weight >= 0:
+            raise InputError(f"hv weight must be at least 0, got {self.hv_weight}")
         if (self.min_size or 0) < 0 or (self.max_size is not None and self.max_size <= (self.min_size or 0)):
             raise InputError(f"need 0 <= min size < max size, got {self.min_size} and {self.max_size}")
         if isinstance(self.mpp, str):

@@ -47,7 +47,7 @@ class Segmentation(NamedTuple):
 
     mask: np.ndarray  # (H, W) bool
     labels: np.ndarray | None  # (H, W) int32 nuclei ids
-    maps: np.ndarray  # (4, H, W) float32, named by sac.model.MAP_NAMES
+    maps: np.ndarray  # (C, H, W) float32, named by the model's SACConfig.map_names
     mpp: float | None  # the input's pixel size in µm, given or recorded in its file; None when unknown
     zoom: float  # model pixels per input pixel
     scale_note: str  # where the scale came from, in words
@@ -178,7 +178,7 @@ class Segmenter:
 
         Parameters
         ----------
-        maps : (4, H, W) float array, the channels of ``sac.model.MAP_NAMES``.
+        maps : (C, H, W) float array, the channels of the model's ``SACConfig.map_names``.
 
         Returns
         -------
@@ -193,6 +193,8 @@ class Segmenter:
             if options.seed_threshold is None
             else options.seed_threshold,
             seed_depth=config.seed_depth if options.seed_depth is None else options.seed_depth,
+            hv=maps[len(MAP_NAMES) :] if config.hv_maps else None,
+            hv_weight=config.hv_weight if options.hv_weight is None else options.hv_weight,
         )
 
     def _channel(self, image: np.ndarray) -> np.ndarray:
@@ -286,8 +288,9 @@ class Segmenter:
     def maps(
         self, image: np.ndarray, points: Points | None = None, generate_points: bool = True
     ) -> np.ndarray:
-        """(4, H, W) float32 maps at the image's own scale, named by ``MAP_NAMES``: final nuclei probability,
-        generator probability, generator centre map, and SAM's own (upsampled) mask probability.
+        """(C, H, W) float32 maps at the image's own scale, named by the model's ``SACConfig.map_names``: final
+        nuclei probability, generator probability, generator centre map, SAM's own (upsampled) mask probability
+        and, for a model with ``hv_maps``, the horizontal and vertical maps.
 
         ``points`` here are prompts for SAM's whole-mask answer (the paper's setting): each tile receives those
         falling inside it, in addition to its generated points (or alone, with ``generate_points=False``, as for
@@ -330,12 +333,11 @@ class Segmenter:
             if use_manual:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
             # the eight flips and quarter turns of the image, each map turned back and averaged
-            total = np.zeros((len(MAP_NAMES), *rgb.shape[:2]), np.float32)
+            total = np.zeros((len(model.config.map_names), *rgb.shape[:2]), np.float32)
             for turns in range(4):
                 for flip in (False, True):
                     view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
-                    maps = tiled(np.ascontiguousarray(view))
-                    total += np.rot90(maps[:, :, ::-1] if flip else maps, -turns, axes=(1, 2))
+                    total += maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
             return total / 8
         finally:
             model.train(was_training)
@@ -351,6 +353,22 @@ class Segmenter:
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
         return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points)
+
+
+def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:
+    """Maps of the view ``np.rot90(image, turns)``, flipped left to right after the turn if ``flip``, turned
+    back to the image's frame. Channels after ``MAP_NAMES`` are (horizontal, vertical) offsets: a flip negates
+    the horizontal one, and each quarter turn back maps (h, v) to (-v, h)."""
+    first = len(MAP_NAMES)  # the first offset channel
+    vectors = len(maps) > first
+    if flip:
+        maps = maps[:, :, ::-1].copy()
+        if vectors:
+            maps[first] *= -1
+    maps = np.rot90(maps, -turns, axes=(1, 2))
+    for _ in range(turns % 4 if vectors else 0):
+        maps = np.concatenate([maps[:first], -maps[first + 1 : first + 2], maps[first : first + 1]])
+    return maps
 
 
 def _snap(zoom: float) -> float:
@@ -380,7 +398,8 @@ def _resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _maps(output: SACOutput) -> torch.Tensor:
-    return torch.sigmoid(torch.cat([output.logits, output.generator_logits, output.sam_upsampled], dim=1))
+    maps = torch.sigmoid(torch.cat([output.logits, output.generator_logits, output.sam_upsampled], dim=1))
+    return maps if output.hv is None else torch.cat([maps, output.hv], dim=1)
 
 
 def _tile_points(points: Points, origin: tuple[int, int], size: int) -> list:
