@@ -214,13 +214,19 @@ class ClickHead(SmallUNet):
 
 
 class HVHead(SmallUNet):
-    """HoVer-Net's horizontal and vertical maps, from the generator's maps and features."""
+    """HoVer-Net's horizontal and vertical maps, from the normalised image, the generator's maps and features.
+
+    The image itself, not only the generator's features, because the sign flip between two touching nuclei sits
+    on the thin paler line between them.
+    """
 
     def __init__(self, feature_channels: int, width: int = 16):
-        super().__init__(2 + feature_channels, 2, width)
+        super().__init__(3 + 2 + feature_channels, 2, width)
 
-    def forward(self, generator_logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.cat([generator_logits, features], dim=1))
+    def forward(
+        self, images: torch.Tensor, generator_logits: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        return super().forward(torch.cat([images, generator_logits, features], dim=1))
 
 
 class SegmentAnyCell(nn.Module):
@@ -271,8 +277,9 @@ class SegmentAnyCell(nn.Module):
             raise InputError(f"model expects {size}x{size} tiles, got {tuple(images.shape[-2:])}")
         generated = self.generator(images)
         prompts, prompt_labels = self._prompts(generated.logits, points, point_labels, generate_points)
+        normalised = (images - self.pixel_mean) / self.pixel_std
         # not SamModel.get_image_embeddings: it runs under no_grad, which would freeze the encoder (LoRA too)
-        embeddings = self.sam.vision_encoder((images - self.pixel_mean) / self.pixel_std)[0]
+        embeddings = self.sam.vision_encoder(normalised)[0]
         sam_logits = self.sam(
             image_embeddings=embeddings,
             input_points=prompts,
@@ -290,7 +297,7 @@ class SegmentAnyCell(nn.Module):
             prompt_labels,
             embeddings,
             generated.features,
-            None if self.hv_head is None else self.hv_head(generated.logits, generated.features),
+            None if self.hv_head is None else self.hv_head(normalised, generated.logits, generated.features),
         )
 
     def prompt_instances(

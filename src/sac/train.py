@@ -78,7 +78,7 @@ class TrainConfig:
     # train only these parts (names of the model's modules, e.g. ["click_head"]; None: all that are trainable),
     # so a stage can improve the answer to clicks while every automatic output stays exactly as it was
     train_only: list[str] | None = None
-    # extra weight of the centre map's loss where two nuclei lie within CONTACT_RADIUS px of each other (0: none),
+    # extra weight of the centre (and HV) maps' loss where two nuclei lie within CONTACT_RADIUS px of each other (0: none),
     # as U-Net weights the gaps between touching cells: merged neighbours are the largest instance error
     contact_weight: float = 0.0
 
@@ -189,13 +189,17 @@ def hv_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(maps, dim=1)
 
 
-def hv_loss(hv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hv_loss(hv: torch.Tensor, labels: torch.Tensor, contact_weight: float = 0.0) -> torch.Tensor:
     """HoVer-Net's loss on the horizontal and vertical maps: mean squared error everywhere, plus that of their
-    derivatives along their own axis inside nuclei, where the sign flips between touching nuclei must be sharp."""
+    derivatives along their own axis inside nuclei, where the sign flips between touching nuclei must be sharp;
+    both weighted ``1 + contact_weight`` where nuclei touch, since those few pixels are what splits them."""
     target = hv_targets(labels)
-    inside = (labels > 0)[:, None].float()
+    weight = 1 + contact_weight * contact_map(labels) if contact_weight else torch.ones_like(hv[:, :1])
+    inside = (labels > 0)[:, None].float() * weight
     gradient = _axis_gradients(hv) - _axis_gradients(target)
-    return F.mse_loss(hv, target) + (gradient.square() * inside).sum() / inside.sum().clamp(min=1)
+    return ((hv - target).square() * weight).mean() + (gradient.square() * inside).sum() / (
+        labels > 0
+    ).sum().clamp(min=1)
 
 
 def _axis_gradients(hv: torch.Tensor) -> torch.Tensor:
@@ -216,7 +220,7 @@ def sac_loss(
     output: SACOutput, batch: dict[str, torch.Tensor], contact_weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dice + BCE on each output: final map, SAM's low-resolution mask (half weight), generator map; BCE on the
-    centre map, weighted ``1 + contact_weight`` where nuclei touch; :func:`hv_loss` on a model's HV maps."""
+    centre map and :func:`hv_loss` on a model's HV maps, both weighted ``1 + contact_weight`` where nuclei touch."""
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
     centre_weight = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
@@ -229,7 +233,7 @@ def sac_loss(
         ),
     }
     if output.hv is not None:
-        parts["hv"] = hv_loss(output.hv.float(), batch["labels"])
+        parts["hv"] = hv_loss(output.hv.float(), batch["labels"], contact_weight)
     total = sum(part * (0.5 if name == "sam" else 1) for name, part in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
