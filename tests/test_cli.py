@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import synthetic_nuclei
 from sac import __version__
 from sac.cli import main
+from sac.model import model_path, read_checkpoint_meta
 
 
 @pytest.fixture
@@ -28,7 +29,11 @@ def test_version_and_defaults_in_help(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.5)" in text and "(default: auto)" in text and "nuclei and glands 0.2" in text
-    assert "nuclei 0.15, glands 0)" in text
+    shipped = read_checkpoint_meta(model_path("nuclei"))[
+        "model"
+    ]  # the help states the shipped model's settings
+    assert shipped["seed_depth"] == 0 and "nuclei and glands 0)" in text
+    assert f"nuclei {shipped['hv_weight']:g})" in text
 
 
 def test_instances_flag_followed_by_the_input(tiny_checkpoint, image, tmp_path):

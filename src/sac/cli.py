@@ -186,7 +186,13 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--seed-depth",
         type=float,
         help="split a seed between two centre-map peaks whose valley is this deep below the lower one; 0: never "
-        "(default: the model's; nuclei 0.15, glands 0)",
+        "(default: the model's; nuclei and glands 0)",
+    )
+    parser.add_argument(
+        "--hv-weight",
+        type=float,
+        help="for a model with horizontal/vertical maps: how far the boundaries they show between touching "
+        "nuclei lower the centre map before seeds are cut; 0: not used (default: the model's; nuclei 8)",
     )
     parser.add_argument(
         "--min-size",
@@ -215,6 +221,7 @@ def _segment_options(args: argparse.Namespace) -> SegmentOptions:
         threshold=args.threshold,
         seed_threshold=args.seed_threshold,
         seed_depth=args.seed_depth,
+        hv_weight=args.hv_weight,
         min_size=args.min_size,
         max_size=args.max_size,
         exclude_edges=args.exclude_edges,

@@ -118,14 +118,18 @@ class TrainConfig:
 
 
 def adopt_init(config: TrainConfig) -> TrainConfig:
-    """Take the architecture from the ``init`` checkpoint, so its weights fit, and record which weights they were."""
+    """Take the architecture from the ``init`` checkpoint, so its weights fit, and its pixel size unless the run
+    sets one (a fine-tuned model works at its init's scale), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
     for name in ADDABLE_FIELDS:  # a part the run adds starts from scratch (SegmentAnyCell.load_weights)
         architecture[name] = architecture[name] or getattr(config.model, name)
+    mpp = model.mpp if config.model.mpp is None else config.model.mpp
     return dataclasses.replace(
-        config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
+        config,
+        init_sha256=meta["weights_sha256"],
+        model=dataclasses.replace(config.model, mpp=mpp, **architecture),
     )
 
 
