@@ -78,6 +78,8 @@ class Timers:
             "prompt encoder + decoder": model.sam.mask_decoder,
             "fusion head": model.fusion,
         }
+        if model.hv_head is not None:
+            parts["HV head"] = model.hv_head
         self._starts: dict[str, float] = {}
         for name, module in parts.items():
             module.register_forward_pre_hook(
