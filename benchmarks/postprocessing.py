@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             seeded = segmenter.with_options(
                 seed_threshold=seed_threshold, seed_depth=seed_depth, hv_weight=hv_weight
             )
-            unfiltered = [seeded.instances(r.maps) for r in results]
+            unfiltered = [seeded.instances(r.maps, r.zoom) for r in results]
             for min_size in min_sizes:
                 per_image = []
                 for sample, result, labels in zip(held, results, unfiltered, strict=True):

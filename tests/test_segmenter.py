@@ -309,6 +309,8 @@ def test_instances_of_a_model_with_hv_maps_use_them_with_its_weight_or_the_optio
     segmenter = Segmenter(tiny_model(hv_maps=True, hv_weight=2.0), seed_threshold=0.2)
     assert segmenter.instances(maps).max() == 2
     assert segmenter.with_options(hv_weight=0.0).instances(maps).max() == 1
+    # maps of an image seen at 4x its size: the boundaries' slopes per pixel are 4x steeper than the model's
+    assert segmenter.instances(maps, zoom=4.0).max() == 1
 
 
 def test_a_model_that_prefers_tta_gets_it_unless_the_user_says_no():

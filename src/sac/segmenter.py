@@ -150,7 +150,7 @@ class Segmenter:
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
                 maps = self._maps_at(rgb, zoom)
-            labels = None if mode is None else self.instances(maps)
+            labels = None if mode is None else self.instances(maps, zoom)
             if mode == "sam":
                 labels = self._prompted(rgb, labels, maps[2], zoom, sam_mode=True)
             if labels is not None:
@@ -173,18 +173,23 @@ class Segmenter:
             options.exclude_edges,
         )
 
-    def instances(self, maps: np.ndarray) -> np.ndarray:
+    def instances(self, maps: np.ndarray, zoom: float = 1.0) -> np.ndarray:
         """Watershed instances from :meth:`maps`' output, with the model's seed settings unless the options say.
 
         Parameters
         ----------
         maps : (C, H, W) float array, the channels of the model's ``SACConfig.map_names``.
+        zoom : float
+            Model pixels per pixel of ``maps`` (``Segmentation.zoom``). The HV maps' boundaries are slopes per
+            pixel, so the HV weight is divided by it: a 20x image's maps, made at 40x and shrunk back, split
+            as the model's own scale would.
 
         Returns
         -------
         (H, W) int32 labels, 0 background; the options' size filters in µm² are left to :meth:`segment`.
         """
         options, config = self.options, self.model.config
+        hv_weight = config.hv_weight if options.hv_weight is None else options.hv_weight
         return instances_from_maps(
             maps[0],
             maps[2],
@@ -194,7 +199,7 @@ class Segmenter:
             else options.seed_threshold,
             seed_depth=config.seed_depth if options.seed_depth is None else options.seed_depth,
             hv=maps[len(MAP_NAMES) :] if config.hv_maps else None,
-            hv_weight=config.hv_weight if options.hv_weight is None else options.hv_weight,
+            hv_weight=hv_weight / zoom,
         )
 
     def _channel(self, image: np.ndarray) -> np.ndarray:
