@@ -294,6 +294,18 @@ def test_a_model_with_hv_maps_returns_them_averaged_over_views():
     np.testing.assert_allclose(turned, expected, atol=1e-4)
 
 
+def test_a_semantic_mask_skips_the_hv_head_and_matches_the_mask_of_the_full_maps():
+    model = tiny_model(hv_maps=True).eval()
+    image, _ = synthetic_nuclei(size=64, count=5)
+    segmenter = Segmenter(model)
+    semantic = segmenter.segment(image)
+    full = segmenter.maps(image)
+    assert semantic.maps.shape == (len(MAP_NAMES), 64, 64) and len(full) == len(model.config.map_names)
+    np.testing.assert_allclose(semantic.maps, full[: len(MAP_NAMES)], atol=1e-6)
+    with pytest.raises(InputError, match="lack the model's HV maps"):
+        segmenter.instances(semantic.maps)
+
+
 def test_instances_of_a_model_with_hv_maps_use_them_with_its_weight_or_the_options():
     """Two touching disks under one centre core: the model's HV weight splits them, the option 0 does not."""
     from sac.data import instance_distance_map

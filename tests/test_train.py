@@ -104,7 +104,7 @@ def test_hv_loss_is_zero_only_for_the_targets():
     target = hv_targets(labels)
     assert hv_loss(target, labels) == 0
     blurred = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1)  # boundaries no longer sharp
-    assert 0 < hv_loss(blurred, labels) < hv_loss(blurred, labels, contact_weight=5)
+    assert 0 < hv_loss(blurred, labels) < hv_loss(blurred, labels, 1 + 5 * contact_map(labels))
 
 
 def test_a_run_may_add_the_hv_head_to_its_init_checkpoint(tmp_path):

@@ -266,11 +266,13 @@ class SegmentAnyCell(nn.Module):
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
         generate_points: bool = True,
+        hv: bool = True,
     ) -> SACOutput:
         """``images`` (B, 3, S, S) in [0, 1] with S = ``config.image_size``.
 
         Given ``points``/``point_labels`` ((B, 1, N, 2) as (x, y), (B, 1, N)), they are added to the generated
-        prompts, or used alone with ``generate_points=False``.
+        prompts, or used alone with ``generate_points=False``. ``hv=False`` skips the HV head (its maps only
+        split instances, and it costs about as much as the rest at full resolution).
         """
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
@@ -297,7 +299,9 @@ class SegmentAnyCell(nn.Module):
             prompt_labels,
             embeddings,
             generated.features,
-            None if self.hv_head is None else self.hv_head(normalised, generated.logits, generated.features),
+            None
+            if self.hv_head is None or not hv
+            else self.hv_head(normalised, generated.logits, generated.features),
         )
 
     def prompt_instances(

@@ -47,7 +47,7 @@ class Segmentation(NamedTuple):
 
     mask: np.ndarray  # (H, W) bool
     labels: np.ndarray | None  # (H, W) int32 nuclei ids
-    maps: np.ndarray  # (C, H, W) float32, named by the model's SACConfig.map_names
+    maps: np.ndarray  # (C, H, W) float32, named by the model's SACConfig.map_names (HV ones with labels only)
     mpp: float | None  # the input's pixel size in µm, given or recorded in its file; None when unknown
     zoom: float  # model pixels per input pixel
     scale_note: str  # where the scale came from, in words
@@ -149,7 +149,7 @@ class Segmenter:
         with precision:
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
-                maps = self._maps_at(rgb, zoom)
+                maps = self._maps_at(rgb, zoom, hv=mode is not None)
             labels = None if mode is None else self.instances(maps, zoom)
             if mode == "sam":
                 labels = self._prompted(rgb, labels, maps[2], zoom, sam_mode=True)
@@ -190,6 +190,10 @@ class Segmenter:
         """
         options, config = self.options, self.model.config
         hv_weight = config.hv_weight if options.hv_weight is None else options.hv_weight
+        if config.hv_maps and len(maps) == len(MAP_NAMES):
+            raise InputError(
+                "these maps lack the model's HV maps, which its instances need: make them with hv=True"
+            )
         return instances_from_maps(
             maps[0],
             maps[2],
@@ -257,12 +261,12 @@ class Segmenter:
         mpp = model_mpp * zoom
         return zoom, None, f"about {mpp:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}", None
 
-    def _maps_at(self, rgb: np.ndarray, zoom: float) -> np.ndarray:
+    def _maps_at(self, rgb: np.ndarray, zoom: float, hv: bool) -> np.ndarray:
         """Maps of ``rgb`` computed at ``zoom`` times its size and resampled back to it."""
         if zoom == 1:
-            return self.maps(rgb)
+            return self.maps(rgb, hv=hv)
         height, width = rgb.shape[:2]
-        zoomed = self.maps(_resize(rgb, zoom))
+        zoomed = self.maps(_resize(rgb, zoom), hv=hv)
         return _resample(zoomed, (height, width))
 
     def _prompted(
@@ -291,11 +295,16 @@ class Segmenter:
 
     @torch.inference_mode()
     def maps(
-        self, image: np.ndarray, points: Points | None = None, generate_points: bool = True
+        self,
+        image: np.ndarray,
+        points: Points | None = None,
+        generate_points: bool = True,
+        hv: bool = True,
     ) -> np.ndarray:
         """(C, H, W) float32 maps at the image's own scale, named by the model's ``SACConfig.map_names``: final
         nuclei probability, generator probability, generator centre map, SAM's own (upsampled) mask probability
-        and, for a model with ``hv_maps``, the horizontal and vertical maps.
+        and, for a model with ``hv_maps`` unless ``hv`` is False, the horizontal and vertical maps (only
+        :meth:`instances` needs them, and they cost about as much as the rest).
 
         ``points`` here are prompts for SAM's whole-mask answer (the paper's setting): each tile receives those
         falling inside it, in addition to its generated points (or alone, with ``generate_points=False``, as for
@@ -319,12 +328,12 @@ class Segmenter:
             if use_manual:
                 outputs = [
                     self._forward_with_manual(
-                        tensor[i : i + 1], _tile_points(given, origin, size), generate_points
+                        tensor[i : i + 1], _tile_points(given, origin, size), generate_points, hv
                     )
                     for i, origin in enumerate(origins)
                 ]
             else:
-                outputs = [model(tensor)]
+                outputs = [model(tensor, hv=hv)]
             return torch.cat([_maps(output) for output in outputs]).float().cpu().numpy()
 
         def tiled(view: np.ndarray) -> np.ndarray:
@@ -338,18 +347,20 @@ class Segmenter:
             if use_manual:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
             # the eight flips and quarter turns of the image, each map turned back and averaged
-            total = np.zeros((len(model.config.map_names), *rgb.shape[:2]), np.float32)
+            total = 0
             for turns in range(4):
                 for flip in (False, True):
                     view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
-                    total += maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
+                    total = total + maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
             return total / 8
         finally:
             model.train(was_training)
 
-    def _forward_with_manual(self, tensor: torch.Tensor, manual: list, generate_points: bool) -> SACOutput:
+    def _forward_with_manual(
+        self, tensor: torch.Tensor, manual: list, generate_points: bool, hv: bool
+    ) -> SACOutput:
         if not manual and generate_points:
-            return self.model(tensor)
+            return self.model(tensor, hv=hv)
         if not manual:  # no prompt at all in this tile: SAM still needs one, a background point
             manual = [(np.zeros(2, np.float32), 0)]
         positive = [xy for xy, label in manual if label == 1]
@@ -357,7 +368,7 @@ class Segmenter:
         empty_points = torch.zeros(1, 1, 0, 2)
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
-        return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points)
+        return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points, hv)
 
 
 def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:

@@ -193,12 +193,12 @@ def hv_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(maps, dim=1)
 
 
-def hv_loss(hv: torch.Tensor, labels: torch.Tensor, contact_weight: float = 0.0) -> torch.Tensor:
+def hv_loss(hv: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """HoVer-Net's loss on the horizontal and vertical maps: mean squared error everywhere, plus that of their
     derivatives along their own axis inside nuclei, where the sign flips between touching nuclei must be sharp;
-    both weighted ``1 + contact_weight`` where nuclei touch, since those few pixels are what splits them."""
+    both times the (B, 1, H, W) pixel ``weight`` if given (:func:`sac_loss` weights where nuclei touch)."""
     target = hv_targets(labels)
-    weight = 1 + contact_weight * contact_map(labels) if contact_weight else torch.ones_like(hv[:, :1])
+    weight = torch.ones_like(hv[:, :1]) if weight is None else weight
     inside = (labels > 0)[:, None].float() * weight
     gradient = _axis_gradients(hv) - _axis_gradients(target)
     return ((hv - target).square() * weight).mean() + (gradient.square() * inside).sum() / (
@@ -227,17 +227,18 @@ def sac_loss(
     centre map and :func:`hv_loss` on a model's HV maps, both weighted ``1 + contact_weight`` where nuclei touch."""
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
-    centre_weight = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
+    # touching nuclei: the few pixels that split them
+    contact = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
     parts = {
         "final": dice_bce(output.logits, mask).mean(),
         "sam": dice_bce(output.sam_logits, low_res).mean(),
         "generator": dice_bce(output.generator_logits[:, :1], mask).mean(),
         "centre": F.binary_cross_entropy_with_logits(
-            output.generator_logits[:, 1:], batch["distance"], weight=centre_weight
+            output.generator_logits[:, 1:], batch["distance"], weight=contact
         ),
     }
     if output.hv is not None:
-        parts["hv"] = hv_loss(output.hv.float(), batch["labels"], contact_weight)
+        parts["hv"] = hv_loss(output.hv.float(), batch["labels"], contact)
     total = sum(part * (0.5 if name == "sam" else 1) for name, part in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
