@@ -111,13 +111,19 @@ def test_a_run_may_add_the_hv_head_to_its_init_checkpoint(tmp_path):
     samples = synthetic_samples()
     Trainer(tiny_config(tmp_path / "source", max_steps=1, mpp=0.5), samples, samples[:1]).run(progress=False)
     config = tiny_config(
-        tmp_path / "hv", init=str(tmp_path / "source" / "last"), hv_maps=True, train_only=["hv_head"]
+        tmp_path / "hv",
+        init=str(tmp_path / "source" / "last"),
+        hv_maps=True,
+        hv_head_width=8,
+        train_only=["hv_head"],
     )
     trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, samples[:1])
     before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
     trainer.run(progress=False)
     after = trainer.model.trainable_state_dict()
-    assert trainer.config.model.hv_maps
+    assert (
+        trainer.config.model.hv_maps and trainer.model.hv_head.out.in_channels == 8
+    )  # shaped as the run says
     assert trainer.config.model.mpp == 0.5  # the init's pixel size, which this run did not set
     assert {k.split(".")[0] for k, v in after.items() if not torch.equal(v, before[k])} == {"hv_head"}
 

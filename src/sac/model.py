@@ -67,6 +67,7 @@ class SACConfig:
     # a head predicting HoVer-Net's horizontal and vertical maps (each pixel's offset from its nucleus's centre,
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
+    hv_head_width: int = 16  # channels of the HV head's first level (its cost grows with the square)
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
@@ -130,9 +131,11 @@ ARCHITECTURE_FIELDS = (
     "generator_depth",
     "click_head_width",
     "hv_maps",
+    "hv_head_width",
 )
-# architecture a fine-tuning run may add to its init checkpoint: the new module starts from scratch
-ADDABLE_FIELDS = ("hv_maps",)
+# parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
+# new module starts from scratch, shaped as the run says
+ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
 
 
 class SACOutput(NamedTuple):
@@ -253,7 +256,7 @@ class SegmentAnyCell(nn.Module):
         )
         self.fusion = FusionHead(config.generator_channels)
         self.click_head = ClickHead(config.generator_channels, config.click_head_width)
-        self.hv_head = HVHead(config.generator_channels, config.click_head_width) if config.hv_maps else None
+        self.hv_head = HVHead(config.generator_channels, config.hv_head_width) if config.hv_maps else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0

@@ -33,7 +33,7 @@ from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_are
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
 from sac.model import (
-    ADDABLE_FIELDS,
+    ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
     SACConfig,
     SACOutput,
@@ -123,8 +123,9 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
-    for name in ADDABLE_FIELDS:  # a part the run adds starts from scratch (SegmentAnyCell.load_weights)
-        architecture[name] = architecture[name] or getattr(config.model, name)
+    for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
+        if getattr(config.model, switch) and not architecture[switch]:
+            architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
     mpp = model.mpp if config.model.mpp is None else config.model.mpp
     return dataclasses.replace(
         config,
