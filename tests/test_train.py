@@ -107,23 +107,28 @@ def test_hv_loss_is_zero_only_for_the_targets():
     assert 0 < hv_loss(blurred, labels) < hv_loss(blurred, labels, 1 + 5 * contact_map(labels))
 
 
-def test_a_run_may_add_the_hv_head_to_its_init_checkpoint(tmp_path):
+def test_a_run_may_add_the_hv_head_to_its_init_checkpoint_and_keeps_its_other_settings(tmp_path):
     samples = synthetic_samples()
-    Trainer(tiny_config(tmp_path / "source", max_steps=1, mpp=0.5), samples, samples[:1]).run(progress=False)
+    source = tiny_config(
+        tmp_path / "source", max_steps=1, mpp=0.5, instance_window=32, objects="glands", min_size=7.0
+    )
+    Trainer(source, samples, samples[:1]).run(progress=False)
     config = tiny_config(
         tmp_path / "hv",
         init=str(tmp_path / "source" / "last"),
         hv_maps=True,
         hv_head_width=8,
         train_only=["hv_head"],
+        min_size=5.0,
     )
+    # what the run does not set is the init's: a fine-tuned gland model stays one
+    assert (config.model.instance_window, config.model.objects, config.model.min_size) == (32, "glands", 5.0)
     trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, samples[:1])
     before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
     trainer.run(progress=False)
     after = trainer.model.trainable_state_dict()
-    assert (
-        trainer.config.model.hv_maps and trainer.model.hv_head.out.in_channels == 8
-    )  # shaped as the run says
+    # the head is shaped as the run says
+    assert trainer.config.model.hv_maps and trainer.model.hv_head.out.in_channels == 8
     assert trainer.config.model.mpp == 0.5  # the init's pixel size, which this run did not set
     assert {k.split(".")[0] for k, v in after.items() if not torch.equal(v, before[k])} == {"hv_head"}
 

@@ -106,8 +106,9 @@ class TrainConfig:
         model = {
             key: value for key, value in model.items() if value is not None or key in ("mpp", "nucleus_area")
         }
-        if settings.get("init") and "lr" not in settings:  # fine-tuning: the README's learning rate
-            settings["lr"] = FINE_TUNE_LR
+        if settings.get("init"):  # fine-tuning: the model starts as its init, except where the run says
+            model = init_model_settings(settings["init"]) | {k: v for k, v in model.items() if v is not None}
+            settings.setdefault("lr", FINE_TUNE_LR)  # and the README's learning rate
         unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"{source}: unknown keys {sorted(unknown)}")
@@ -117,20 +118,26 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+def init_model_settings(init: str) -> dict:
+    """The model settings of the ``init`` checkpoint that a fine-tuning run keeps unless it sets them: all but
+    the median nucleus area, which is measured on the run's own training images. So a fine-tuned gland model
+    stays one (its scale, objects, click window and post-processing), and ``postprocessing.py`` re-chooses."""
+    settings = read_checkpoint_meta(model_path(init))["model"]
+    settings.pop("nucleus_area", None)
+    return settings
+
+
 def adopt_init(config: TrainConfig) -> TrainConfig:
-    """Take the architecture from the ``init`` checkpoint, so its weights fit, and its pixel size unless the run
-    sets one (a fine-tuned model works at its init's scale), and record which weights they were."""
+    """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
+    ``ADDABLE_PARTS``, is shaped as the run says), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
-    mpp = model.mpp if config.model.mpp is None else config.model.mpp
     return dataclasses.replace(
-        config,
-        init_sha256=meta["weights_sha256"],
-        model=dataclasses.replace(config.model, mpp=mpp, **architecture),
+        config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )
 
 
