@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     run = args.checkpoint.parent
     train_config = json.loads((run / "train_config.json").read_text())
-    config = TrainConfig.from_dict(train_config)
+    config = TrainConfig.from_dict(train_config, new_run=False)
     train, val = load_training_data(config)
     target = model_path(args.name)
     target.mkdir(parents=True, exist_ok=True)

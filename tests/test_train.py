@@ -236,6 +236,7 @@ def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
     fine.run(progress=False)
     shutil.rmtree(tmp_path / "source")  # resuming needs only the run's own state
     Trainer(dataclasses.replace(fine.config, max_steps=2), samples, samples[:1]).load_state()
+    assert TrainConfig.from_dict(json.loads(fine.config.to_json()), new_run=False) == fine.config
     for key, value in source.model.trainable_state_dict().items():
         torch.testing.assert_close(fine.model.trainable_state_dict()[key], value, rtol=0, atol=1e-6)
     scratch = Trainer(tiny_config(tmp_path / "scratch", seed=1), samples, samples[:1])

@@ -87,11 +87,13 @@ class TrainConfig:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "training config") -> TrainConfig:
+    def from_dict(cls, data: dict, source: str = "training config", new_run: bool = True) -> TrainConfig:
         """Build from JSON: ``{"model": {...}, ...}``, or with model fields at the top level (command-line flags,
         and every train_config.json written before the model config moved under ``model``).
 
-        ``num_points`` sets as many positive as negative points.
+        ``num_points`` sets as many positive as negative points. A new run with an ``init`` takes the model
+        settings it does not set from that checkpoint (:func:`init_model_settings`); a saved run's config
+        (``new_run=False``: resuming, shipping) is read as written, since its init may have moved since.
         """
         settings, model = dict(data), dict(data.get("model") or {})
         settings.pop("model", None)
@@ -106,9 +108,10 @@ class TrainConfig:
         model = {
             key: value for key, value in model.items() if value is not None or key in ("mpp", "nucleus_area")
         }
-        if settings.get("init"):  # fine-tuning: the model starts as its init, except where the run says
+        if settings.get("init") and new_run:  # fine-tuning: the model starts as its init, except where the
+            # run says, at the README's learning rate
             model = init_model_settings(settings["init"]) | {k: v for k, v in model.items() if v is not None}
-            settings.setdefault("lr", FINE_TUNE_LR)  # and the README's learning rate
+            settings.setdefault("lr", FINE_TUNE_LR)
         unknown = set(settings) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise InputError(f"{source}: unknown keys {sorted(unknown)}")
@@ -796,7 +799,7 @@ def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = T
     if not config_file.is_file():
         raise InputError(f"{run_dir}: no train_config.json; not a SAC training run")
     try:
-        config = TrainConfig.from_dict(json.loads(config_file.read_text()), str(config_file))
+        config = TrainConfig.from_dict(json.loads(config_file.read_text()), str(config_file), new_run=False)
     except json.JSONDecodeError as error:
         raise InputError(f"{config_file}: invalid JSON ({error.msg} at line {error.lineno})") from None
     config.out = str(run_dir)
