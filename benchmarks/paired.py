@@ -1,0 +1,114 @@
+"""Is a validation gain real? Two settings (or two models) on the same validation images, image by image, with a
+bootstrap confidence interval of the mean difference (never the test splits).
+
+A setting is ``key=value`` pairs: ``model=`` a checkpoint folder or shipped name, every other key a segment option
+(``sac.options.SegmentOptions``). Each image is scored by the sum that ``postprocessing.py`` chooses by (object F1 +
+object Dice for GlaS, AJI + PQ for nuclei). The overall interval resamples images within each dataset, so each
+dataset weighs the same. A change is adopted only when the interval of its gain lies above zero.
+
+    python benchmarks/paired.py --model glands --datasets glas --a hv_weight=0 --b hv_weight=2
+    python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --json result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from postprocessing import score_keys, validation_arguments, validation_images
+from sac.io import atomic_write
+from sac.metrics import evaluate_image, gland_metrics
+from sac.segmenter import Segmenter
+
+BOOTSTRAP_SAMPLES = 10000
+
+
+def parse_setting(text: str) -> dict:
+    """``"model=glands,hv_weight=2,tta=false"`` -> {"model": "glands", "hv_weight": 2.0, "tta": False}."""
+    setting = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"setting {item!r}: expected key=value")
+        lowered = value.lower()
+        if lowered in ("true", "false", "none"):
+            setting[key] = {"true": True, "false": False, "none": None}[lowered]
+        else:
+            try:
+                setting[key] = float(value)
+            except ValueError:
+                setting[key] = value
+    return setting
+
+
+def image_scores(setting: dict, default_model: str | None, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """Per dataset, each validation image's score under one setting."""
+    options = dict(setting)
+    model = options.pop("model", default_model)
+    segmenter = Segmenter.load(model, **{"instances": "fast", **options})
+    scores = {}
+    for dataset in args.datasets.split(","):
+        row = []
+        for sample in validation_images(args, dataset):
+            labels = segmenter.segment(sample.image, mpp=sample.mpp).labels
+            metrics = evaluate_image(sample.labels, labels)
+            if dataset == "glas":
+                metrics |= gland_metrics(sample.labels, labels)
+            row.append(sum(metrics[key] for key in score_keys(dataset)))
+        scores[dataset] = np.array(row)
+    return scores
+
+
+def bootstrap_interval(differences: dict[str, np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """95 % interval of the mean over datasets of each dataset's mean difference, images resampled per dataset."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros(BOOTSTRAP_SAMPLES)
+    for values in differences.values():
+        picks = rng.integers(0, len(values), (BOOTSTRAP_SAMPLES, len(values)))
+        means += values[picks].mean(axis=1) / len(differences)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    validation_arguments(parser)
+    parser.add_argument("--a", required=True, help="the setting now, e.g. hv_weight=0 or model=nuclei")
+    parser.add_argument("--b", required=True, help="the candidate, e.g. hv_weight=2 or model=runs/x/last")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    first = image_scores(parse_setting(args.a), args.model, args)
+    second = image_scores(parse_setting(args.b), args.model, args)
+    differences = {dataset: second[dataset] - first[dataset] for dataset in first}
+    low, high = bootstrap_interval(differences)
+    result = {
+        "a": args.a,
+        "b": args.b,
+        "datasets": {
+            dataset: {
+                "images": len(values),
+                "a": float(first[dataset].mean()),
+                "b": float(second[dataset].mean()),
+                "gain": float(values.mean()),
+                "images_up": int((values > 1e-9).sum()),
+                "images_down": int((values < -1e-9).sum()),
+            }
+            for dataset, values in differences.items()
+        },
+        "gain": float(np.mean([values.mean() for values in differences.values()])),
+        "gain_95_interval": [low, high],
+        "adopt": low > 0,
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        with atomic_write(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
