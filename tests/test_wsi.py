@@ -40,7 +40,9 @@ class LocalSegmenter(Segmenter):
     def with_options(self, **changes) -> LocalSegmenter:
         return LocalSegmenter(dataclasses.replace(self.options, **changes))
 
-    def maps(self, image: np.ndarray, points=None, generate_points: bool = True) -> np.ndarray:
+    def maps(
+        self, image: np.ndarray, points=None, generate_points: bool = True, hv: bool = True
+    ) -> np.ndarray:
         darkness = 1 - to_rgb_uint8(image).mean(axis=2) / 255
         centre = ndimage.gaussian_filter(ndimage.distance_transform_edt(darkness >= 0.5) / 3, 1)
         return np.stack([darkness, darkness, np.clip(centre, 0, 1), darkness]).astype(np.float32)
