@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import score_keys, validation_arguments, validation_images
+from postprocessing import image_metrics, score_keys, validation_arguments, validation_images
 from sac.io import atomic_write
-from sac.metrics import evaluate_image, gland_metrics
 from sac.segmenter import Segmenter
 
 BOOTSTRAP_SAMPLES = 10000
@@ -55,9 +54,7 @@ def image_scores(setting: dict, default_model: str | None, args: argparse.Namesp
         row = []
         for sample in validation_images(args, dataset):
             labels = segmenter.segment(sample.image, mpp=sample.mpp).labels
-            metrics = evaluate_image(sample.labels, labels)
-            if dataset == "glas":
-                metrics |= gland_metrics(sample.labels, labels)
+            metrics = image_metrics(dataset, sample.labels, labels)
             row.append(sum(metrics[key] for key in score_keys(dataset)))
         scores[dataset] = np.array(row)
     return scores

@@ -38,6 +38,11 @@ def score_keys(dataset: str) -> tuple[str, ...]:
     return GLAND_SCORE if dataset == "glas" else ("aji", "pq")
 
 
+def image_metrics(dataset: str, truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric of one validation image: Dice, AJI, PQ and the rest, and for GlaS the challenge's object ones."""
+    return evaluate_image(truth, labels) | (gland_metrics(truth, labels) if dataset == "glas" else {})
+
+
 def validation_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, and which validation images: the arguments every validation benchmark shares."""
     parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
@@ -96,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 for sample, result, labels in zip(held, results, unfiltered, strict=True):
                     pixel_area = (result.mpp or model_mpp * result.zoom) ** 2
                     labels = filter_instances(labels, min_size / pixel_area)
-                    per_image.append(
-                        evaluate_image(sample.labels, labels)
-                        | (gland_metrics(sample.labels, labels) if dataset == "glas" else {})
-                    )
+                    per_image.append(image_metrics(dataset, sample.labels, labels))
                 summary = summarize(per_image) | {
                     key: float(np.mean([row[key] for row in per_image]))
                     for key in GLAND_SCORE
