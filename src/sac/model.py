@@ -136,6 +136,50 @@ ARCHITECTURE_FIELDS = (
 # parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
 # new module starts from scratch, shaped as the run says
 ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
+# the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
+# network starts out computing exactly what the init computed (widen_feature_channels)
+WIDENABLE_FIELD = "generator_channels"
+
+
+def widening_factor(init: SACConfig, run: SACConfig, source: str) -> int:
+    """How many times wider the run's generator is than its init's: 1, or a whole number whose widening keeps
+    every GroupNorm's groups (widths that are multiples of 8, see :class:`sac.generator.ConvBlock`)."""
+    old, new = getattr(init, WIDENABLE_FIELD), getattr(run, WIDENABLE_FIELD)
+    if new == old:
+        return 1
+    if new % old or old % 8:
+        raise InputError(
+            f"{source}: its {WIDENABLE_FIELD} is {old}; a run can only widen it by a whole factor, and only "
+            f"from a multiple of 8 (got {new})"
+        )
+    return new // old
+
+
+def widen_feature_channels(
+    tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], factor: int, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Widen a checkpoint's generator ``factor`` times without changing what the network computes (Net2Net).
+
+    Every generator channel becomes ``factor`` adjacent copies of itself; a layer reading copies gets the
+    original weight split among them, in random shares that sum to one, so the copies learn apart. Works from
+    the shapes in ``expected``: an input dimension that grows is widened in its trailing part (the features
+    come last in every head's input). GroupNorm with the same groups normalises copies as their original.
+    """
+    shares = torch.Generator().manual_seed(seed)
+    widened = {}
+    for name, weight in tensors.items():
+        target = expected[name].shape
+        if weight.shape[0] != target[0]:  # output channels, or GroupNorm's per-channel scale and shift
+            weight = weight.repeat_interleave(factor, 0)
+        if weight.ndim > 1 and weight.shape[1] != target[1]:
+            grown = (target[1] - weight.shape[1]) // (factor - 1)
+            kept = weight.shape[1] - grown
+            split = weight[:, kept:].unsqueeze(2).expand(-1, -1, factor, *weight.shape[2:])
+            noise = 0.1 * torch.randn(split.shape, generator=shares)
+            share = 1 / factor + noise - noise.mean(dim=2, keepdim=True)
+            weight = torch.cat([weight[:, :kept], (split * share).flatten(1, 2)], dim=1)
+        widened[name] = weight
+    return widened
 
 
 class SACOutput(NamedTuple):
@@ -445,7 +489,8 @@ class SegmentAnyCell(nn.Module):
 
         ``meta`` is the checkpoint's config.json when the caller has already read it. ``partial`` lets parts the
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
-        top-level module names. Sets ``self.meta``.
+        top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
+        weights widened (:func:`widen_feature_channels`). Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -460,6 +505,9 @@ class SegmentAnyCell(nn.Module):
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
+        factor = widening_factor(SACConfig.from_dict(meta["model"]), self.config, str(directory))
+        if factor > 1:
+            tensors = widen_feature_channels(tensors, expected, factor)
         fresh = sorted({key.split(".")[0] for key in expected if key not in tensors}) if partial else []
         expected = {k: v for k, v in expected.items() if k.split(".")[0] not in fresh}
         check_state_dict(tensors, expected, f"{weights} (architecture from config.json)")

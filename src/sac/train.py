@@ -35,11 +35,13 @@ from sac.metrics import dice
 from sac.model import (
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
+    WIDENABLE_FIELD,
     SACConfig,
     SACOutput,
     SegmentAnyCell,
     model_path,
     read_checkpoint_meta,
+    widening_factor,
 )
 from sac.segmenter import Segmenter, resolve_device
 
@@ -132,10 +134,13 @@ def init_model_settings(init: str) -> dict:
 
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
-    ``ADDABLE_PARTS``, is shaped as the run says), and record which weights they were."""
+    ``ADDABLE_PARTS``, is shaped as the run says; a generator the run widens keeps the run's width), and record
+    which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
+    if widening_factor(model, config.model, f"--init {config.init}") > 1:
+        architecture[WIDENABLE_FIELD] = getattr(config.model, WIDENABLE_FIELD)
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
