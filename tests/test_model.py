@@ -38,6 +38,33 @@ def test_hv_maps_add_a_head_whose_weights_older_checkpoints_lack(tmp_path):
         model.load_weights(saved)
 
 
+def test_a_wider_generator_starts_from_its_checkpoint_computing_the_same(tmp_path):
+    narrow = tiny_model(generator_channels=8, hv_maps=True).eval()
+    saved = narrow.save(tmp_path / "narrow")
+    wide = tiny_model(generator_channels=16, hv_maps=True).eval()
+    assert wide.load_weights(saved, partial=True) == []
+    images = torch.rand(2, 3, 64, 64)
+    points = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]])
+    with torch.no_grad():
+        before, after = narrow(images, hv=True), wide(images, hv=True)
+        assert after.features.shape[1] == 16
+        for name in ("logits", "generator_logits", "hv"):
+            torch.testing.assert_close(getattr(after, name), getattr(before, name), rtol=1e-4, atol=1e-4)
+        clicked = [
+            m.prompt_instances(o, torch.tensor([0]), points, torch.tensor([[1, 0]]))
+            for m, o in ((narrow, before), (wide, after))
+        ]
+        torch.testing.assert_close(clicked[1].logits, clicked[0].logits, rtol=1e-4, atol=1e-4)
+    # the copies of a channel are read with different weights, so training can tell them apart
+    first = wide.generator.decoder[-1].layers[0].weight
+    assert not torch.equal(first[:, 0], first[:, 1])
+    for width in (12, 20):
+        with pytest.raises(InputError, match="whole factor"):
+            tiny_model(generator_channels=width).load_weights(saved, partial=True)
+    with pytest.raises(InputError, match="multiple of 8"):
+        tiny_model(generator_channels=8).load_weights(tiny_model().save(tmp_path / "four"), partial=True)
+
+
 def test_manual_points_are_added_or_used_alone():
     model = tiny_model(num_positive=1, num_negative=1).eval()
     manual = torch.tensor([[[[5.0, 6.0]]]])

@@ -133,6 +133,19 @@ def test_a_run_may_add_the_hv_head_to_its_init_checkpoint_and_keeps_its_other_se
     assert {k.split(".")[0] for k, v in after.items() if not torch.equal(v, before[k])} == {"hv_head"}
 
 
+def test_a_run_may_widen_its_inits_generator(tmp_path):
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path / "source", max_steps=1, generator_channels=8), samples, []).run(
+        progress=False
+    )
+    init = str(tmp_path / "source" / "last")
+    trainer = Trainer(tiny_config(tmp_path / "wide", init=init, generator_channels=16), samples, [])
+    assert trainer.config.model.generator_channels == 16
+    assert trainer.model.generator.head.in_channels == 16
+    with pytest.raises(InputError, match="whole factor"):
+        Trainer(tiny_config(tmp_path / "odd", init=init, generator_channels=12), samples, [])
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     samples = synthetic_samples()
     straight = Trainer(tiny_config(tmp_path / "a"), samples, samples[:1])

@@ -168,6 +168,9 @@ def widen_feature_channels(
     shares = torch.Generator().manual_seed(seed)
     widened = {}
     for name, weight in tensors.items():
+        if name not in expected:  # left for check_state_dict to report
+            widened[name] = weight
+            continue
         target = expected[name].shape
         if weight.shape[0] != target[0]:  # output channels, or GroupNorm's per-channel scale and shift
             weight = weight.repeat_interleave(factor, 0)
