@@ -7,7 +7,7 @@ object Dice for GlaS, AJI + PQ for nuclei). The overall interval resamples image
 dataset weighs the same. A change is adopted only when the interval of its gain lies above zero.
 
     python benchmarks/paired.py --model glands --datasets glas --a hv_weight=0 --b hv_weight=2
-    python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --json result.json
+    python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --also dice --json result.json
 """
 
 from __future__ import annotations
@@ -44,20 +44,44 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
-def image_scores(setting: dict, default_model: str | None, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Per dataset, each validation image's score under one setting."""
+def image_scores(
+    setting: dict, default_model: str | None, args: argparse.Namespace
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per dataset, each validation image's score under one setting, and its metrics named by ``--also``."""
     options = dict(setting)
     model = options.pop("model", default_model)
     segmenter = Segmenter.load(model, **{"instances": "fast", **options})
     scores = {}
     for dataset in args.datasets.split(","):
-        row = []
+        rows = []
         for sample in validation_images(args, dataset):
             labels = segmenter.segment(sample.image, mpp=sample.mpp).labels
             metrics = image_metrics(dataset, sample.labels, labels)
-            row.append(sum(metrics[key] for key in score_keys(dataset)))
-        scores[dataset] = np.array(row)
+            score = sum(metrics[key] for key in score_keys(dataset))
+            rows.append({"score": score} | {key: metrics[key] for key in args.also})
+        scores[dataset] = {key: np.array([row[key] for row in rows]) for key in rows[0]}
     return scores
+
+
+def comparison(first: dict, second: dict, key: str) -> dict:
+    """Setting b against a on one metric: per dataset and overall, with the bootstrap interval of the gain."""
+    differences = {dataset: second[dataset][key] - first[dataset][key] for dataset in first}
+    low, high = bootstrap_interval(differences)
+    return {
+        "datasets": {
+            dataset: {
+                "images": len(values),
+                "a": float(first[dataset][key].mean()),
+                "b": float(second[dataset][key].mean()),
+                "gain": float(values.mean()),
+                "images_up": int((values > 1e-9).sum()),
+                "images_down": int((values < -1e-9).sum()),
+            }
+            for dataset, values in differences.items()
+        },
+        "gain": float(np.mean([values.mean() for values in differences.values()])),
+        "gain_95_interval": [low, high],
+    }
 
 
 def bootstrap_interval(differences: dict[str, np.ndarray], seed: int = 0) -> tuple[float, float]:
@@ -76,30 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     validation_arguments(parser)
     parser.add_argument("--a", required=True, help="the setting now, e.g. hv_weight=0 or model=nuclei")
     parser.add_argument("--b", required=True, help="the candidate, e.g. hv_weight=2 or model=runs/x/last")
+    parser.add_argument(
+        "--also",
+        default="",
+        help="metrics also compared, not deciding (e.g. dice; sac.metrics.evaluate_image)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    args.also = [key for key in args.also.split(",") if key]
     first = image_scores(parse_setting(args.a), args.model, args)
     second = image_scores(parse_setting(args.b), args.model, args)
-    differences = {dataset: second[dataset] - first[dataset] for dataset in first}
-    low, high = bootstrap_interval(differences)
-    result = {
-        "a": args.a,
-        "b": args.b,
-        "datasets": {
-            dataset: {
-                "images": len(values),
-                "a": float(first[dataset].mean()),
-                "b": float(second[dataset].mean()),
-                "gain": float(values.mean()),
-                "images_up": int((values > 1e-9).sum()),
-                "images_down": int((values < -1e-9).sum()),
-            }
-            for dataset, values in differences.items()
-        },
-        "gain": float(np.mean([values.mean() for values in differences.values()])),
-        "gain_95_interval": [low, high],
-        "adopt": low > 0,
-    }
+    result = {"a": args.a, "b": args.b, **comparison(first, second, "score")}
+    result["adopt"] = result["gain_95_interval"][0] > 0
+    result["also"] = {key: comparison(first, second, key) for key in args.also}
     print(json.dumps(result, indent=1))
     if args.json:
         with atomic_write(args.json) as tmp:
