@@ -240,11 +240,11 @@ def test_init_starts_from_a_checkpoint_and_adopts_its_architecture(tmp_path):
         tiny_config(tmp_path / "source", max_steps=2, checkpoint_every=100), samples, samples[:1]
     )
     source.run(progress=False)
-    # a run asking for another generator width and a tiny learning rate: it must take the source's
+    # a run asking for another generator depth and a tiny learning rate: it must take the source's
     # architecture, and after one step of lr 1e-12 still hold the source's weights
-    config = tiny_config(tmp_path / "fine", init=str(tmp_path / "source" / "last"), generator_channels=8)
+    config = tiny_config(tmp_path / "fine", init=str(tmp_path / "source" / "last"), generator_depth=3)
     fine = Trainer(dataclasses.replace(config, lr=1e-12, max_steps=1), samples, samples[:1])
-    assert fine.config.model.generator_channels == 4
+    assert fine.config.model.generator_depth == 2
     assert fine.config.init_sha256 == SegmentAnyCell.load(tmp_path / "source" / "last").meta["weights_sha256"]
     fine.run(progress=False)
     shutil.rmtree(tmp_path / "source")  # resuming needs only the run's own state

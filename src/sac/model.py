@@ -142,10 +142,11 @@ WIDENABLE_FIELD = "generator_channels"
 
 
 def widening_factor(init: SACConfig, run: SACConfig, source: str) -> int:
-    """How many times wider the run's generator is than its init's: 1, or a whole number whose widening keeps
-    every GroupNorm's groups (widths that are multiples of 8, see :class:`sac.generator.ConvBlock`)."""
+    """How many times wider the run's generator is than its init's: a whole number whose widening keeps every
+    GroupNorm's groups (widths that are multiples of 8, see :class:`sac.generator.ConvBlock`); 1 when it is not
+    wider (the run takes its init's width, as every other part of its architecture)."""
     old, new = getattr(init, WIDENABLE_FIELD), getattr(run, WIDENABLE_FIELD)
-    if new == old:
+    if new <= old:
         return 1
     if new % old or old % 8:
         raise InputError(
