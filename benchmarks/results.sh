@@ -12,6 +12,7 @@ python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,
 python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 500,1000,2000 \
   --seed-thresholds 0.1,0.15,0.2,0.25,0.3 --json "$OUT/postprocessing_glands.json"
 python benchmarks/click_diagnostics.py --json "$OUT/click_diagnostics.json"    # validation images only
+python benchmarks/auto_scale.py --json "$OUT/auto_scale.json"                  # DSB training images only
 python benchmarks/click_diagnostics.py --without-merge-negatives \
   --json "$OUT/click_diagnostics_without_merge_negatives.json"
 for dataset in monuseg consep dsb2018; do

@@ -227,6 +227,22 @@ def test_images_are_resampled_to_the_models_pixel_size():
     np.testing.assert_array_equal(close.maps, native.maps)
 
 
+def test_the_estimated_scale_enlarges_small_nuclei_and_shrinks_large_ones_at_most_twofold(monkeypatch):
+    segmenter = Segmenter(tiny_model(mpp=0.25, nucleus_area=50.0, min_size=0.1).eval())
+    image, _ = synthetic_nuclei(size=96, count=4)
+    for side, zoom in (
+        (3, np.sqrt(50 / 9)),
+        (20, 0.5),
+    ):  # 9 px nuclei: enlarged; 400 px: 0.35x, capped at 0.5x
+        labels = np.zeros((96, 96), np.int32)
+        for index in range(12):
+            row, col = divmod(index, 4)
+            labels[row * 24 : row * 24 + side, col * 24 : col * 24 + side] = index + 1
+        monkeypatch.setattr(segmenter, "instances", lambda maps, zoom=1.0, labels=labels: labels)
+        result = segmenter.segment(image)
+        assert result.zoom == pytest.approx(zoom) and "estimated from nucleus size" in result.scale_note
+
+
 def test_batch_size_does_not_change_the_maps(tiny_segmenter):
     image, _ = synthetic_nuclei(size=96, count=6)
     np.testing.assert_allclose(

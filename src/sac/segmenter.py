@@ -34,7 +34,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 # Automatic scale: rescale only when the nuclei's median area is off by more than this factor from the model's
 # (a factor 1.25 in diameter), and within what the estimate can be trusted for; fewer nuclei than this: no estimate.
 AUTO_AREA_TOLERANCE = 1.25**2
-AUTO_ZOOM_RANGE = (0.25, 4.0)
+# An estimate enlarges up to 4x, but shrinks at most 2x: the models were trained on nuclei up to twice their scale
+# (zoom augmentation 0.5-2x), and shrinking further only blurs large nuclei's outlines (benchmarks/RESULTS.md)
+AUTO_ZOOM_RANGE = (0.5, 4.0)
 AUTO_MIN_NUCLEI = 10
 ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
 
