@@ -241,6 +241,8 @@ def test_the_estimated_scale_enlarges_small_nuclei_and_shrinks_large_ones_at_mos
         monkeypatch.setattr(segmenter, "instances", lambda maps, zoom=1.0, labels=labels: labels)
         result = segmenter.segment(image)
         assert result.zoom == pytest.approx(zoom) and "estimated from nucleus size" in result.scale_note
+    # the note gives the estimate itself (400 px nuclei: 0.25 * sqrt(50 / 400) µm/px), and that the zoom was limited
+    assert "about 0.088 µm/px" in result.scale_note and "limited to 0.5-4x" in result.scale_note
 
 
 def test_batch_size_does_not_change_the_maps(tiny_segmenter):

@@ -259,9 +259,17 @@ class Segmenter:
         ratio = reference / float(np.median(areas))
         if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
             return 1.0, None, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
-        zoom = _snap(float(np.clip(np.sqrt(ratio), *AUTO_ZOOM_RANGE)))
-        mpp = model_mpp * zoom
-        return zoom, None, f"about {mpp:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}", None
+        estimate = float(np.sqrt(ratio))
+        zoom = _snap(float(np.clip(estimate, *AUTO_ZOOM_RANGE)))
+        limited = (
+            f" (rescaling limited to {AUTO_ZOOM_RANGE[0]:g}-{AUTO_ZOOM_RANGE[1]:g}x)"
+            if zoom != estimate
+            else ""
+        )
+        note = (
+            f"about {model_mpp * estimate:.2g} µm/px (estimated from nucleus size); zoom {zoom:.2f}{limited}"
+        )
+        return zoom, None, note, None
 
     def _maps_at(self, rgb: np.ndarray, zoom: float, hv: bool) -> np.ndarray:
         """Maps of ``rgb`` computed at ``zoom`` times its size and resampled back to it."""
