@@ -3,9 +3,10 @@
 For every DSB 2018 training image (validation images first, then training images; never the test split) whose
 estimate would shrink it, one row: Dice, AJI and PQ at the estimated zoom as it was before the cap (the estimate
 may shrink down to 0.25x), at that zoom capped at 0.5x (``sac.segmenter.AUTO_ZOOM_RANGE`` now), and unshrunk
-(``--mpp native``); with the bootstrap 95 % interval of each rule's mean gain over the uncapped one.
+(``--mpp native``); with the bootstrap 95 % interval of each rule's mean gain over the uncapped one
+(``paired.comparison``).
 
-    python benchmarks/auto_scale.py --train-images 150 --json benchmarks/results/auto_scale.json   # ~8 min, 1 thread
+    python benchmarks/auto_scale.py --train-images 150 --json benchmarks/results/auto_scale.json   # ~4 min, 1 thread
 """
 
 from __future__ import annotations
@@ -19,23 +20,24 @@ from pathlib import Path
 import numpy as np
 
 import sac.segmenter
-from paired import bootstrap_interval
+from paired import comparison
 from sac.data import load_dataset
 from sac.io import atomic_write
 from sac.metrics import evaluate_image
-from sac.segmenter import Segmenter
+from sac.segmenter import Segmentation, Segmenter
 from sac.train import split_validation
 
 UNCAPPED_RANGE = (0.25, 4.0)  # the estimate's zoom range before the cap
 METRICS = ("dice", "aji", "pq")
+RULES = ("uncapped", "capped", "native")  # the first is what the others are compared with
 
 
-def estimated_zoom(segmenter: Segmenter, image: np.ndarray) -> float:
-    """The zoom ``--mpp auto`` chose for ``image`` before the cap."""
+def uncapped_estimate(segmenter: Segmenter, image: np.ndarray) -> Segmentation:
+    """``image`` segmented as ``--mpp auto`` did before the cap (its zoom is the uncapped estimate)."""
     capped = sac.segmenter.AUTO_ZOOM_RANGE
     sac.segmenter.AUTO_ZOOM_RANGE = UNCAPPED_RANGE
     try:
-        return segmenter.segment(image).zoom
+        return segmenter.segment(image)
     finally:
         sac.segmenter.AUTO_ZOOM_RANGE = capped
 
@@ -55,34 +57,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for part, samples in (("validation", validation), ("training", train[: args.train_images])):
         for sample in samples:
-            zoom = estimated_zoom(segmenter, sample.image)
-            if zoom >= 1:
+            before = uncapped_estimate(segmenter, sample.image)
+            if before.zoom >= 1:
                 continue
-            row = {"image": sample.name, "images": part, "estimated_zoom": round(zoom, 3)}
-            for rule, rule_zoom in (("uncapped", zoom), ("capped", max(zoom, 0.5)), ("native", 1.0)):
-                labels = segmenter.with_options(mpp=model_mpp * rule_zoom).segment(sample.image).labels
-                metrics = evaluate_image(sample.labels, labels)
+            row = {"image": sample.name, "images": part, "estimated_zoom": round(before.zoom, 3)}
+            labels = {"uncapped": before.labels}  # capped: an estimate under 0.5x runs at 0.5x
+            for rule, zoom in (("capped", max(before.zoom, 0.5)), ("native", 1.0)):
+                labels[rule] = segmenter.with_options(mpp=model_mpp * zoom).segment(sample.image).labels
+            for rule in RULES:
+                metrics = evaluate_image(sample.labels, labels[rule])
                 row[rule] = {key: metrics[key] for key in METRICS}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = {}
-    for rule in ("capped", "native"):
-        for key, score in (("aji_plus_pq", ("aji", "pq")), ("dice", ("dice",))):
-            gains = np.array([sum(row[rule][m] - row["uncapped"][m] for m in score) for row in rows])
-            low, high = bootstrap_interval({"dsb2018": gains})
-            summary[f"{rule}_{key}_gain"] = {
-                "mean": float(gains.mean()),
-                "95_interval": [low, high],
-                "images_up": int((gains > 1e-9).sum()),
-                "images_down": int((gains < -1e-9).sum()),
+    # each rule against the uncapped estimate, image by image, as paired.py compares two settings
+    scores = {
+        rule: {
+            "dsb2018": {
+                "aji_plus_pq": np.array([row[rule]["aji"] + row[rule]["pq"] for row in rows]),
+                "dice": np.array([row[rule]["dice"] for row in rows]),
             }
+        }
+        for rule in RULES
+    }
+    summary = {
+        f"{rule}_{key}_gain": comparison(scores["uncapped"], scores[rule], key)
+        for rule in RULES[1:]
+        for key in ("aji_plus_pq", "dice")
+    }
     result = {
         "date": datetime.date.today().isoformat(),
         "model": args.model,
         "images": len(rows),
         "means": {
-            rule: {m: float(np.mean([row[rule][m] for row in rows])) for m in METRICS}
-            for rule in ("uncapped", "capped", "native")
+            rule: {m: float(np.mean([row[rule][m] for row in rows])) for m in METRICS} for rule in RULES
         },
         "summary": summary,
         "rows": rows,

@@ -230,10 +230,8 @@ def test_images_are_resampled_to_the_models_pixel_size():
 def test_the_estimated_scale_enlarges_small_nuclei_and_shrinks_large_ones_at_most_twofold(monkeypatch):
     segmenter = Segmenter(tiny_model(mpp=0.25, nucleus_area=50.0, min_size=0.1).eval())
     image, _ = synthetic_nuclei(size=96, count=4)
-    for side, zoom in (
-        (3, np.sqrt(50 / 9)),
-        (20, 0.5),
-    ):  # 9 px nuclei: enlarged; 400 px: 0.35x, capped at 0.5x
+    # 9 px nuclei: enlarged; 400 px: 0.35x, capped at 0.5x
+    for side, zoom in ((3, np.sqrt(50 / 9)), (20, 0.5)):
         labels = np.zeros((96, 96), np.int32)
         for index in range(12):
             row, col = divmod(index, 4)
