@@ -37,8 +37,8 @@ SIZE_RATIOS = (0.6, 1.6)  # an answer's area over its nucleus's: below, "small";
 
 
 def user_negatives(segmenter: Segmenter, auto: Segmentation, clicks: np.ndarray, merges: bool) -> np.ndarray:
-    """The negatives the segmenter adds to clicks on its automatic result ``auto``; ``merges=False``: without
-    those at the other nuclei of a clicked merge (the rule before them, for comparison)."""
+    """The negatives the segmenter adds to clicks on its automatic result ``auto``; ``merges=False``: none (the
+    clicks alone, for comparison)."""
     centre = auto.maps[2] if merges else None
     return click_negatives(auto.labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, centre)
 
@@ -129,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=5, help="validation images per dataset")
     parser.add_argument("--json", type=Path)
     parser.add_argument(
-        "--without-merge-negatives",
+        "--without-automatic-negatives",
         action="store_true",
-        help="clicks on an automatic object get no negatives at its other nuclei (the rule before them)",
+        help="a user's clicks get no negatives at the other nuclei of a clicked object (the clicks alone)",
     )
     args = parser.parse_args(argv)
     segmenter = Segmenter.load(args.model)
     rng, missed_rng = np.random.default_rng(0), np.random.default_rng(1)
-    merges = not args.without_merge_negatives
+    merges = not args.without_automatic_negatives
     records, outcomes, user_ious, missed_ious = [], [], [], []
     for dataset in args.datasets.split(","):
         held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, 0)[1][: args.limit]

@@ -50,13 +50,17 @@ def validation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root")
     parser.add_argument("--seed", type=int, default=0, help="the training run's seed (its validation split)")
     parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="the training run's validation fraction (its split)"
+    )
+    parser.add_argument(
         "--limit", type=int, default=20, help="at most this many validation images per dataset"
     )
 
 
 def validation_images(args: argparse.Namespace, dataset: str) -> list:
-    """The held-out 10 % of a dataset's training images that the training run validated on (at most --limit)."""
-    return split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, args.seed)[1][: args.limit]
+    """The share of a dataset's training images that the training run held out for validation (at most --limit)."""
+    samples = load_dataset(dataset, args.data_root, "train")
+    return split_validation(samples, args.val_fraction, args.seed)[1][: args.limit]
 
 
 def main(argv: list[str] | None = None) -> int:

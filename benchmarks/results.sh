@@ -13,8 +13,8 @@ python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 5
   --seed-thresholds 0.1,0.15,0.2,0.25,0.3 --json "$OUT/postprocessing_glands.json"
 python benchmarks/click_diagnostics.py --json "$OUT/click_diagnostics.json"    # validation images only
 python benchmarks/auto_scale.py --json "$OUT/auto_scale.json"                  # DSB training images only
-python benchmarks/click_diagnostics.py --without-merge-negatives \
-  --json "$OUT/click_diagnostics_without_merge_negatives.json"
+python benchmarks/click_diagnostics.py --without-automatic-negatives \
+  --json "$OUT/click_diagnostics_without_automatic_negatives.json"
 for dataset in monuseg consep dsb2018; do
   sac evaluate --dataset "$dataset" --split test --instances fast --json "$OUT/${dataset}_test.json"
   sac evaluate --dataset "$dataset" --split test --instances fast --tta --json "$OUT/${dataset}_test_tta.json"

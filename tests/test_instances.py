@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from skimage import measure, morphology, segmentation
 from skimage.draw import disk
 
@@ -22,6 +23,7 @@ from sac.instances import (
     instances_from_maps,
     merged_neighbours,
     sam_instances,
+    split_remnants,
     valley_between,
 )
 from sac.io import InputError, read_labels
@@ -195,13 +197,27 @@ def test_a_click_on_a_merge_gets_the_other_nucleus_as_its_negative():
     centre = instance_distance_map(truth)  # ... but its centre map sees both
     click = np.array([[24, 18]])  # (row, column), in the left disk
     none, config = np.zeros((0, 2), np.int64), SACConfig()
-    plain = click_negatives(merged, click, none, config)
     informed = click_negatives(merged, click, none, config, centre)
-    assert informed[0, 0].tolist() == [24, 36]  # the right disk's centre comes first
-    assert [24, 36] not in plain[0].tolist()
-    np.testing.assert_array_equal(informed[0, 1], plain[0, 0])  # then the nearest other object, as before
-    single = click_negatives(truth, click, none, config, centre)
-    np.testing.assert_array_equal(single, click_negatives(truth, click, none, config))
+    assert informed[0].tolist() == [[24, 36], [-1, -1], [-1, -1], [-1, -1]]  # the right disk's centre, only
+    assert (click_negatives(merged, click, none, config) == -1).all()  # no centre map: no merge to see
+    assert (click_negatives(truth, click, none, config, centre) == -1).all()  # not on a merge: no negatives
+    user = np.array([[24, 40], [90, 90]])  # the user's negatives: the one within the click's window is kept
+    assert click_negatives(merged, click, user, config, centre)[0, :2].tolist() == [[24, 40], [24, 36]]
+
+
+def test_what_an_answer_leaves_of_the_objects_it_covered():
+    labels = np.zeros((48, 120), np.int32)
+    labels[5:26, 5:26] = 1  # a found nucleus ...
+    labels[8:23, 8:23] = 3  # ... that a click re-outlined a little smaller: a rim 3 px wide is left
+    labels[:, 30:94][_touching_disks() > 0] = 2  # two touching nuclei taken for one object ...
+    labels[:, 30:94][_touching_disks() == 1] = 4  # ... a click answered with the left one
+    labels[38:46, 100:111] = 5  # an object an answer cut in two thick pieces (column 105)
+    labels[38:46, 105] = 6
+    split_remnants(labels, np.array([1, 2, 5]))
+    assert not (labels == 1).any()  # the rim of a re-outlined nucleus is dropped
+    assert (labels == 2).sum() > 200 and ndimage.label(labels == 2)[1] == 1  # the merge's other nucleus stays
+    assert (labels == 5).sum() == 40 and (labels == 7).sum() == 40  # the second piece gets a label of its own
+    assert [(labels == i).sum() for i in (3, 4, 6)] == [225, (_touching_disks() == 1).sum(), 8]  # untouched
 
 
 def test_a_nucleus_with_two_shallow_peaks_is_not_taken_for_a_merge():

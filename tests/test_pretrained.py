@@ -75,6 +75,13 @@ def test_shipped_model_answers_clicks_where_they_land_and_nowhere_else():
     removed = segmenter.predict(image, points=(None, np.array([[tx, ty]])))
     assert not removed[before == target].any()
     np.testing.assert_array_equal(removed[before != target] > 0, before[before != target] > 0)
+    # a positive click on a detected nucleus (the largest) re-outlines it; its old rim is no object of its own
+    largest = np.argmax(np.bincount(before.ravel())[1:]) + 1
+    cy, cx = np.unravel_index(np.argmax(ndimage.distance_transform_edt(before == largest)), before.shape)
+    outlined = segmenter.predict(image, points=(np.array([[cx, cy]]), None))
+    pieces = [ndimage.label(outlined == i)[1] for i in range(1, outlined.max() + 1)]
+    assert outlined[cy, cx] and pieces == [1] * outlined.max()
+    assert abs(int(outlined.max()) - int(before.max())) <= 1
 
 
 def test_shipped_gland_model_loads_with_its_card_and_post_processing():
