@@ -316,9 +316,9 @@ def apply_clicks(
 
     A negative click removes the object under it. A positive click asks SAM for the nucleus under it and adds it
     as a new instance over whatever was there (:func:`split_remnants` tidies what is left of the objects it
-    covered); a click SAM cannot answer is reported and changes nothing. SAM
-    gets as negatives the negative clicks near it and the other nuclei the ``centre`` map sees in the object
-    under it (a positive click on an object most often marks a merge).
+    covered); a click SAM cannot answer is reported and changes nothing. SAM gets as negatives the negative
+    clicks near it and the other nuclei the ``centre`` map sees in the object under it (a positive click on an
+    object most often marks a merge).
     """
     labels = np.asarray(labels).copy()
     positive, negative = (click_pixels(p, labels.shape) for p in (positive, negative))
