@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from postprocessing import validation_arguments, validation_images
 from prompts import answer_ious, centres, interior_clicks, iou_table
-from sac.data import load_dataset
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import atomic_write
 from sac.segmenter import Segmentation, Segmenter
-from sac.train import split_validation
 from speed import matmul_gflops
 
 THRESHOLDS = (-1.0, 0.0, 1.0, 2.0)  # click head logits
@@ -123,10 +122,8 @@ def _shares(records: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint folder (default: the shipped model)")
-    parser.add_argument("--datasets", default="monuseg,consep,cryonuseg,dsb2018")
-    parser.add_argument("--data-root")
-    parser.add_argument("--limit", type=int, default=5, help="validation images per dataset")
+    validation_arguments(parser)
+    parser.set_defaults(limit=5)
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--without-automatic-negatives",
@@ -139,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     merges = not args.without_automatic_negatives
     records, outcomes, user_ious, missed_ious = [], [], [], []
     for dataset in args.datasets.split(","):
-        held = split_validation(load_dataset(dataset, args.data_root, "train"), 0.1, 0)[1][: args.limit]
-        for sample in held:
+        for sample in validation_images(args, dataset):
             if sample.mpp is None or abs(sample.mpp / segmenter.model.config.mpp - 1) < 0.05:  # model's scale
                 image, truth = sample.image, sample.labels
                 auto = segmenter.with_options(instances="fast").segment(image)
