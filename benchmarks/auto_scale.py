@@ -22,7 +22,7 @@ import numpy as np
 import sac.segmenter
 from paired import comparison
 from sac.data import load_dataset
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.metrics import evaluate_image
 from sac.segmenter import Segmentation, Segmenter
 from sac.train import split_validation
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps({k: result[k] for k in ("images", "means", "summary")}, indent=1))
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
     return 0
 
 

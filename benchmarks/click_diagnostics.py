@@ -26,7 +26,7 @@ import numpy as np
 from postprocessing import validation_arguments, validation_images
 from prompts import answer_ious, centres, interior_clicks, iou_table
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.segmenter import Segmentation, Segmenter
 from speed import matmul_gflops
 
@@ -192,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report, indent=1))
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

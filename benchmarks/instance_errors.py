@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from postprocessing import validation_arguments, validation_images
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.segmenter import Segmenter
 
 AREA_BINS = (0.0, 8.0, 16.0, 32.0, np.inf)  # µm²
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print("   ", json.dumps(row), flush=True)
     if args.json:
         settings = {"seed_threshold": args.seed_threshold, "seed_depth": args.seed_depth}
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps({"settings": settings, "datasets": records}, indent=2))
+        write_json(args.json, {"settings": settings, "datasets": records})
     return 0
 
 

@@ -22,7 +22,7 @@ import torch
 
 from sac.data import load_dataset, rescale_sample
 from sac.evaluate import evaluate_model
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.segmenter import Segmenter
 from speed import matmul_gflops
 
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines))
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps({"rows": rows, "table": lines}, indent=2))
+        write_json(args.json, {"rows": rows, "table": lines})
     return 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from postprocessing import image_metrics, score_keys, validation_arguments, validation_images
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.segmenter import Segmenter
 
 BOOTSTRAP_SAMPLES = 10000
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     result["also"] = {key: comparison(first, second, key) for key in args.also}
     print(json.dumps(result, indent=1))
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1))
+        write_json(args.json, result)
     return 0
 
 

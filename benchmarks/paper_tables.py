@@ -29,7 +29,7 @@ import torch
 from sac.backbone import is_random
 from sac.data import load_dataset, rescale_sample
 from sac.instances import instances_from_maps
-from sac.io import atomic_write
+from sac.io import atomic_write, write_json
 from sac.metrics import evaluate_image, summarize
 from sac.model import MAP_NAMES, SACConfig, SegmentAnyCell
 from sac.segmenter import Segmenter
@@ -221,8 +221,7 @@ def write_tables(out: Path, results: list[dict], args, argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "paper_tables.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    with atomic_write(out / "paper_tables.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
+    write_json(out / "paper_tables.json", results)
     print("\n".join(lines))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from sac.data import load_dataset
 from sac.evaluate import evaluate_model
 from sac.instances import filter_instances
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.metrics import evaluate_image, gland_metrics, summarize
 from sac.segmenter import Segmenter
 from sac.train import split_validation
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         f"threshold {seed_threshold}, seed depth {seed_depth}, hv weight {hv_weight} ({best:.4f})"
     )
     if args.json:
-        with atomic_write(args.json) as tmp:
-            record = {"rows": rows, "best": list(best_settings), "scale": scale_rows}
-            tmp.write_text(json.dumps(record, indent=2))
+        write_json(args.json, {"rows": rows, "best": list(best_settings), "scale": scale_rows})
     return 0
 
 

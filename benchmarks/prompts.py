@@ -32,7 +32,7 @@ from scipy import ndimage
 from sac.data import load_dataset
 from sac.evaluate import evaluate_model
 from sac.instances import apply_clicks, click_negatives, segment_at_points
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.metrics import evaluate_image, summarize
 from sac.points import peak_pixels
 from sac.segmenter import Segmenter
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         report[dataset] = result
         print(json.dumps({dataset: result}, indent=1), flush=True)
     if args.json:
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

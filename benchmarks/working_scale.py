@@ -23,7 +23,7 @@ import numpy as np
 
 from postprocessing import GLAND_SCORE, score_keys, validation_arguments, validation_images
 from sac.evaluate import evaluate_model
-from sac.io import atomic_write
+from sac.io import write_json
 from sac.segmenter import Segmenter
 from speed import matmul_gflops
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "mean_score": [{"mpp": s, "tta": t, "score": v} for (s, t), v in mean_score.items()],
             "best": {"mpp": scale, "tta": tta},
         }
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

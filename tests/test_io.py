@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from sac.io import (
     sha256sum,
     stretch,
     to_rgb_uint8,
+    write_json,
 )
 
 
@@ -380,3 +382,14 @@ def test_read_input_axes_channels_and_names(tmp_path):
         read_input(tmp_path / "z.tif")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.png")
     assert read_input(tmp_path / "rgb.png").note == "colour (RGB)"
+
+
+def test_write_json_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "run.json"
+    write_json(path, {"a": [1, 2]})
+    write_json(path, {"where": tmp_path}, default=str)
+    assert json.loads(path.read_text()) == {"where": str(tmp_path)}
+    with pytest.raises(TypeError):
+        write_json(path, {"where": tmp_path})  # no default: a value JSON cannot hold is an error ...
+    assert json.loads(path.read_text()) == {"where": str(tmp_path)}  # ... and the file is untouched
+    assert [f.name for f in path.parent.iterdir()] == ["run.json"]

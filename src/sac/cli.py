@@ -363,11 +363,10 @@ def _add_predict_parser(commands) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import json
 
     from sac.data import load_dataset
     from sac.evaluate import evaluate_model
-    from sac.io import atomic_write, check_output_file
+    from sac.io import check_output_file, write_json
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
@@ -399,8 +398,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "tta": segmenter.tta,
             **result,
         }
-        with atomic_write(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

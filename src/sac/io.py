@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,6 +75,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def write_json(
+    path: str | os.PathLike, data: object, default: Callable[[object], object] | None = None
+) -> None:
+    """``data`` as indented JSON at ``path``, written atomically (:func:`atomic_write`); ``default`` as in
+    :func:`json.dumps`, for values JSON has no type for."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=default))
 
 
 _TIFF_SUFFIXES = (".tif", ".tiff")

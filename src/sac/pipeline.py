@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -48,6 +47,7 @@ from sac.io import (
     read_input,
     read_pixel_size,
     to_rgb_uint8,
+    write_json,
 )
 from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
@@ -174,8 +174,7 @@ def write_run_record(
         "images": len(rows),
         "failures": [message for _, message in failures],
     }
-    with atomic_write(out_dir / RUN_FILE) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str))
+    write_json(out_dir / RUN_FILE, record, default=str)
 
 
 def model_record(model: SegmentAnyCell) -> dict:
