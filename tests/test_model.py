@@ -65,6 +65,31 @@ def test_a_wider_generator_starts_from_its_checkpoint_computing_the_same(tmp_pat
         tiny_model(generator_channels=8).load_weights(tiny_model().save(tmp_path / "four"), partial=True)
 
 
+def test_a_click_head_shown_the_image_starts_out_answering_as_its_checkpoint(tmp_path):
+    blind = tiny_model(hv_maps=True).eval()
+    saved = blind.save(tmp_path / "blind")
+    seeing = tiny_model(hv_maps=True, click_head_sees_image=True).eval()
+    seeing.load_weights(saved)
+    # image (3) and HV maps (2) between the previous answer and the features, read with zero weights at first
+    assert seeing.click_head.down1.layers[0].in_channels == blind.click_head.down1.layers[0].in_channels + 5
+    images = torch.rand(2, 3, 64, 64)
+    points, labels = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]]), torch.tensor([[1, 0]])
+    with torch.no_grad():
+        answers = [
+            model.prompt_instances(model(images), torch.tensor([1]), points, labels)
+            for model in (blind, seeing)
+        ]
+        torch.testing.assert_close(answers[1].logits, answers[0].logits, rtol=1e-5, atol=1e-5)
+        seeing.click_head.down1.layers[0].weight[:, 6:11].fill_(1.0)  # now it reads them
+        changed = seeing.prompt_instances(seeing(images), torch.tensor([1]), points, labels)
+        assert not torch.allclose(changed.logits, answers[0].logits)
+        with pytest.raises(InputError, match="hv=True"):
+            seeing.prompt_instances(seeing(images, hv=False), torch.tensor([1]), points, labels)
+    assert tiny_model(click_head_sees_image=True).click_head.down1.layers[0].in_channels == (
+        blind.click_head.down1.layers[0].in_channels + 3
+    )
+
+
 def test_manual_points_are_added_or_used_alone():
     model = tiny_model(num_positive=1, num_negative=1).eval()
     manual = torch.tensor([[[[5.0, 6.0]]]])

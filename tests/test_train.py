@@ -146,6 +146,21 @@ def test_a_run_may_widen_its_inits_generator(tmp_path):
         Trainer(tiny_config(tmp_path / "odd", init=init, generator_channels=12), samples, [])
 
 
+def test_a_run_may_show_its_inits_click_head_the_image(tmp_path):
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, []).run(progress=False)
+    init = str(tmp_path / "source" / "last")
+    config = tiny_config(
+        tmp_path / "seeing", init=init, click_head_sees_image=True, train_only=["click_head"]
+    )
+    trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, [])
+    assert trainer.config.model.click_head_sees_image
+    weights = trainer.model.click_head.down1.layers[0].weight
+    assert weights[:, 6:9].abs().sum() == 0  # the image's weights start at zero
+    trainer.run(progress=False)
+    assert weights[:, 6:9].abs().sum() > 0  # and learn
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     samples = synthetic_samples()
     straight = Trainer(tiny_config(tmp_path / "a"), samples, samples[:1])

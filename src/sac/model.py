@@ -64,6 +64,9 @@ class SACConfig:
     mpp: float | None = None
     instance_window: int = 64  # full-resolution window refined around a click (pixels of the model's input)
     click_head_width: int = 16
+    # the click head also sees, in its window, the normalised image and (with hv_maps) the HV maps: where one
+    # nucleus ends and a touching one begins, which the generator's maps alone blur
+    click_head_sees_image: bool = False
     # a head predicting HoVer-Net's horizontal and vertical maps (each pixel's offset from its nucleus's centre,
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
@@ -130,12 +133,15 @@ ARCHITECTURE_FIELDS = (
     "generator_channels",
     "generator_depth",
     "click_head_width",
+    "click_head_sees_image",
     "hv_maps",
     "hv_head_width",
 )
 # parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
 # new module starts from scratch, shaped as the run says
 ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
+# inputs a fine-tuning run may give the click head: read with zero weights at first (add_click_inputs)
+ADDABLE_CLICK_INPUTS = "click_head_sees_image"
 # the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
 # network starts out computing exactly what the init computed (widen_feature_channels)
 WIDENABLE_FIELD = "generator_channels"
@@ -154,6 +160,18 @@ def widening_factor(init: SACConfig, run: SACConfig, source: str) -> int:
             f"from a multiple of 8 (got {new})"
         )
     return new // old
+
+
+def add_click_inputs(tensors: dict[str, torch.Tensor], channels: int) -> dict[str, torch.Tensor]:
+    """A checkpoint's click head given ``channels`` new inputs (``click_head_sees_image``), read with zero
+    weights, so that it starts out answering exactly as it did and learns what the new inputs add."""
+    key = "click_head.down1.layers.0.weight"
+    if key not in tensors:  # no click head yet: it starts from scratch (load_weights)
+        return tensors
+    weight = tensors[key]
+    zeros = weight.new_zeros(weight.shape[0], channels, *weight.shape[2:])
+    inputs = ClickHead.INPUTS
+    return {**tensors, key: torch.cat([weight[:, :inputs], zeros, weight[:, inputs:]], dim=1)}
 
 
 def widen_feature_channels(
@@ -196,6 +214,7 @@ class SACOutput(NamedTuple):
     image_embeddings: torch.Tensor  # (B, C, H/16, W/16) SAM encoder output, reused by instance prompts
     features: torch.Tensor  # (B, F, H, W) generator features, reused by the fusion head of instance prompts
     hv: torch.Tensor | None = None  # (B, 2, H, W) horizontal and vertical maps, for a model with hv_maps
+    normalised: torch.Tensor | None = None  # (B, 3, H, W) the input tiles as the networks see them
 
 
 class InstanceOutput(NamedTuple):
@@ -253,15 +272,21 @@ class ClickHead(SmallUNet):
 
     SAM's masks are a quarter of the input resolution, and its image embedding a sixteenth: a 12-pixel nucleus
     is smaller than one embedding cell, so SAM alone cannot single it out from its neighbours. This small
-    U-Net sees, in the window, SAM's upsampled answer, the generator's maps and features, maps of the clicks
-    (positive and negative) and the previous answer; its receptive field spans the window, so it can keep the
-    nucleus the click lands on and drop its neighbours.
+    U-Net sees, in the window, SAM's upsampled answer, the generator's maps, maps of the clicks (positive and
+    negative), the previous answer, optionally the image and HV maps (``context_channels``), and the
+    generator's features, in that order; its receptive field spans the window, so it can keep the nucleus the
+    click lands on and drop its neighbours.
     """
 
     INPUTS = 1 + 2 + 2 + 1  # SAM's answer, generator maps, positive and negative clicks, previous answer
 
-    def __init__(self, feature_channels: int, width: int = 16):
-        super().__init__(self.INPUTS + feature_channels, 1, width)
+    def __init__(self, feature_channels: int, width: int = 16, context_channels: int = 0):
+        super().__init__(self.INPUTS + context_channels + feature_channels, 1, width)
+
+    @staticmethod
+    def context_channels(config: SACConfig) -> int:
+        """Channels of the image (3) and HV maps (2, with hv_maps) the click head reads, if it sees the image."""
+        return (3 + 2 * config.hv_maps) if config.click_head_sees_image else 0
 
 
 class HVHead(SmallUNet):
@@ -303,7 +328,9 @@ class SegmentAnyCell(nn.Module):
             base_channels=config.generator_channels, depth=config.generator_depth
         )
         self.fusion = FusionHead(config.generator_channels)
-        self.click_head = ClickHead(config.generator_channels, config.click_head_width)
+        self.click_head = ClickHead(
+            config.generator_channels, config.click_head_width, ClickHead.context_channels(config)
+        )
         self.hv_head = HVHead(config.generator_channels, config.hv_head_width) if config.hv_maps else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -353,6 +380,7 @@ class SegmentAnyCell(nn.Module):
             None
             if self.hv_head is None or not hv
             else self.hv_head(normalised, generated.logits, generated.features),
+            normalised,
         )
 
     def prompt_instances(
@@ -382,7 +410,12 @@ class SegmentAnyCell(nn.Module):
         sam_logits = answer.pred_masks[:, 0, :1]
         window = self.config.instance_window
         origins = points[:, 0].round().long().flip(-1) - window // 2  # (row, column)
-        context = F.pad(torch.cat([output.generator_logits, output.features], dim=1), (window,) * 4)
+        seen = []  # what the click head sees besides the generator's maps and features
+        if self.config.click_head_sees_image:
+            if self.config.hv_maps and output.hv is None:
+                raise InputError("this model's click head reads the HV maps: run the model with hv=True")
+            seen = [output.normalised] + ([output.hv.detach()] if self.config.hv_maps else [])
+        context = F.pad(torch.cat([output.generator_logits, *seen, output.features], dim=1), (window,) * 4)
         context = torch.stack(
             [
                 context[image, :, row + window : row + 2 * window, col + window : col + 2 * window]
@@ -494,7 +527,8 @@ class SegmentAnyCell(nn.Module):
         ``meta`` is the checkpoint's config.json when the caller has already read it. ``partial`` lets parts the
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
         top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
-        weights widened (:func:`widen_feature_channels`). Sets ``self.meta``.
+        weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
+        (:func:`add_click_inputs`). Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -509,7 +543,10 @@ class SegmentAnyCell(nn.Module):
         except Exception as error:  # safetensors raises its own error types for bad headers
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
-        factor = widening_factor(SACConfig.from_dict(meta["model"]), self.config, str(directory))
+        saved = SACConfig.from_dict(meta["model"])
+        if self.config.click_head_sees_image and not saved.click_head_sees_image:
+            tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
+        factor = widening_factor(saved, self.config, str(directory))
         if factor > 1:
             tensors = widen_feature_channels(tensors, expected, factor)
         fresh = sorted({key.split(".")[0] for key in expected if key not in tensors}) if partial else []
