@@ -84,15 +84,10 @@ class TrainConfig:
     # extra weight of the centre (and HV) maps' loss where two nuclei lie within CONTACT_RADIUS px of each other (0: none),
     # as U-Net weights the gaps between touching cells: merged neighbours are the largest instance error
     contact_weight: float = 0.0
-    # how many times more often a nucleus that touches another (within CONTACT_RADIUS px) is prompted than one that
-    # does not: the merges a user clicks to split
-    touching_prompt_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.contact_weight >= 0:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
-        if not self.touching_prompt_weight > 0:
-            raise InputError(f"touching_prompt_weight must be above 0, got {self.touching_prompt_weight}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "training config", new_run: bool = True) -> TrainConfig:
@@ -281,22 +276,14 @@ class InstancePrompts(NamedTuple):
 
 
 def sample_instance_prompts(
-    labels: np.ndarray,
-    distance: np.ndarray,
-    count: int,
-    rngs: list[np.random.Generator],
-    touching_weight: float = 1.0,
+    labels: np.ndarray, distance: np.ndarray, count: int, rngs: list[np.random.Generator]
 ) -> InstancePrompts | None:
     """Up to ``count`` nuclei per crop of ``labels`` (B, S, S), each with a positive click inside it.
 
     The click is the nucleus's centre (``distance`` peak) or, as often, any of its pixels, so a user's click
     anywhere inside works; half of the prompts add negative clicks on the centres of the nearest other nuclei,
-    which is how SAM instance mode separates touching nuclei. A nucleus touching another is drawn
-    ``touching_weight`` times as often as one that does not.
+    which is how SAM instance mode separates touching nuclei.
     """
-    contact = (
-        contact_map(torch.from_numpy(labels.astype(np.int64)))[:, 0].numpy() if touching_weight != 1 else None
-    )
     rows = []
     for index, (crop, centre, rng) in enumerate(zip(labels, distance, rngs, strict=True)):
         flat = crop.ravel()
@@ -311,11 +298,7 @@ def sample_instance_prompts(
             / areas[ids, None]
         )
         peaks = ndimage.maximum_position(centre, crop, ids)
-        weights = None
-        if contact is not None:
-            weights = np.where(np.isin(ids, crop[contact[index] > 0]), touching_weight, 1.0)
-            weights /= weights.sum()
-        for which in rng.choice(ids.size, size=min(count, ids.size), replace=False, p=weights):
+        for which in rng.choice(ids.size, size=min(count, ids.size), replace=False):
             pixels = np.flatnonzero(flat == ids[which])
             row, col = (
                 peaks[which] if rng.random() < 0.5 else np.unravel_index(rng.choice(pixels), crop.shape)
@@ -434,19 +417,13 @@ class TrainingObjective(nn.Module):
     """
 
     def __init__(
-        self,
-        model: SegmentAnyCell,
-        instance_prompts: int,
-        correction_clicks: int,
-        contact_weight: float,
-        touching_prompt_weight: float = 1.0,
+        self, model: SegmentAnyCell, instance_prompts: int, correction_clicks: int, contact_weight: float
     ):
         super().__init__()
         self.model = model
         self.instance_prompts = instance_prompts
         self.correction_clicks = correction_clicks
         self.contact_weight = contact_weight
-        self.touching_prompt_weight = touching_prompt_weight
 
     def forward(self, batch: dict[str, torch.Tensor], rngs: list[np.random.Generator]) -> torch.Tensor:
         output = self.model(batch["image"])
@@ -457,7 +434,6 @@ class TrainingObjective(nn.Module):
                 batch["distance"][:, 0].cpu().numpy(),
                 self.instance_prompts,
                 rngs,
-                self.touching_prompt_weight,
             )
             if prompts is not None:
                 loss = loss + instance_loss(
@@ -583,11 +559,7 @@ class Trainer:
             freeze_all_but(self.model, config.train_only)
         self.model.to(self.device)
         objective = TrainingObjective(
-            self.model,
-            config.instance_prompts,
-            config.correction_clicks,
-            config.contact_weight,
-            config.touching_prompt_weight,
+            self.model, config.instance_prompts, config.correction_clicks, config.contact_weight
         )
         self.objective = (
             DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
