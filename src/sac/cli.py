@@ -363,7 +363,6 @@ def _add_predict_parser(commands) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-
     from sac.data import load_dataset
     from sac.evaluate import evaluate_model
     from sac.io import check_output_file, write_json
