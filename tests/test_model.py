@@ -90,6 +90,26 @@ def test_a_click_head_shown_the_image_starts_out_answering_as_its_checkpoint(tmp
     )
 
 
+def test_a_click_head_made_deeper_starts_out_answering_as_its_checkpoint(tmp_path):
+    shallow = tiny_model().eval()
+    saved = shallow.save(tmp_path / "shallow")
+    deeper = tiny_model(click_head_deeper=True).eval()
+    deeper.load_weights(saved)
+    images = torch.rand(2, 3, 64, 64)
+    points, labels = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]]), torch.tensor([[1, 0]])
+    with torch.no_grad():
+        answers = [
+            model.prompt_instances(model(images), torch.tensor([1]), points, labels)
+            for model in (shallow, deeper)
+        ]
+        torch.testing.assert_close(answers[1].logits, answers[0].logits)
+        deeper.click_head.deeper.project.weight.fill_(0.1)  # the new level now adds to what the head sees
+        changed = deeper.prompt_instances(deeper(images), torch.tensor([1]), points, labels)
+        assert not torch.allclose(changed.logits, answers[0].logits)
+    with pytest.raises(InputError, match="architecture"):  # a deeper checkpoint does not fit a shallow model
+        tiny_model().load_weights(deeper.save(tmp_path / "deeper"))
+
+
 def test_manual_points_are_added_or_used_alone():
     model = tiny_model(num_positive=1, num_negative=1).eval()
     manual = torch.tensor([[[[5.0, 6.0]]]])

@@ -161,6 +161,19 @@ def test_a_run_may_show_its_inits_click_head_the_image(tmp_path):
     assert weights[:, 6:9].abs().sum() > 0  # and learn
 
 
+def test_a_run_may_deepen_its_inits_click_head(tmp_path):
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, []).run(progress=False)
+    init = str(tmp_path / "source" / "last")
+    config = tiny_config(tmp_path / "deeper", init=init, click_head_deeper=True, train_only=["click_head"])
+    trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, [])
+    assert trainer.config.model.click_head_deeper
+    project = trainer.model.click_head.deeper.project.weight
+    assert project.abs().sum() == 0  # the new level starts as a no-op
+    trainer.run(progress=False)
+    assert project.abs().sum() > 0  # and learns
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     samples = synthetic_samples()
     straight = Trainer(tiny_config(tmp_path / "a"), samples, samples[:1])

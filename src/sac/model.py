@@ -67,6 +67,9 @@ class SACConfig:
     # the click head also sees, in its window, the normalised image and (with hv_maps) the HV maps: where one
     # nucleus ends and a touching one begins, which the generator's maps alone blur
     click_head_sees_image: bool = False
+    # a third, residual level under the click head's U-Net (ResidualLevel): it sees about twice as far, the whole
+    # of a large nucleus from a click at its rim
+    click_head_deeper: bool = False
     # a head predicting HoVer-Net's horizontal and vertical maps (each pixel's offset from its nucleus's centre,
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
@@ -134,14 +137,16 @@ ARCHITECTURE_FIELDS = (
     "generator_depth",
     "click_head_width",
     "click_head_sees_image",
+    "click_head_deeper",
     "hv_maps",
     "hv_head_width",
 )
 # parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
 # new module starts from scratch, shaped as the run says
 ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
-# inputs a fine-tuning run may give the click head: read with zero weights at first (add_click_inputs)
-ADDABLE_CLICK_INPUTS = "click_head_sees_image"
+# what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
+# read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
+ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
 # the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
 # network starts out computing exactly what the init computed (widen_feature_channels)
 WIDENABLE_FIELD = "generator_channels"
@@ -247,14 +252,32 @@ class FusionHead(nn.Module):
         return sam_up + self.layers(torch.cat([sam_up, generator_logits, features], dim=1))
 
 
-class SmallUNet(nn.Module):
-    """A two-level U-Net at full resolution; its receptive field (about 40 pixels) spans a nucleus."""
+class ResidualLevel(nn.Module):
+    """One more U-Net level under ``channels``-wide features, added to them. Its last layer starts at zero, so a
+    trained network it is added to starts out computing exactly what it did, and learns what the level adds."""
 
-    def __init__(self, in_channels: int, out_channels: int, width: int = 16):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = ConvBlock(channels, 2 * channels)
+        self.project = nn.Conv2d(2 * channels, channels, 1)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        coarse = self.block(F.max_pool2d(features, 2))
+        return features + self.project(F.interpolate(coarse, size=features.shape[-2:]))
+
+
+class SmallUNet(nn.Module):
+    """A two-level U-Net at full resolution; its receptive field (about 40 pixels) spans a nucleus, and about
+    twice that with a ``deeper`` third level."""
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 16, deeper: bool = False):
         super().__init__()
         self.down1 = ConvBlock(in_channels, width)
         self.down2 = ConvBlock(width, 2 * width)
         self.bottom = ConvBlock(2 * width, 2 * width)
+        self.deeper = ResidualLevel(2 * width) if deeper else None
         self.up2 = ConvBlock(4 * width, width)
         self.up1 = ConvBlock(2 * width, width)
         self.out = nn.Conv2d(width, out_channels, 1)
@@ -263,6 +286,8 @@ class SmallUNet(nn.Module):
         first = self.down1(inputs)
         second = self.down2(F.max_pool2d(first, 2))
         bottom = self.bottom(F.max_pool2d(second, 2))
+        if self.deeper is not None:
+            bottom = self.deeper(bottom)
         second = self.up2(torch.cat([F.interpolate(bottom, size=second.shape[-2:]), second], dim=1))
         return self.out(self.up1(torch.cat([F.interpolate(second, size=first.shape[-2:]), first], dim=1)))
 
@@ -280,8 +305,10 @@ class ClickHead(SmallUNet):
 
     INPUTS = 1 + 2 + 2 + 1  # SAM's answer, generator maps, positive and negative clicks, previous answer
 
-    def __init__(self, feature_channels: int, width: int = 16, context_channels: int = 0):
-        super().__init__(self.INPUTS + context_channels + feature_channels, 1, width)
+    def __init__(
+        self, feature_channels: int, width: int = 16, context_channels: int = 0, deeper: bool = False
+    ):
+        super().__init__(self.INPUTS + context_channels + feature_channels, 1, width, deeper)
 
     @staticmethod
     def context_channels(config: SACConfig) -> int:
@@ -329,7 +356,10 @@ class SegmentAnyCell(nn.Module):
         )
         self.fusion = FusionHead(config.generator_channels)
         self.click_head = ClickHead(
-            config.generator_channels, config.click_head_width, ClickHead.context_channels(config)
+            config.generator_channels,
+            config.click_head_width,
+            ClickHead.context_channels(config),
+            config.click_head_deeper,
         )
         self.hv_head = HVHead(config.generator_channels, config.hv_head_width) if config.hv_maps else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -528,7 +558,7 @@ class SegmentAnyCell(nn.Module):
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
         top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
         weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
-        (:func:`add_click_inputs`). Sets ``self.meta``.
+        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`. Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -546,6 +576,8 @@ class SegmentAnyCell(nn.Module):
         saved = SACConfig.from_dict(meta["model"])
         if self.config.click_head_sees_image and not saved.click_head_sees_image:
             tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
+        if self.config.click_head_deeper and not saved.click_head_deeper:  # its fresh level, a no-op at first
+            tensors = {**tensors, **{k: v for k, v in expected.items() if k.startswith("click_head.deeper.")}}
         factor = widening_factor(saved, self.config, str(directory))
         if factor > 1:
             tensors = widen_feature_channels(tensors, expected, factor)

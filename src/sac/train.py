@@ -33,7 +33,7 @@ from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_are
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
 from sac.model import (
-    ADDABLE_CLICK_INPUTS,
+    ADDABLE_CLICK_PARTS,
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
     WIDENABLE_FIELD,
@@ -136,7 +136,7 @@ def init_model_settings(init: str) -> dict:
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
     ``ADDABLE_PARTS``, is shaped as the run says; a generator the run widens keeps the run's width; a click head
-    the run shows the image reads it), and record which weights they were."""
+    the run shows the image reads it, one the run deepens gets its new level), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
@@ -145,8 +145,9 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
-    if getattr(config.model, ADDABLE_CLICK_INPUTS):  # its new inputs start at zero weight (load_weights)
-        architecture[ADDABLE_CLICK_INPUTS] = True
+    for part in ADDABLE_CLICK_PARTS:  # each starts out as a no-op (load_weights)
+        if getattr(config.model, part):
+            architecture[part] = True
     return dataclasses.replace(
         config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )
