@@ -8,7 +8,8 @@ no answer, too big (over 1.6x the nucleus), too small (under 0.6x), or off (the 
 whether the click lands on an automatic object (a merge) or on background. And, as a user gets them (with the
 automatic pass's negatives, ``sac.instances.click_negatives``): the share of missed nuclei a click at a random
 interior pixel recovers, and the mean IoU of the answer to a click at a random interior pixel of every nucleus,
-which shows what a rule for negatives costs the clicks that did not need it.
+which shows what a rule for negatives costs the clicks that did not need it. Clicks are answered as in
+``prompts.py``: at the scale the automatic pass chose for each image; sizes are areas at the model's scale.
 
     python benchmarks/click_diagnostics.py --json benchmarks/results/click_diagnostics.json   # ~3 min on one thread
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from postprocessing import validation_arguments, validation_images
-from prompts import answer_ious, centres, interior_clicks, iou_table
+from prompts import ClickView, answer_ious, centres, interior_clicks, iou_table
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import write_json
 from sac.segmenter import Segmentation, Segmenter
@@ -35,40 +36,40 @@ SIZES = ((0, 100), (100, 300), (300, None))  # nucleus area in model pixels
 SIZE_RATIOS = (0.6, 1.6)  # an answer's area over its nucleus's: below, "small"; above, "big"
 
 
-def user_negatives(segmenter: Segmenter, auto: Segmentation, clicks: np.ndarray, merges: bool) -> np.ndarray:
-    """The negatives the segmenter adds to clicks on its automatic result ``auto``; ``merges=False``: none (the
-    clicks alone, for comparison)."""
-    centre = auto.maps[2] if merges else None
-    return click_negatives(auto.labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, centre)
+def user_negatives(segmenter: Segmenter, view: ClickView, clicks: np.ndarray, merges: bool) -> np.ndarray:
+    """The negatives the segmenter adds to clicks (pixels of the ``view``) on its automatic result;
+    ``merges=False``: none (the clicks alone, for comparison)."""
+    centre = view.centre if merges else None
+    return click_negatives(view.labels, clicks, np.zeros((0, 2), np.int64), segmenter.model.config, centre)
 
 
-def click_records(
-    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, clicks: np.ndarray
-) -> list[dict]:
+def click_records(segmenter: Segmenter, view: ClickView, truth: np.ndarray, clicks: np.ndarray) -> list[dict]:
+    """Per click (pixels of the ``view``, one per true nucleus): SAM's own answer and the click head's."""
     ids = np.unique(truth)[1:]
     size = segmenter.model.config.image_size
     records = []
     for chosen, answer, corner in tile_answers(
-        segmenter.model, image, clicks, np.full((len(clicks), 1, 2), -1)
+        segmenter.model, view.image, clicks, np.full((len(clicks), 1, 2), -1)
     ):
         logits = answer.logits[:, 0].float().cpu().numpy()
         sam = answer.sam_logits[:, 0].float().cpu().numpy()
         scale = sam.shape[-1] / size
-        origins = answer.origins.cpu().numpy() + corner  # each window's top-left corner in the image
+        origins = answer.origins.cpu().numpy() + corner  # each window's top-left corner in the view
         for k, nucleus in enumerate(chosen):
             row, col = clicks[nucleus] - corner  # in the tile
             true = truth == ids[nucleus]
             ious = {}
             for threshold in THRESHOLDS:  # the mask a user gets (sac.instances), at each threshold
-                mask = connected_to_click(
-                    logits[k] > threshold, origins[k], clicks[nucleus], truth.shape, 0.0
+                rows, cols = view.back(
+                    connected_to_click(
+                        logits[k] > threshold, origins[k], clicks[nucleus], view.image.shape, 0.0
+                    )
                 )
-                found = 0 if mask is None else mask.rows.size
-                inside = 0 if mask is None else int(true[mask.rows, mask.cols].sum())
-                ious[threshold] = inside / (int(true.sum()) + found - inside)
+                inside = int(true[rows, cols].sum())
+                ious[threshold] = inside / (int(true.sum()) + rows.size - inside)
             records.append(
                 {
-                    "area": int(true.sum()),
+                    "area": int(true.sum() * view.zoom**2),  # at the model's scale
                     "sam_holds_click": bool(sam[k, int(row * scale), int(col * scale)] > 0),
                     "iou": ious,
                 }
@@ -82,33 +83,35 @@ def missed_nuclei(truth: np.ndarray, auto: Segmentation) -> np.ndarray:
 
 
 def missed_outcomes(
-    segmenter: Segmenter, image, truth, auto: Segmentation, missed: np.ndarray, merges: bool
+    segmenter: Segmenter, view: ClickView, truth, missed: np.ndarray, merges: bool
 ) -> list[dict]:
-    """How one positive click at the centre of each nucleus the automatic pass ``auto`` missed is answered."""
-    labels = auto.labels
-    clicks = centres(truth, missed)
-    negatives = user_negatives(segmenter, auto, clicks, merges)
+    """How one positive click at the centre of each nucleus the automatic pass missed is answered."""
+    clicks = view.clicks(centres(truth, missed))
+    negatives = user_negatives(segmenter, view, clicks, merges)
     records = []
     for nucleus, answer, (row, col) in zip(
-        missed, segment_at_points(segmenter.model, image, clicks, negatives), clicks, strict=True
+        missed, segment_at_points(segmenter.model, view.image, clicks, negatives), clicks, strict=True
     ):
         true = truth == nucleus
         area = int(true.sum())
+        rows, cols = view.back(answer)
         if answer is None:
             outcome = "none"
         else:
-            inside = int(true[answer.rows, answer.cols].sum())
-            ratio = answer.rows.size / area
+            inside = int(true[rows, cols].sum())
+            ratio = rows.size / area
             outcome = (
                 "recovered"
-                if inside / (area + answer.rows.size - inside) >= 0.5
+                if inside / (area + rows.size - inside) >= 0.5
                 else "small"
                 if ratio < SIZE_RATIOS[0]
                 else "big"
                 if ratio > SIZE_RATIOS[1]
                 else "off"
             )
-        records.append({"area": area, "on_object": bool(labels[row, col]), "outcome": outcome})
+        records.append(
+            {"area": int(area * view.zoom**2), "on_object": bool(view.labels[row, col]), "outcome": outcome}
+        )
     return records
 
 
@@ -137,31 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     records, outcomes, user_ious, missed_ious = [], [], [], []
     for dataset in args.datasets.split(","):
         for sample in validation_images(args, dataset):
-            if sample.mpp is None or abs(sample.mpp / segmenter.model.config.mpp - 1) < 0.05:  # model's scale
-                image, truth = sample.image, sample.labels
-                auto = segmenter.with_options(instances="fast").segment(image)
-                ids = np.unique(truth)[1:]
-                clicks = interior_clicks(truth, ids, rng)
-                records += click_records(segmenter, image, truth, clicks)
-                user_ious += answer_ious(
-                    segmenter.model,
-                    image,
-                    truth,
-                    ids,
-                    clicks,
-                    user_negatives(segmenter, auto, clicks, merges),
-                )
-                missed = missed_nuclei(truth, auto)
-                outcomes += missed_outcomes(segmenter, image, truth, auto, missed, merges)
-                lost_clicks = interior_clicks(truth, missed, missed_rng)
-                missed_ious += answer_ious(
-                    segmenter.model,
-                    image,
-                    truth,
-                    missed,
-                    lost_clicks,
-                    user_negatives(segmenter, auto, lost_clicks, merges),
-                )
+            image, truth = sample.image, sample.labels
+            auto = segmenter.with_options(instances="fast").segment(image, mpp=sample.mpp)
+            view = ClickView.of(image, auto)
+            ids = np.unique(truth)[1:]
+            clicks = view.clicks(interior_clicks(truth, ids, rng))
+            records += click_records(segmenter, view, truth, clicks)
+            negatives = user_negatives(segmenter, view, clicks, merges)
+            user_ious += answer_ious(segmenter.model, view, truth, ids, clicks, negatives)
+            missed = missed_nuclei(truth, auto)
+            outcomes += missed_outcomes(segmenter, view, truth, missed, merges)
+            lost_clicks = view.clicks(interior_clicks(truth, missed, missed_rng))
+            lost_negatives = user_negatives(segmenter, view, lost_clicks, merges)
+            missed_ious += answer_ious(segmenter.model, view, truth, missed, lost_clicks, lost_negatives)
     report = {
         "command": "python benchmarks/click_diagnostics.py " + " ".join(argv or sys.argv[1:]),
         "date": str(datetime.date.today()),

@@ -11,6 +11,10 @@ On the test splits of MoNuSeg and DSB 2018 (never used in training or model sele
 - SAM instance mode against the watershed (AJI, PQ);
 - the paper's ablation: K generated positive + K negative points (K = 1, 3, 8, 16) and K + 0, at inference.
 
+Clicks are answered as a user's are: at the scale the automatic pass chose for the image (an image without a
+recorded pixel size, as DSB's, is rescaled by ``--mpp auto``'s estimate), and their answers brought back to the
+image's own pixels.
+
     python benchmarks/prompts.py --json benchmarks/results/prompts.json     # the shipped model, ~15 min on 2 cores
 """
 
@@ -24,6 +28,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,11 +36,12 @@ from scipy import ndimage
 
 from sac.data import load_dataset
 from sac.evaluate import evaluate_model
-from sac.instances import apply_clicks, click_negatives, segment_at_points
+from sac.instances import NucleusMask, apply_clicks, click_negatives, click_pixels, segment_at_points
 from sac.io import write_json
 from sac.metrics import evaluate_image, summarize
 from sac.points import peak_pixels
-from sac.segmenter import Segmenter
+from sac.scale import at_model_scale, resample_pixels
+from sac.segmenter import Segmentation, Segmenter
 from speed import matmul_gflops
 
 LOCALITY_RADIUS = 32  # px: a click should change nothing farther than this
@@ -63,36 +69,63 @@ def interior_clicks(truth: np.ndarray, ids: np.ndarray, rng) -> np.ndarray:
     return np.array([np.argwhere(truth == i)[rng.integers((truth == i).sum())] for i in ids]).reshape(-1, 2)
 
 
-def answer_ious(model, image: np.ndarray, truth: np.ndarray, ids, clicks, negatives) -> list[float]:
-    """IoU with its true nucleus (``ids``) of SAM's answer to each click, 0 where it gives none."""
+class ClickView(NamedTuple):
+    """An image as a user's clicks on it are answered: at the automatic pass's zoom
+    (:func:`sac.scale.at_model_scale`), with the automatic labels and centre map there."""
+
+    image: np.ndarray
+    labels: np.ndarray | None
+    centre: np.ndarray | None
+    zoom: float
+    shape: tuple[int, int]  # the image's own
+
+    @classmethod
+    def of(cls, image: np.ndarray, auto: Segmentation) -> ClickView:
+        seen, labels, centre, _ = at_model_scale(auto.zoom, image, auto.labels, auto.maps[2])
+        return cls(seen, labels, centre, auto.zoom, image.shape[:2])
+
+    def clicks(self, rows_cols: np.ndarray) -> np.ndarray:
+        """(row, column) pixels of the image -> the view's, as ``apply_clicks`` moves an (x, y) click there."""
+        return click_pixels(np.asarray(rows_cols)[:, ::-1] * self.zoom, self.image.shape[:2])
+
+    def back(self, answer: NucleusMask | None) -> tuple[np.ndarray, np.ndarray]:
+        """An answer's pixels in the image, as ``apply_clicks`` paints them."""
+        if answer is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return resample_pixels(answer.rows, answer.cols, self.image.shape[:2], self.shape)
+
+
+def answer_ious(model, view: ClickView, truth: np.ndarray, ids, clicks, negatives) -> list[float]:
+    """IoU with its true nucleus (``ids``) of SAM's answer to each click, 0 where it gives none; ``clicks`` and
+    ``negatives`` are pixels of the ``view``, where they are answered."""
     ious = []
-    for nucleus, answer in zip(ids, segment_at_points(model, image, clicks, negatives), strict=True):
+    for nucleus, answer in zip(ids, segment_at_points(model, view.image, clicks, negatives), strict=True):
         true = truth == nucleus
-        inside = 0 if answer is None else int(true[answer.rows, answer.cols].sum())
-        found = 0 if answer is None else answer.rows.size
-        ious.append(inside / (int(true.sum()) + found - inside))
+        rows, cols = view.back(answer)
+        inside = int(true[rows, cols].sum())
+        ious.append(inside / (int(true.sum()) + rows.size - inside))
     return ious
 
 
-def single_click_ious(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, rng) -> list[float]:
+def single_click_ious(segmenter: Segmenter, view: ClickView, truth: np.ndarray, rng) -> list[float]:
     ids = np.unique(truth)[1:]
-    clicks = interior_clicks(truth, ids, rng)
-    return answer_ious(segmenter.model, image, truth, ids, clicks, np.full((len(clicks), 1, 2), -1))
+    clicks = view.clicks(interior_clicks(truth, ids, rng))
+    return answer_ious(segmenter.model, view, truth, ids, clicks, np.full((len(clicks), 1, 2), -1))
 
 
-def corrections(
-    segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, labels: np.ndarray, centre: np.ndarray, rng
-) -> dict:
+def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto: Segmentation, rng) -> dict:
     """Missed nuclei recovered by a positive click, false positives removed by a negative one, and locality;
-    clicks are answered as ``Segmenter.segment(image, points=...)`` answers them, with the automatic pass's
-    ``labels`` and ``centre`` map."""
+    clicks are answered as ``Segmenter.segment(image, points=...)`` answers them, on the automatic result
+    ``auto`` at its zoom."""
+    labels, centre = auto.labels, auto.maps[2]
     table = iou_table(truth, labels)
     missed = np.flatnonzero(table[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
     false = np.flatnonzero(table[1:, 1:].max(axis=0, initial=0) < 0.5) + 1
     model = segmenter.model
-    clicks = centres(truth, missed)
-    negatives = click_negatives(labels, clicks, np.zeros((0, 2), np.int64), model.config, centre)
-    recovered = sum(iou >= 0.5 for iou in answer_ious(model, image, truth, missed, clicks, negatives))
+    view = ClickView.of(image, auto)
+    clicks = view.clicks(centres(truth, missed))
+    negatives = click_negatives(view.labels, clicks, np.zeros((0, 2), np.int64), model.config, view.centre)
+    recovered = sum(iou >= 0.5 for iou in answer_ious(model, view, truth, missed, clicks, negatives))
     removed, far, changed, distant = 0, 0, 0, 0
     false_clicks = centres(labels, false)
     chosen = set(
@@ -100,14 +133,18 @@ def corrections(
             len(missed) + len(false), size=min(LOCALITY_CLICKS, len(missed) + len(false)), replace=False
         ).tolist()
     )
+
+    def clicked(positive, negative) -> np.ndarray:
+        return apply_clicks(model, image, labels, positive, negative, centre, auto.zoom)
+
     for index, (row, col) in enumerate(false_clicks):
-        after = apply_clicks(model, image, labels, None, np.array([[col, row]]), centre)
+        after = clicked(None, np.array([[col, row]]))
         removed += not (after[labels == false[index]] > 0).any()
         if len(missed) + index in chosen:
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
-    for index, (row, col) in enumerate(clicks):
+    for index, (row, col) in enumerate(centres(truth, missed)):
         if index in chosen:
-            after = apply_clicks(model, image, labels, np.array([[col, row]]), None, centre)
+            after = clicked(np.array([[col, row]]), None)
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
     return {
         "missed": len(missed),
@@ -158,11 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             rng = np.random.default_rng(0)
             ious, totals = [], {}
             for sample in samples:
-                ious += single_click_ious(segmenter, sample.image, sample.labels, rng)
                 auto = segmenter.with_options(instances="fast").segment(sample.image, mpp=sample.mpp)
-                for key, value in corrections(
-                    segmenter, sample.image, sample.labels, auto.labels, auto.maps[2], rng
-                ).items():
+                ious += single_click_ious(segmenter, ClickView.of(sample.image, auto), sample.labels, rng)
+                for key, value in corrections(segmenter, sample.image, sample.labels, auto, rng).items():
                     totals[key] = totals.get(key, 0) + value
             result["single_click_iou"] = float(np.mean(ious))
             result["single_clicks"] = len(ious)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -182,6 +183,25 @@ def test_segment_with_clicks(tiny_segmenter):
     np.testing.assert_array_equal(tiny_segmenter.predict(image, clicks), result.mask)
 
 
+def test_clicks_on_a_rescaled_image_change_nothing_they_do_not_reach():
+    """Clicks are answered at the model's scale, but painted at the image's: a click elsewhere leaves every
+    other object's pixels as they were (resampling the labels there and back would coarsen them all)."""
+    segmenter = Segmenter(tiny_model(mpp=0.5, instance_window=16).eval(), instances="fast", min_size=0)
+    image, _ = synthetic_nuclei(size=96, count=8)
+    plain = segmenter.segment(image, mpp=0.25)
+    assert plain.zoom == 0.5
+    background = np.argwhere(ndimage.binary_dilation(plain.labels > 0, iterations=3) == 0)[0]
+    negative = segmenter.segment(image, (None, background[None, ::-1].astype(np.float32)), mpp=0.25)
+    np.testing.assert_array_equal(negative.labels, plain.labels)
+    click = np.array([[48.0, 48.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an untrained model may find no nucleus under it
+        positive = segmenter.segment(image, (click, None), mpp=0.25)
+    reach = (segmenter.model.config.instance_window / 2 + 1) / plain.zoom  # half a window, in image pixels
+    rows, cols = np.nonzero(positive.labels != plain.labels)
+    assert rows.size and (np.hypot(rows - 48, cols - 48) <= reach).all()
+
+
 def test_any_image_layout_and_dtype_gives_the_same_as_uint8_rgb(tiny_segmenter):
     image, _ = synthetic_nuclei(size=64, count=4)
     grey = image[..., 1]
@@ -248,24 +268,6 @@ def test_batch_size_does_not_change_the_maps(tiny_segmenter):
     np.testing.assert_allclose(
         tiny_segmenter.with_options(batch_size=1).maps(image), tiny_segmenter.maps(image), atol=1e-5
     )
-
-
-def test_resampling_maps_round_trip_keeps_the_nuclei():
-    """Maps made at twice the size and resampled back give the same nuclei: what a 20x image goes through."""
-    from sac.instances import instances_from_maps
-    from sac.segmenter import _resample, _resample_labels
-
-    _, labels = synthetic_nuclei(size=128, count=10, seed=4)
-    probability = (labels > 0).astype(np.float32)
-    centre = ndimage.gaussian_filter(ndimage.distance_transform_edt(labels > 0), 1).astype(np.float32)
-    centre /= centre.max()
-    maps = np.stack([probability, centre])
-    big = _resample(maps, (256, 256))
-    back = _resample(big, (128, 128))
-    assert back.shape == maps.shape
-    expected = instances_from_maps(maps[0], maps[1]).max()
-    assert instances_from_maps(back[0], back[1]).max() == expected
-    assert _resample_labels(_resample_labels(labels, (256, 256)), (128, 128)).max() == labels.max()
 
 
 def test_test_time_augmentation_is_equivariant(tiny_segmenter):

@@ -23,6 +23,7 @@ from skimage import measure, morphology, segmentation
 from sac.io import InputError
 from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
 from sac.points import peak_pixels
+from sac.scale import at_model_scale, resample_pixels
 from sac.tiling import pad_to, tile_grid
 
 NEGATIVES_PER_NUCLEUS = 2  # SAM instance mode: negative clicks on the nearest other nuclei
@@ -311,6 +312,7 @@ def apply_clicks(
     positive: np.ndarray | None,
     negative: np.ndarray | None,
     centre: np.ndarray | None = None,
+    zoom: float = 1.0,
 ) -> np.ndarray:
     """Labels corrected by a user's clicks, (x, y) image coordinates.
 
@@ -319,22 +321,31 @@ def apply_clicks(
     covered); a click SAM cannot answer is reported and changes nothing. SAM gets as negatives the negative
     clicks near it and the other nuclei the ``centre`` map sees in the object under it (a positive click on an
     object most often marks a merge).
+
+    SAM answers at ``zoom`` (model pixels per image pixel, :func:`sac.scale.at_model_scale`), where it sees
+    nuclei at the size it was trained on; its answers are painted on the labels at the image's own scale, so
+    nothing a click does not reach changes.
     """
     labels = np.asarray(labels).copy()
-    positive, negative = (click_pixels(p, labels.shape) for p in (positive, negative))
-    for row, col in negative:
+    positive_pixels, negative_pixels = (click_pixels(p, labels.shape) for p in (positive, negative))
+    for row, col in negative_pixels:
         if labels[row, col]:
             labels[labels == labels[row, col]] = 0
-    negatives = click_negatives(labels, positive, negative, model.config, centre)
-    for (row, col), answer in zip(
-        positive, segment_at_points(model, image, positive, negatives), strict=True
-    ):
+    seen, seen_labels, seen_centre, (seen_positive, seen_negative) = at_model_scale(
+        zoom, image, labels, centre, (positive, negative)
+    )
+    clicks, negatives = (click_pixels(p, seen_labels.shape) for p in (seen_positive, seen_negative))
+    answers = segment_at_points(
+        model, seen, clicks, click_negatives(seen_labels, clicks, negatives, model.config, seen_centre)
+    )
+    for (row, col), answer in zip(positive_pixels, answers, strict=True):
         if answer is None:
             warnings.warn(f"SAM found no nucleus under the click ({col}, {row})", stacklevel=2)
-        else:
-            covered = np.unique(labels[answer.rows, answer.cols])
-            labels[answer.rows, answer.cols] = labels.max() + 1
-            split_remnants(labels, covered[covered > 0])
+            continue
+        rows, cols = resample_pixels(answer.rows, answer.cols, seen_labels.shape, labels.shape)
+        covered = np.unique(labels[rows, cols])
+        labels[rows, cols] = labels.max() + 1
+        split_remnants(labels, covered[covered > 0], REMNANT_DEPTH / zoom)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
@@ -342,9 +353,9 @@ def apply_clicks(
 REMNANT_DEPTH = 2.0
 
 
-def split_remnants(labels: np.ndarray, ids: np.ndarray) -> None:
+def split_remnants(labels: np.ndarray, ids: np.ndarray, min_depth: float = REMNANT_DEPTH) -> None:
     """In place: what a click's answer left of the objects ``ids`` it covered. Slivers (no pixel deeper than
-    ``REMNANT_DEPTH``) become background; other pieces keep their label, each further piece gets its own.
+    ``depth`` px) become background; other pieces keep their label, each further piece gets its own.
 
     A click on a nucleus the automatic pass found re-outlines it, leaving a frayed rim of the old object (on
     validation, about 7 pieces a click); a click on a merge leaves its other nuclei, which stay objects.
@@ -357,7 +368,7 @@ def split_remnants(labels: np.ndarray, ids: np.ndarray) -> None:
         pieces, count = ndimage.label(window == label)
         depth = ndimage.distance_transform_edt(np.pad(pieces > 0, 1))[1:-1, 1:-1]
         deepest = ndimage.maximum(depth, pieces, np.arange(1, count + 1))
-        kept = [piece for piece, piece_depth in enumerate(deepest, 1) if piece_depth > REMNANT_DEPTH]
+        kept = [piece for piece, piece_depth in enumerate(deepest, 1) if piece_depth > min_depth]
         window[(pieces > 0) & ~np.isin(pieces, kept)] = 0
         for piece in kept[1:]:
             window[pieces == piece] = labels.max() + 1

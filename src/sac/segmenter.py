@@ -16,7 +16,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sac.instances import (
     apply_clicks,
@@ -28,6 +27,7 @@ from sac.io import InputError, to_rgb_uint8
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions
 from sac.points import combine_points
+from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -39,8 +39,6 @@ AUTO_AREA_TOLERANCE = 1.25**2
 AUTO_ZOOM_RANGE = (0.5, 4.0)
 AUTO_MIN_NUCLEI = 10
 ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
-
-Points = tuple[np.ndarray | None, np.ndarray | None]  # (positive, negative) (x, y) pixel coordinates
 
 
 class Segmentation(NamedTuple):
@@ -154,11 +152,11 @@ class Segmenter:
                 maps = self._maps_at(rgb, zoom, hv=mode is not None)
             labels = None if mode is None else self.instances(maps, zoom)
             if mode == "sam":
-                labels = self._prompted(rgb, labels, maps[2], zoom, sam_mode=True)
+                labels = self._sam_instances(rgb, labels, maps[2], zoom)
             if labels is not None:
                 labels = self._filtered(labels, mpp, zoom)
             if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
-                labels = self._prompted(rgb, labels, maps[2], zoom, points=points)
+                labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom)
         mask = maps[0] >= options.threshold if labels is None else labels > 0
         return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
 
@@ -276,32 +274,16 @@ class Segmenter:
         if zoom == 1:
             return self.maps(rgb, hv=hv)
         height, width = rgb.shape[:2]
-        zoomed = self.maps(_resize(rgb, zoom), hv=hv)
-        return _resample(zoomed, (height, width))
+        zoomed = self.maps(resize_image(rgb, zoom), hv=hv)
+        return resample_maps(zoomed, (height, width))
 
-    def _prompted(
-        self,
-        rgb: np.ndarray,
-        labels: np.ndarray,
-        centre: np.ndarray,
-        zoom: float,
-        sam_mode: bool = False,
-        points: Points | None = None,
+    def _sam_instances(
+        self, rgb: np.ndarray, seeds: np.ndarray, centre: np.ndarray, zoom: float
     ) -> np.ndarray:
-        """SAM instance mode and the user's clicks, run where SAM sees nuclei at its own scale."""
-        shape = labels.shape
-        if zoom != 1:
-            rgb = _resize(rgb, zoom)
-            labels = _resample_labels(labels, rgb.shape[:2])
-            centre = _resample(centre[None], rgb.shape[:2])[0]
-            points = (
-                None if points is None else tuple(None if p is None else np.asarray(p) * zoom for p in points)
-            )
-        if sam_mode:
-            labels = sam_instances(self.model, rgb, labels, centre)
-        if points is not None:
-            labels = apply_clicks(self.model, rgb, labels, *points, centre)
-        return labels if zoom == 1 else _resample_labels(labels, shape)
+        """SAM instance mode, run where SAM sees nuclei at the size it was trained on."""
+        seen, seen_seeds, seen_centre, _ = at_model_scale(zoom, rgb, seeds, centre)
+        labels = sam_instances(self.model, seen, seen_seeds, seen_centre)
+        return labels if zoom == 1 else resample_labels(labels, seeds.shape)
 
     @torch.inference_mode()
     def maps(
@@ -399,28 +381,6 @@ def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:
 
 def _snap(zoom: float) -> float:
     return 1.0 if abs(zoom - 1) < ZOOM_TOLERANCE else zoom
-
-
-def _resize(rgb: np.ndarray, zoom: float) -> np.ndarray:
-    """An RGB uint8 image ``zoom`` times its size (antialiased when shrinking)."""
-    shape = (max(1, round(rgb.shape[0] * zoom)), max(1, round(rgb.shape[1] * zoom)))
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    resized = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=zoom < 1)
-    return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _resample(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) float maps resampled to ``shape`` (bilinear, antialiased when shrinking): smooth outlines."""
-    shrink = shape[0] < maps.shape[1]
-    tensor = torch.from_numpy(np.ascontiguousarray(maps))[None]
-    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=shrink)[
-        0
-    ].numpy()
-
-
-def _resample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    tensor = torch.from_numpy(labels.astype(np.int64))[None, None].float()
-    return F.interpolate(tensor, size=shape, mode="nearest-exact")[0, 0].numpy().astype(np.int32)
 
 
 def _maps(output: SACOutput) -> torch.Tensor:
