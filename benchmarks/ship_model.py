@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         + f", {model.config.num_positive}+"
-        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px;"
+        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px"
+        + (" (it reads the image and the HV maps)" if model.config.click_head_sees_image else "")
+        + (" with a third, residual level" if model.config.click_head_deeper else "")
+        + ";"
         f" post-processing (chosen on validation images, benchmarks/postprocessing.py): objects under "
         f"{meta['model'].get('min_size', 3.0):g} µm² dropped, watershed seeds at "
         f"{meta['model'].get('seed_threshold', 0.4):g}"
