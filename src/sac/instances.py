@@ -355,7 +355,7 @@ REMNANT_DEPTH = 2.0
 
 def split_remnants(labels: np.ndarray, ids: np.ndarray, min_depth: float = REMNANT_DEPTH) -> None:
     """In place: what a click's answer left of the objects ``ids`` it covered. Slivers (no pixel deeper than
-    ``depth`` px) become background; other pieces keep their label, each further piece gets its own.
+    ``min_depth`` px) become background; other pieces keep their label, each further piece gets its own.
 
     A click on a nucleus the automatic pass found re-outlines it, leaving a frayed rim of the old object (on
     validation, about 7 pieces a click); a click on a merge leaves its other nuclei, which stay objects.
