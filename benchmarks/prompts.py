@@ -123,7 +123,8 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto
     false = np.flatnonzero(table[1:, 1:].max(axis=0, initial=0) < 0.5) + 1
     model = segmenter.model
     view = ClickView.of(image, auto)
-    clicks = view.clicks(centres(truth, missed))
+    missed_centres = centres(truth, missed)
+    clicks = view.clicks(missed_centres)
     negatives = click_negatives(view.labels, clicks, np.zeros((0, 2), np.int64), model.config, view.centre)
     recovered = sum(iou >= 0.5 for iou in answer_ious(model, view, truth, missed, clicks, negatives))
     removed, far, changed, distant = 0, 0, 0, 0
@@ -142,7 +143,7 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto
         removed += not (after[labels == false[index]] > 0).any()
         if len(missed) + index in chosen:
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)
-    for index, (row, col) in enumerate(centres(truth, missed)):
+    for index, (row, col) in enumerate(missed_centres):
         if index in chosen:
             after = clicked(np.array([[col, row]]), None)
             far, changed, distant = _locality(labels, after, (row, col), far, changed, distant)

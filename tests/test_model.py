@@ -65,6 +65,16 @@ def test_a_wider_generator_starts_from_its_checkpoint_computing_the_same(tmp_pat
         tiny_model(generator_channels=8).load_weights(tiny_model().save(tmp_path / "four"), partial=True)
 
 
+CLICK_IMAGES = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def click_answer(model, hv: bool = True) -> torch.Tensor:
+    """The click head's logits for a positive and a negative click on the second of ``CLICK_IMAGES``."""
+    points, labels = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]]), torch.tensor([[1, 0]])
+    with torch.no_grad():
+        return model.prompt_instances(model(CLICK_IMAGES, hv=hv), torch.tensor([1]), points, labels).logits
+
+
 def test_a_click_head_shown_the_image_starts_out_answering_as_its_checkpoint(tmp_path):
     blind = tiny_model(hv_maps=True).eval()
     saved = blind.save(tmp_path / "blind")
@@ -72,19 +82,13 @@ def test_a_click_head_shown_the_image_starts_out_answering_as_its_checkpoint(tmp
     seeing.load_weights(saved)
     # image (3) and HV maps (2) between the previous answer and the features, read with zero weights at first
     assert seeing.click_head.down1.layers[0].in_channels == blind.click_head.down1.layers[0].in_channels + 5
-    images = torch.rand(2, 3, 64, 64)
-    points, labels = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]]), torch.tensor([[1, 0]])
+    before = click_answer(blind)
+    torch.testing.assert_close(click_answer(seeing), before, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
-        answers = [
-            model.prompt_instances(model(images), torch.tensor([1]), points, labels)
-            for model in (blind, seeing)
-        ]
-        torch.testing.assert_close(answers[1].logits, answers[0].logits, rtol=1e-5, atol=1e-5)
         seeing.click_head.down1.layers[0].weight[:, 6:11].fill_(1.0)  # now it reads them
-        changed = seeing.prompt_instances(seeing(images), torch.tensor([1]), points, labels)
-        assert not torch.allclose(changed.logits, answers[0].logits)
-        with pytest.raises(InputError, match="hv=True"):
-            seeing.prompt_instances(seeing(images, hv=False), torch.tensor([1]), points, labels)
+    assert not torch.allclose(click_answer(seeing), before)
+    with pytest.raises(InputError, match="hv=True"):
+        click_answer(seeing, hv=False)
     assert tiny_model(click_head_sees_image=True).click_head.down1.layers[0].in_channels == (
         blind.click_head.down1.layers[0].in_channels + 3
     )
@@ -95,17 +99,11 @@ def test_a_click_head_made_deeper_starts_out_answering_as_its_checkpoint(tmp_pat
     saved = shallow.save(tmp_path / "shallow")
     deeper = tiny_model(click_head_deeper=True).eval()
     deeper.load_weights(saved)
-    images = torch.rand(2, 3, 64, 64)
-    points, labels = torch.tensor([[[20.0, 30.0], [40.0, 12.0]]]), torch.tensor([[1, 0]])
+    before = click_answer(shallow)
+    torch.testing.assert_close(click_answer(deeper), before)
     with torch.no_grad():
-        answers = [
-            model.prompt_instances(model(images), torch.tensor([1]), points, labels)
-            for model in (shallow, deeper)
-        ]
-        torch.testing.assert_close(answers[1].logits, answers[0].logits)
         deeper.click_head.deeper.project.weight.fill_(0.1)  # the new level now adds to what the head sees
-        changed = deeper.prompt_instances(deeper(images), torch.tensor([1]), points, labels)
-        assert not torch.allclose(changed.logits, answers[0].logits)
+    assert not torch.allclose(click_answer(deeper), before)
     with pytest.raises(InputError, match="architecture"):  # a deeper checkpoint does not fit a shallow model
         tiny_model().load_weights(deeper.save(tmp_path / "deeper"))
 
