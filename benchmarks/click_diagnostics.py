@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from postprocessing import validation_arguments, validation_images
-from prompts import ClickView, answer_ious, centres, interior_clicks, iou_table
+from prompts import ClickView, answer_ious, centres, interior_clicks, unmatched
 from sac.instances import click_negatives, connected_to_click, segment_at_points, tile_answers
 from sac.io import write_json
-from sac.segmenter import Segmentation, Segmenter
+from sac.segmenter import Segmenter
 from speed import matmul_gflops
 
 THRESHOLDS = (-1.0, 0.0, 1.0, 2.0)  # click head logits
@@ -75,11 +75,6 @@ def click_records(segmenter: Segmenter, view: ClickView, truth: np.ndarray, clic
                 }
             )
     return records
-
-
-def missed_nuclei(truth: np.ndarray, auto: Segmentation) -> np.ndarray:
-    """The true nuclei no automatic instance matches at IoU 0.5."""
-    return np.flatnonzero(iou_table(truth, auto.labels)[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
 
 
 def missed_outcomes(
@@ -148,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             records += click_records(segmenter, view, truth, clicks)
             negatives = user_negatives(segmenter, view, clicks, merges)
             user_ious += answer_ious(segmenter.model, view, truth, ids, clicks, negatives)
-            missed = missed_nuclei(truth, auto)
+            missed = unmatched(truth, auto.labels)[0]
             outcomes += missed_outcomes(segmenter, view, truth, missed, merges)
             lost_clicks = view.clicks(interior_clicks(truth, missed, missed_rng))
             lost_negatives = user_negatives(segmenter, view, lost_clicks, merges)

@@ -40,7 +40,7 @@ from sac.instances import NucleusMask, apply_clicks, click_negatives, click_pixe
 from sac.io import write_json
 from sac.metrics import evaluate_image, summarize
 from sac.points import peak_pixels
-from sac.scale import at_model_scale, resample_pixels
+from sac.scale import at_model_scale, resample_pixels, scale_points
 from sac.segmenter import Segmentation, Segmenter
 from speed import matmul_gflops
 
@@ -56,6 +56,13 @@ def iou_table(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     ).reshape(truth.max() + 1, predicted.max() + 1)
     union = pairs.sum(1, keepdims=True) + pairs.sum(0, keepdims=True) - pairs
     return pairs / np.maximum(union, 1)
+
+
+def unmatched(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(missed, false): the true nuclei that no predicted object matches at IoU 0.5, and the predicted objects
+    that match no true nucleus: what the correction clicks aim at."""
+    table = iou_table(truth, predicted)[1:, 1:]
+    return tuple(np.flatnonzero(table.max(axis=axis, initial=0) < 0.5) + 1 for axis in (1, 0))
 
 
 def centres(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -86,7 +93,7 @@ class ClickView(NamedTuple):
 
     def clicks(self, rows_cols: np.ndarray) -> np.ndarray:
         """(row, column) pixels of the image -> the view's, as ``apply_clicks`` moves an (x, y) click there."""
-        return click_pixels(np.asarray(rows_cols)[:, ::-1] * self.zoom, self.image.shape[:2])
+        return click_pixels(scale_points(np.asarray(rows_cols)[:, ::-1], self.zoom), self.image.shape[:2])
 
     def back(self, answer: NucleusMask | None) -> tuple[np.ndarray, np.ndarray]:
         """An answer's pixels in the image, as ``apply_clicks`` paints them."""
@@ -118,9 +125,7 @@ def corrections(segmenter: Segmenter, image: np.ndarray, truth: np.ndarray, auto
     clicks are answered as ``Segmenter.segment(image, points=...)`` answers them, on the automatic result
     ``auto`` at its zoom."""
     labels, centre = auto.labels, auto.maps[2]
-    table = iou_table(truth, labels)
-    missed = np.flatnonzero(table[1:, 1:].max(axis=1, initial=0) < 0.5) + 1
-    false = np.flatnonzero(table[1:, 1:].max(axis=0, initial=0) < 0.5) + 1
+    missed, false = unmatched(truth, labels)
     model = segmenter.model
     view = ClickView.of(image, auto)
     missed_centres = centres(truth, missed)

@@ -149,4 +149,8 @@ def test_each_image_line_says_when_maps_are_averaged(tiny_checkpoint, image, tmp
     args = ["predict", str(image), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
     assert main(args) == 0 and "(TTA)" not in capsys.readouterr().err
     assert main([*args[:3], str(tmp_path / "tta"), *args[4:], "--tta"]) == 0
-    assert "maps averaged over 8 flips and turns (TTA)" in capsys.readouterr().err
+    assert "maps averaged over 8 views (TTA)" in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "tta2"), *args[4:], "--tta", "2"]) == 0
+    assert "maps averaged over 2 views (TTA)" in capsys.readouterr().err
+    assert main([*args[:3], str(tmp_path / "tta3"), *args[4:], "--tta", "3"]) == 2
+    assert "takes 1, 2, 4, 8 views; got 3" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from sac.instances import (
     NucleusMask,
     _paint,
     _tile_prompts,
+    apply_clicks,
     click_negatives,
     depth_seeds,
     hv_boundaries,
@@ -243,3 +244,13 @@ def test_paint_prefers_higher_scores_and_drops_cut_off_pieces():
     high = NucleusMask(0.9, rows[3:6], cols[3:6])  # nucleus 1 cuts it in two
     labels = _paint([low, high], points, (1, 9))
     np.testing.assert_array_equal(labels[0], [1, 1, 1, 2, 2, 2, 0, 0, 0])
+
+
+def test_negative_clicks_alone_remove_objects_without_the_model():
+    """Negative clicks need no answer: no model runs and, at any zoom, nothing they do not touch moves."""
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:15, 5:15], labels[20:30, 30:45], labels[25:35, 5:12] = 1, 2, 3
+    image = np.zeros((40, 60, 3), np.uint8)
+    clicked = apply_clicks(None, image, labels, None, np.array([[35.5, 25.5]]), zoom=0.5)
+    np.testing.assert_array_equal(clicked > 0, (labels > 0) & (labels != 2))
+    np.testing.assert_array_equal(np.unique(clicked), [0, 1, 2])

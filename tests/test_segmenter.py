@@ -45,6 +45,7 @@ def test_instance_modes_are_normalised(given, mode):
         ({"mpp": "20x"}, "mpp must be a pixel size in µm, auto or native"),
         ({"mpp": 250.0}, "outside"),
         ({"mpp": 0}, "outside"),
+        ({"tta": 3}, "test-time augmentation takes 1, 2, 4, 8 views; got 3"),
     ],
 )
 def test_bad_options_rejected(options, message):
@@ -57,6 +58,11 @@ def test_bad_options_rejected(options, message):
 )
 def test_pixel_size_option(given, mpp):
     assert SegmentOptions(mpp=given).mpp == mpp
+
+
+@pytest.mark.parametrize(("given", "views"), [(True, 8), (False, 1), (2, 2), (4.0, 4), (None, None)])
+def test_tta_option_counts_views(given, views):
+    assert SegmentOptions(tta=given).tta == views
 
 
 def test_segmenter_checks_overlap_against_the_models_input_size(tiny_segmenter):
@@ -343,12 +349,24 @@ def test_instances_of_a_model_with_hv_maps_use_them_with_its_weight_or_the_optio
     assert segmenter.instances(maps, zoom=4.0).max() == 1
 
 
+def test_two_views_average_the_image_and_its_mirror(tiny_segmenter):
+    """The cheapest augmentation: the maps of the image and of its mirror (flipped back), so a mirrored image
+    gets mirrored maps."""
+    image, _ = synthetic_nuclei(size=64, count=5)
+    two = tiny_segmenter.with_options(tta=2)
+    plain, mirrored = tiny_segmenter.maps(image), tiny_segmenter.maps(np.ascontiguousarray(image[:, ::-1]))
+    np.testing.assert_allclose(two.maps(image), (plain + mirrored[:, :, ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(
+        two.maps(np.ascontiguousarray(image[:, ::-1])), two.maps(image)[:, :, ::-1], atol=1e-5
+    )
+
+
 def test_a_model_that_prefers_tta_gets_it_unless_the_user_says_no():
     """The gland model averages its maps by default (chosen on validation); tta=False still turns it off."""
     model = tiny_model(tta=True).eval()
     image, _ = synthetic_nuclei(size=64, count=5)
     default, on, off = Segmenter(model), Segmenter(model, tta=True), Segmenter(model, tta=False)
-    assert default.tta and not off.tta
+    assert (default.tta, on.tta, off.tta) == (8, 8, 1)
     np.testing.assert_array_equal(default.maps(image), on.maps(image))
     assert not np.allclose(default.maps(image), off.maps(image))
 

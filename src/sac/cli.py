@@ -208,10 +208,14 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="where the model runs")
     parser.add_argument(
         "--tta",
-        action=argparse.BooleanOptionalAction,
-        help="average the maps over the 8 flips and quarter turns (8x the time; default: the model's; nuclei "
-        "off, glands on)",
+        nargs="?",
+        type=int,
+        const=8,
+        metavar="VIEWS",
+        help="average the maps over this many views of the image, each as costly as one: 2 (with its mirror), "
+        "4 or 8 (every flip and quarter turn; the flag alone); default: the model's",
     )
+    parser.add_argument("--no-tta", dest="tta", action="store_const", const=1, help="one view: no averaging")
 
 
 def _segment_options(args: argparse.Namespace) -> SegmentOptions:
@@ -379,7 +383,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
         f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}, split {args.split}, "
         f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}, "
-        f"TTA {'on' if segmenter.tta else 'off'}"
+        f"TTA {f'{segmenter.tta} views' if segmenter.tta > 1 else 'off'}"
     )
     result = evaluate_model(segmenter, samples, glands=glands)
     for name, summary in [("all", result["summary"]), *result.get("parts", {}).items()]:

@@ -331,21 +331,22 @@ def apply_clicks(
     for row, col in negative_pixels:
         if labels[row, col]:
             labels[labels == labels[row, col]] = 0
-    seen, seen_labels, seen_centre, (seen_positive, seen_negative) = at_model_scale(
-        zoom, image, labels, centre, (positive, negative)
-    )
-    clicks, negatives = (click_pixels(p, seen_labels.shape) for p in (seen_positive, seen_negative))
-    answers = segment_at_points(
-        model, seen, clicks, click_negatives(seen_labels, clicks, negatives, model.config, seen_centre)
-    )
-    for (row, col), answer in zip(positive_pixels, answers, strict=True):
-        if answer is None:
-            warnings.warn(f"SAM found no nucleus under the click ({col}, {row})", stacklevel=2)
-            continue
-        rows, cols = resample_pixels(answer.rows, answer.cols, seen_labels.shape, labels.shape)
-        covered = np.unique(labels[rows, cols])
-        labels[rows, cols] = labels.max() + 1
-        split_remnants(labels, covered[covered > 0], REMNANT_DEPTH / zoom)
+    if len(positive_pixels):  # negative clicks alone need no model and no resampling
+        seen, seen_labels, seen_centre, (seen_positive, seen_negative) = at_model_scale(
+            zoom, image, labels, centre, (positive, negative)
+        )
+        clicks, negatives = (click_pixels(p, seen_labels.shape) for p in (seen_positive, seen_negative))
+        answers = segment_at_points(
+            model, seen, clicks, click_negatives(seen_labels, clicks, negatives, model.config, seen_centre)
+        )
+        for (row, col), answer in zip(positive_pixels, answers, strict=True):
+            if answer is None:
+                warnings.warn(f"SAM found no nucleus under the click ({col}, {row})", stacklevel=2)
+                continue
+            rows, cols = resample_pixels(answer.rows, answer.cols, seen_labels.shape, labels.shape)
+            covered = np.unique(labels[rows, cols])
+            labels[rows, cols] = labels.max() + 1
+            split_remnants(labels, covered[covered > 0], REMNANT_DEPTH / zoom)
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 

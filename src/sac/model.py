@@ -81,12 +81,13 @@ class SACConfig:
     # the post-processing that suits the model, chosen on its validation images: objects below min_size µm² are
     # dropped; watershed seeds are cut from the centre map at seed_threshold, and split where the valley between
     # two peaks is seed_depth deep (0: not split; benchmarks/postprocessing.py);
-    # tta: whether its maps are averaged over the eight flips and quarter turns unless the user says otherwise
+    # tta: over how many views of an image its maps are averaged (sac.options.TTA_VIEWS; False: 1, True: 8)
+    # unless the user says otherwise
     min_size: float = 3.0
     seed_threshold: float = 0.4
     seed_depth: float = 0.0
     hv_weight: float = 1.0  # how far hv_maps' boundaries lower the centre map (instances_from_maps)
-    tta: bool = False
+    tta: int | bool = False
     objects: str = (
         "nuclei"  # what it segments (a key of sac.export.OBJECT_CLASSES): its table's name, QuPath class
     )

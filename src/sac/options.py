@@ -12,6 +12,7 @@ from sac.io import MPP_RANGE, InputError
 from sac.tiling import DEFAULT_OVERLAP
 
 INSTANCE_MODES = ("fast", "sam")
+TTA_VIEWS = (1, 2, 4, 8)  # views of an image whose maps test-time augmentation averages (sac.segmenter.VIEWS)
 SCALE_MODES = ("auto", "native")
 
 
@@ -51,9 +52,10 @@ class SegmentOptions:
         Blended overlap of neighbouring tiles (of the model's input size), in pixels.
     batch_size : int
         Tiles per forward pass.
-    tta : bool or None
-        Test-time augmentation: the maps averaged over the eight flips and quarter turns (8x the time). None: the
-        model's own choice (made on its validation images: off for nuclei, on for glands).
+    tta : int, bool or None
+        Test-time augmentation: the maps averaged over this many views of the image, each view's cost a pass of
+        the network: 1 none; 2 the image and its mirror; 4 adds both turned half round; 8 every flip and quarter
+        turn. True means 8, False 1. None: the model's own choice (made on its validation images).
     progress : bool
         A progress bar over the tiles of large images.
     """
@@ -70,7 +72,7 @@ class SegmentOptions:
     mpp: float | str = "auto"
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 4
-    tta: bool | None = None
+    tta: int | bool | None = None
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -107,7 +109,17 @@ class SegmentOptions:
             object.__setattr__(self, "channel", int(self.channel))
         if isinstance(self.channel, int) and self.channel < 0:
             raise InputError(f"channel must be a non-negative index or a name, got {self.channel}")
+        if self.tta is not None:
+            object.__setattr__(self, "tta", tta_views(self.tta))
         if self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
         if self.overlap < 0:
             raise InputError(f"tile overlap must not be negative, got {self.overlap}")
+
+
+def tta_views(value: int | float | bool) -> int:
+    """How many views test-time augmentation averages: True means all 8, False none (1 view)."""
+    views = {True: 8, False: 1}[value] if isinstance(value, bool) else value
+    if views not in TTA_VIEWS:
+        raise InputError(f"test-time augmentation takes {', '.join(map(str, TTA_VIEWS))} views; got {value}")
+    return int(views)

@@ -220,7 +220,7 @@ def segment_file(
     result = segmenter.segment(found.data, points, recorded[0] if recorded else None)
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
     if progress:
-        augmented = "; maps averaged over 8 flips and turns (TTA)" if segmenter.tta else ""
+        augmented = f"; maps averaged over {segmenter.tta} views (TTA)" if segmenter.tta > 1 else ""
         tqdm.write(f"sac: {path.name}: {found.note}; {note}{augmented}", file=sys.stderr)
     wanted = set(run.save or DEFAULT_OUTPUTS) & (
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS

@@ -83,5 +83,11 @@ def at_model_scale(
         zoomed,
         None if labels is None else resample_labels(labels, shape),
         None if centre is None else resample_maps(centre[None], shape)[0],
-        None if points is None else tuple(None if p is None else np.asarray(p) * zoom for p in points),
+        None if points is None else tuple(scale_points(p, zoom) for p in points),
     )
+
+
+def scale_points(points: np.ndarray | None, zoom: float) -> np.ndarray | None:
+    """(x, y) clicks of an image -> the same places in it resized by ``zoom`` (pixel corners stay corners, as
+    :func:`resize_image` keeps them)."""
+    return None if points is None else np.asarray(points, np.float64) * zoom

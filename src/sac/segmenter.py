@@ -25,7 +25,7 @@ from sac.instances import (
 )
 from sac.io import InputError, to_rgb_uint8
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
-from sac.options import SegmentOptions
+from sac.options import SegmentOptions, tta_views
 from sac.points import combine_points
 from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
@@ -102,9 +102,9 @@ class Segmenter:
         return type(self)(self.model, dataclasses.replace(self.options, **changes))
 
     @property
-    def tta(self) -> bool:
-        """Whether maps are averaged over flips and quarter turns: the options' choice, else the model's."""
-        return self.model.config.tta if self.options.tta is None else self.options.tta
+    def tta(self) -> int:
+        """Over how many views (:data:`VIEWS`) maps are averaged: the options' choice, else the model's."""
+        return tta_views(self.model.config.tta if self.options.tta is None else self.options.tta)
 
     # ------------------------------------------------------------------ public
     def predict(
@@ -334,17 +334,16 @@ class Segmenter:
             return predict_tiled(run, view, size, options.overlap, options.batch_size, options.progress)
 
         try:
-            if not self.tta:
+            views = VIEWS[: self.tta]
+            if len(views) == 1:
                 return tiled(rgb)
             if use_manual:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
-            # the eight flips and quarter turns of the image, each map turned back and averaged
-            total = 0
-            for turns in range(4):
-                for flip in (False, True):
-                    view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
-                    total = total + maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
-            return total / 8
+            total = 0  # each view's maps turned back and averaged
+            for turns, flip in views:
+                view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
+                total = total + maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
+            return total / len(views)
         finally:
             model.train(was_training)
 
@@ -361,6 +360,11 @@ class Segmenter:
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
         return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points, hv)
+
+
+# test-time augmentation's views, (quarter turns, then mirrored left to right), in the order they are added: the
+# first n make the n-view average (sac.options.TTA_VIEWS), the image and its mirror first
+VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
 
 
 def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:
