@@ -29,7 +29,6 @@ from sac.train import split_validation
 MIN_SIZES = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)  # µm²
 SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 SEED_DEPTHS = (0.0, 0.1, 0.15, 0.2)  # 0: one seed per core
-THRESHOLDS = (0.5,)  # the probability cut-off of the foreground
 HV_WEIGHTS = (0.0, 2.0, 4.0, 8.0)  # for a model with horizontal and vertical maps; 0: not used
 GLAND_SCORE = ("object_f1", "object_dice")  # the GlaS challenge's object metrics, the gland model's targets
 
@@ -68,9 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     validation_arguments(parser)
     parser.add_argument("--min-sizes", default=",".join(map(str, MIN_SIZES)), help="µm², comma-separated")
-    parser.add_argument(
-        "--thresholds", default=",".join(map(str, THRESHOLDS)), help="probability cut-offs of the foreground"
-    )
     parser.add_argument("--seed-thresholds", default=",".join(map(str, SEED_THRESHOLDS)))
     parser.add_argument("--seed-depths", default=",".join(map(str, SEED_DEPTHS)))
     parser.add_argument(
@@ -84,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     min_sizes = [float(v) for v in args.min_sizes.split(",")]
-    thresholds = [float(v) for v in args.thresholds.split(",")]
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     seed_depths = [float(v) for v in args.seed_depths.split(",")]
     segmenter = Segmenter.load(args.model, instances="fast", tta=args.tta)
@@ -98,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in args.datasets.split(","):
         held = validation_images(args, dataset)
         results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
-        for threshold, seed_threshold, seed_depth, hv_weight in itertools.product(
-            thresholds, seed_thresholds, seed_depths, hv_weights
+        for seed_threshold, seed_depth, hv_weight in itertools.product(
+            seed_thresholds, seed_depths, hv_weights
         ):
             seeded = segmenter.with_options(
-                threshold=threshold, seed_threshold=seed_threshold, seed_depth=seed_depth, hv_weight=hv_weight
+                seed_threshold=seed_threshold, seed_depth=seed_depth, hv_weight=hv_weight
             )
             unfiltered = [seeded.instances(r.maps, r.zoom) for r in results]
             for min_size in min_sizes:
@@ -121,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
                         "dataset": dataset,
                         "images": len(held),
                         "min_size": min_size,
-                        "threshold": threshold,
                         "seed_threshold": seed_threshold,
                         "seed_depth": seed_depth,
                         "hv_weight": hv_weight,
@@ -161,19 +155,17 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     sum(r[key] for key in score_keys(r["dataset"]))
                     for r in rows
-                    if (r["min_size"], r["threshold"], r["seed_threshold"], r["seed_depth"], r["hv_weight"])
-                    == combination
+                    if (r["min_size"], r["seed_threshold"], r["seed_depth"], r["hv_weight"]) == combination
                 ]
             )
         )
-        for combination in itertools.product(min_sizes, thresholds, seed_thresholds, seed_depths, hv_weights)
+        for combination in itertools.product(min_sizes, seed_thresholds, seed_depths, hv_weights)
     }
     best_settings, best = max(score.items(), key=lambda item: item[1])
-    min_size, threshold, seed_threshold, seed_depth, hv_weight = best_settings
+    min_size, seed_threshold, seed_depth, hv_weight = best_settings
     print(
-        f"best mean AJI + PQ (GlaS: object F1 + object Dice) over the datasets: min size {min_size} µm², "
-        f"threshold {threshold}, seed threshold {seed_threshold}, seed depth {seed_depth}, hv weight {hv_weight} "
-        f"({best:.4f})"
+        f"best mean AJI + PQ (GlaS: object F1 + object Dice) over the datasets: min size {min_size} µm², seed "
+        f"threshold {seed_threshold}, seed depth {seed_depth}, hv weight {hv_weight} ({best:.4f})"
     )
     if args.json:
         write_json(args.json, {"rows": rows, "best": list(best_settings), "scale": scale_rows})

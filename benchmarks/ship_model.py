@@ -20,6 +20,7 @@ from pathlib import Path
 from sac.data import median_nucleus_area
 from sac.export import OBJECT_CLASSES
 from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SACConfig, SegmentAnyCell, model_path
+from sac.options import TTA_VIEWS, tta_views
 from sac.train import TrainConfig, load_training_data
 
 MAX_BYTES = 25 * 1024 * 1024
@@ -51,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         help="what the model segments (names its table, QuPath class)",
     )
     parser.add_argument(
-        "--tta", action=argparse.BooleanOptionalAction, help="test-time augmentation by default (validation)"
+        "--tta",
+        nargs="?",
+        type=int,
+        const=8,
+        choices=TTA_VIEWS,
+        help="views test-time augmentation averages by default (the flag alone: 8; validation)",
     )
     parser.add_argument(
         "--estimate-scale",
@@ -121,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             if meta["model"].get("hv_maps") and meta["model"].get("hv_weight")
             else ""
         )
-        + ("; maps averaged over the 8 flips and quarter turns (TTA)." if meta["model"].get("tta") else "."),
+        + (
+            f"; maps averaged over {tta_views(meta['model']['tta'])} views (TTA)."
+            if tta_views(meta["model"].get("tta", False)) > 1
+            else "."
+        ),
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
         f"`{config.init or 'random'}`.",

@@ -36,10 +36,25 @@ def test_version_and_defaults_in_help(capsys):
     assert f"nuclei {shipped['hv_weight']:g})" in text
 
 
-def test_instances_flag_followed_by_the_input(tiny_checkpoint, image, tmp_path):
+@pytest.mark.parametrize("flag", ["--instances", "--tta"])
+def test_a_flag_with_an_optional_value_followed_by_the_input(flag, tiny_checkpoint, image, tmp_path):
+    """``--instances img.png``, ``--tta img.png``: the file is an input and the flag takes its own default."""
     out = tmp_path / "out"
-    assert main(["predict", "--instances", str(image), "-o", str(out), "--model", str(tiny_checkpoint)]) == 0
+    argv = [
+        "predict",
+        "--instances",
+        "fast",
+        flag,
+        str(image),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_checkpoint),
+    ]
+    assert main(argv) == 0
     assert (out / "cell_labels.tif").is_file()
+    recorded = json.loads((out / "sac_run.json").read_text())["options"]
+    assert (recorded["instances"], recorded["tta"]) == ("fast", 8 if flag == "--tta" else None)
 
 
 def test_seed_depth_flag_is_checked_first_and_recorded(tiny_checkpoint, image, tmp_path, capsys, monkeypatch):

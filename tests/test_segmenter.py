@@ -46,6 +46,7 @@ def test_instance_modes_are_normalised(given, mode):
         ({"mpp": 250.0}, "outside"),
         ({"mpp": 0}, "outside"),
         ({"tta": 3}, "test-time augmentation takes 1, 2, 4, 8 views; got 3"),
+        ({"tta": "many"}, "test-time augmentation takes 1, 2, 4, 8 views; got many"),
     ],
 )
 def test_bad_options_rejected(options, message):
@@ -60,7 +61,9 @@ def test_pixel_size_option(given, mpp):
     assert SegmentOptions(mpp=given).mpp == mpp
 
 
-@pytest.mark.parametrize(("given", "views"), [(True, 8), (False, 1), (2, 2), (4.0, 4), (None, None)])
+@pytest.mark.parametrize(
+    ("given", "views"), [(True, 8), (False, 1), (2, 2), (4.0, 4), ("4", 4), (None, None)]
+)
 def test_tta_option_counts_views(given, views):
     assert SegmentOptions(tta=given).tta == views
 

@@ -209,8 +209,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tta",
         nargs="?",
-        type=int,
         const=8,
+        action=_OptionalValueAction,
         metavar="VIEWS",
         help="average the maps over this many views of the image, each as costly as one: 2 (with its mirror), "
         "4 or 8 (every flip and quarter turn; the flag alone); default: the model's",
@@ -293,16 +293,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-class _InstancesAction(argparse.Action):
-    """``--instances [fast|sam]``: a value that names an existing file or folder is an input that happened to
-    follow the flag (``sac predict --instances img.png -o out``)."""
+class _OptionalValueAction(argparse.Action):
+    """A flag whose value may be left out (``--instances [fast|sam]``, ``--tta [VIEWS]``): a value that names an
+    existing file or folder is an input that happened to follow the flag (``sac predict --tta img.png -o out``).
+    Other values, typos included, go to SegmentOptions, which checks them."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if values is None or not Path(values).exists():  # a mode, or a typo that SegmentOptions names
-            namespace.instances = values or "fast"
-        else:
-            namespace.instances = "fast"
+        if values is not None and Path(values).exists():
             namespace.stray_inputs = [*getattr(namespace, "stray_inputs", []), values]
+            values = None
+        setattr(namespace, self.dest, self.const if values is None else values)
 
 
 def _add_predict_parser(commands) -> None:
@@ -329,7 +329,7 @@ def _add_predict_parser(commands) -> None:
         "--instances",
         nargs="?",
         const="fast",
-        action=_InstancesAction,
+        action=_OptionalValueAction,
         metavar="fast|sam",
         help="also separate nuclei: fast (watershed, when no mode is given) or sam (one SAM prompt per nucleus)",
     )

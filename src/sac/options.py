@@ -117,9 +117,15 @@ class SegmentOptions:
             raise InputError(f"tile overlap must not be negative, got {self.overlap}")
 
 
-def tta_views(value: int | float | bool) -> int:
+def tta_views(value: int | float | str | bool) -> int:
     """How many views test-time augmentation averages: True means all 8, False none (1 view)."""
-    views = {True: 8, False: 1}[value] if isinstance(value, bool) else value
+    if isinstance(value, bool):
+        views = 8 if value else 1
+    else:
+        try:
+            views = float(value)
+        except (TypeError, ValueError):
+            views = None
     if views not in TTA_VIEWS:
         raise InputError(f"test-time augmentation takes {', '.join(map(str, TTA_VIEWS))} views; got {value}")
     return int(views)
