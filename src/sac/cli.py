@@ -299,10 +299,10 @@ class _OptionalValueAction(argparse.Action):
     Other values, typos included, go to SegmentOptions, which checks them."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if values is not None and Path(values).exists():
+        if isinstance(values, str) and Path(values).exists():  # argparse gives const when no value follows
             namespace.stray_inputs = [*getattr(namespace, "stray_inputs", []), values]
-            values = None
-        setattr(namespace, self.dest, self.const if values is None else values)
+            values = self.const
+        setattr(namespace, self.dest, values)
 
 
 def _add_predict_parser(commands) -> None:
