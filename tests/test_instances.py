@@ -11,7 +11,7 @@ from scipy import ndimage
 from skimage import measure, morphology, segmentation
 from skimage.draw import disk
 
-from conftest import synthetic_nuclei
+from conftest import synthetic_nuclei, tiny_model
 from sac.data import default_data_root, instance_distance_map
 from sac.instances import (
     NucleusMask,
@@ -24,12 +24,13 @@ from sac.instances import (
     instances_from_maps,
     merged_neighbours,
     sam_instances,
+    segment_at_points,
     split_remnants,
     valley_between,
 )
 from sac.io import InputError, read_labels
 from sac.metrics import aggregated_jaccard_index
-from sac.model import SACConfig, SegmentAnyCell
+from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
 from sac.train import hv_targets
 
 
@@ -254,3 +255,35 @@ def test_negative_clicks_alone_remove_objects_without_the_model():
     clicked = apply_clicks(None, image, labels, None, np.array([[35.5, 25.5]]), zoom=0.5)
     np.testing.assert_array_equal(clicked > 0, (labels > 0) & (labels != 2))
     np.testing.assert_array_equal(np.unique(clicked), [0, 1, 2])
+
+
+def test_a_click_answered_in_two_views_averages_them_in_the_image_frame(monkeypatch):
+    """With click_views 2 the answer is the mean of the image's and its mirror's logits, taken back: a pixel
+    only the mirror's answer holds (to the right of the click there) joins on the click's left, not its right;
+    the negatives reach each view moved with it, unused ones still unused."""
+    import sac.instances
+
+    clicks, negatives = np.array([[20, 14]]), np.array([[[22, 30], [-1, -1]]])
+    seen_negatives = []
+
+    def answers(model, image, clicks, negatives, batch_size):
+        mirrored = len(seen_negatives) == 1
+        seen_negatives.append(negatives.copy())
+        rows, cols = np.mgrid[-4:5, -4:5]
+        window = np.where(rows**2 + cols**2 <= 9, 1.0, -1.0)
+        if mirrored:
+            window[4, 8] = 3.0  # four to the right of the click, in the mirror
+        logits = torch.from_numpy(window)[None, None].float()
+        yield (
+            [0],
+            InstanceOutput(logits, torch.from_numpy(clicks[:1] - 4), None, torch.ones(1)),
+            np.zeros(2, int),
+        )
+
+    monkeypatch.setattr(sac.instances, "tile_answers", answers)
+    model = tiny_model(click_views=2)
+    (answer,) = segment_at_points(model, np.zeros((40, 50, 3), np.uint8), clicks, negatives)
+    held = set(zip(answer.rows.tolist(), answer.cols.tolist(), strict=True))
+    assert (20, 10) in held and (20, 18) not in held and (20, 17) in held
+    np.testing.assert_array_equal(seen_negatives[0], negatives)
+    np.testing.assert_array_equal(seen_negatives[1], [[[22, 50 - 1 - 30], [-1, -1]]])

@@ -291,23 +291,6 @@ def test_test_time_augmentation_is_equivariant(tiny_segmenter):
         tta.maps(image, points=(np.array([[5.0, 5.0]]), None))
 
 
-@pytest.mark.parametrize("turns", range(4))
-@pytest.mark.parametrize("flip", [False, True])
-def test_hv_maps_of_a_turned_or_flipped_view_are_turned_back_as_vectors(turns, flip):
-    """HV maps point from each nucleus's centre: turned back, a view's must equal the image's own."""
-    from sac.segmenter import maps_of_view
-    from sac.train import hv_targets
-
-    _, labels = synthetic_nuclei(size=40, count=5, seed=2)
-
-    def maps(labels: np.ndarray) -> np.ndarray:
-        hv = hv_targets(torch.from_numpy(np.ascontiguousarray(labels)).long()[None])[0].numpy()
-        return np.concatenate([np.repeat((labels > 0)[None], len(MAP_NAMES), 0), hv]).astype(np.float32)
-
-    view = np.rot90(labels, turns)[:, ::-1] if flip else np.rot90(labels, turns)
-    np.testing.assert_allclose(maps_of_view(maps(view), turns, flip), maps(labels), atol=1e-6)
-
-
 def test_a_model_with_hv_maps_returns_them_averaged_over_views():
     model = tiny_model(hv_maps=True).eval()
     image, _ = synthetic_nuclei(size=64, count=5)

@@ -25,6 +25,7 @@ from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
 from sac.points import peak_pixels
 from sac.scale import at_model_scale, resample_pixels
 from sac.tiling import pad_to, tile_grid
+from sac.views import VIEWS, pixels_to_view, view_of, window_from_view
 
 NEGATIVES_PER_NUCLEUS = 2  # SAM instance mode: negative clicks on the nearest other nuclei
 MAX_CLICK_NEGATIVES = 4  # a user's positive click: nearby negative clicks and neighbours, at most
@@ -181,17 +182,63 @@ def segment_at_points(
     clicks : (N, 2) int (row, column) positive clicks
     negatives : (N, K, 2) int (row, column) negative clicks per positive; rows of -1 are unused
 
-    The mask is the piece of the click's refinement window connected to the click (see :func:`tile_answers`).
+    Each click is answered in ``model.config.click_views`` views of the image (:data:`sac.views.VIEWS`), the
+    answers' logits taken back to the image and averaged over the first view's window; the mask is the piece
+    of that window connected to the click (see :func:`tile_answers`).
     """
     clicks = np.asarray(clicks, np.int64).reshape(-1, 2)
-    answers: list[NucleusMask | None] = [None] * len(clicks)
-    for chosen, answer, corner in tile_answers(model, image, clicks, negatives, batch_size):
-        windows = (answer.logits[:, 0] > 0).cpu().numpy()
-        corners = answer.origins.cpu().numpy() + corner
-        scores = answer.iou.float().cpu().numpy()
-        for nucleus, window, origin, score in zip(chosen, windows, corners, scores, strict=True):
-            answers[nucleus] = connected_to_click(window, origin, clicks[nucleus], image.shape, score)
-    return answers
+    if not len(clicks):
+        return []
+    negatives = np.asarray(negatives, np.int64).reshape(len(clicks), -1, 2)
+    unused = (negatives < 0).any(axis=2)
+    views = VIEWS[: model.config.click_views]
+    windows: list[_AveragedWindow | None] = [None] * len(clicks)
+    for view in views:
+        seen_negatives = pixels_to_view(negatives.reshape(-1, 2), image.shape, view).reshape(negatives.shape)
+        seen_negatives[unused] = -1
+        seen_clicks = pixels_to_view(clicks, image.shape, view)
+        for chosen, answer, corner in tile_answers(
+            model, view_of(image, view), seen_clicks, seen_negatives, batch_size
+        ):
+            logits = answer.logits[:, 0].float().cpu().numpy()
+            corners = answer.origins.cpu().numpy() + corner
+            scores = answer.iou.float().cpu().numpy()
+            for nucleus, window, origin, score in zip(chosen, logits, corners, scores, strict=True):
+                window, origin = window_from_view(window, origin, image.shape, view)
+                if windows[nucleus] is None:
+                    windows[nucleus] = _AveragedWindow(window, origin)
+                windows[nucleus].add(window, origin, score)
+    return [
+        connected_to_click(
+            averaged.logits() > 0, averaged.corner, click, image.shape, averaged.score / len(views)
+        )
+        for averaged, click in zip(windows, clicks, strict=True)
+    ]
+
+
+class _AveragedWindow:
+    """A click's answer averaged over views, in the frame of its first view's window."""
+
+    def __init__(self, window: np.ndarray, corner: np.ndarray) -> None:
+        self.corner = np.asarray(corner)
+        self.total = np.zeros(window.shape, np.float64)
+        self.count = np.zeros(window.shape, np.int32)
+        self.score = 0.0
+
+    def add(self, window: np.ndarray, corner: np.ndarray, score: float) -> None:
+        """Adds where the window overlaps the first one (a view's tiling may place it a pixel or so apart)."""
+        top, left = np.asarray(corner) - self.corner
+        height, width = self.total.shape
+        rows = slice(max(0, top), min(height, top + window.shape[0]))
+        cols = slice(max(0, left), min(width, left + window.shape[1]))
+        self.total[rows, cols] += window[
+            rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
+        ]
+        self.count[rows, cols] += 1
+        self.score += float(score)
+
+    def logits(self) -> np.ndarray:
+        return self.total / np.maximum(self.count, 1)
 
 
 @torch.inference_mode()

@@ -70,6 +70,9 @@ class SACConfig:
     # a third, residual level under the click head's U-Net (ResidualLevel): it sees about twice as far, the whole
     # of a large nucleus from a click at its rim
     click_head_deeper: bool = False
+    # over how many views of its tile (sac.views.VIEWS) a click's answer is averaged (its logits): each view costs
+    # a pass of the network over the tile, a click's own answer little; chosen on validation
+    click_views: int = 1
     # a head predicting HoVer-Net's horizontal and vertical maps (each pixel's offset from its nucleus's centre,
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False

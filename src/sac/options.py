@@ -12,7 +12,7 @@ from sac.io import MPP_RANGE, InputError
 from sac.tiling import DEFAULT_OVERLAP
 
 INSTANCE_MODES = ("fast", "sam")
-TTA_VIEWS = (1, 2, 4, 8)  # views of an image whose maps test-time augmentation averages (sac.segmenter.VIEWS)
+TTA_VIEWS = (1, 2, 4, 8)  # views of an image whose maps test-time augmentation averages (sac.views.VIEWS)
 SCALE_MODES = ("auto", "native")
 
 

@@ -29,6 +29,7 @@ from sac.options import SegmentOptions, tta_views
 from sac.points import combine_points
 from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
+from sac.views import VIEWS, maps_of_view, view_of
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Automatic scale: rescale only when the nuclei's median area is off by more than this factor from the model's
@@ -340,9 +341,8 @@ class Segmenter:
             if use_manual:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
             total = 0  # each view's maps turned back and averaged
-            for turns, flip in views:
-                view = np.rot90(rgb, turns)[:, ::-1] if flip else np.rot90(rgb, turns)
-                total = total + maps_of_view(tiled(np.ascontiguousarray(view)), turns, flip)
+            for view in views:
+                total = total + maps_of_view(tiled(view_of(rgb, view)), *view)
             return total / len(views)
         finally:
             model.train(was_training)
@@ -360,27 +360,6 @@ class Segmenter:
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
         return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points, hv)
-
-
-# test-time augmentation's views, (quarter turns, then mirrored left to right), in the order they are added: the
-# first n make the n-view average (sac.options.TTA_VIEWS), the image and its mirror first
-VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False), (3, True))
-
-
-def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """Maps of the view ``np.rot90(image, turns)``, flipped left to right after the turn if ``flip``, turned
-    back to the image's frame. Channels after ``MAP_NAMES`` are (horizontal, vertical) offsets: a flip negates
-    the horizontal one, and each quarter turn back maps (h, v) to (-v, h)."""
-    first = len(MAP_NAMES)  # the first offset channel
-    vectors = len(maps) > first
-    if flip:
-        maps = maps[:, :, ::-1].copy()
-        if vectors:
-            maps[first] *= -1
-    maps = np.rot90(maps, -turns, axes=(1, 2))
-    for _ in range(turns % 4 if vectors else 0):
-        maps = np.concatenate([maps[:first], -maps[first + 1 : first + 2], maps[first : first + 1]])
-    return maps
 
 
 def _snap(zoom: float) -> float:
