@@ -41,11 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="nuclei", choices=list(SHIPPED_MODELS))
     parser.add_argument("--command", default="", help="the training command, for the model card")
     parser.add_argument(
+        "--init-note", help="where the weights started, for the model card (default: the run's --init)"
+    )
+    parser.add_argument(
         "--min-size", type=float, help="post-processing chosen on validation (postprocessing.py)"
     )
     parser.add_argument("--seed-threshold", type=float, help="post-processing chosen on validation")
     parser.add_argument("--seed-depth", type=float, help="post-processing chosen on validation")
     parser.add_argument("--hv-weight", type=float, help="post-processing chosen on validation")
+    parser.add_argument(
+        "--click-views",
+        type=int,
+        choices=TTA_VIEWS,
+        help="views a click's answer is averaged over (validation)",
+    )
     parser.add_argument(
         "--objects",
         choices=list(OBJECT_CLASSES),
@@ -86,7 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
     if args.mpp is not None:
         meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
-    for key in ("min_size", "seed_threshold", "seed_depth", "hv_weight", "tta", "estimate_scale", "objects"):
+    for key in (
+        "min_size",
+        "seed_threshold",
+        "seed_depth",
+        "hv_weight",
+        "click_views",
+        "tta",
+        "estimate_scale",
+        "objects",
+    ):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -112,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px"
         + (" (it reads the image and the HV maps)" if model.config.click_head_sees_image else "")
         + (" with a third, residual level" if model.config.click_head_deeper else "")
+        + (
+            f", its answers averaged over {meta['model']['click_views']} views"
+            if meta["model"].get("click_views", 1) > 1
+            else ""
+        )
         + ";"
         f" post-processing (chosen on validation images, benchmarks/postprocessing.py): objects under "
         f"{meta['model'].get('min_size', 3.0):g} µm² dropped, watershed seeds at "
@@ -134,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
-        f"`{config.init or 'random'}`.",
+        + (args.init_note or f"`{config.init or 'random'}`")
+        + ".",
         f"Command: `{args.command}`" if args.command else "",
         f"Checkpoint metrics: `{json.dumps(model.meta['metrics'])}`; test-set results: benchmarks/RESULTS.md.",
         "",
