@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the default nuclei model shipped in src/sac/models/nuclei (no pretrained SAM weights are used).
 # Usage: bash benchmarks/train_default.sh [RUN_DIR]   (data from $SAC_DATA or ../shared/data; run from the repository)
-# Afterwards: python benchmarks/ship_model.py RUN_DIR/last --seed-threshold 0.2 --seed-depth 0 --hv-weight 8   copies
+# Afterwards: python benchmarks/ship_model.py RUN_DIR/last --seed-threshold 0.2 --seed-depth 0 --hv-weight 8 --click-views 4   copies
 # the checkpoint into the package with the post-processing chosen on validation (benchmarks/postprocessing.py).
 #
 # Stage 1 is the previous default model (commit 5655afd: the tiny preset trained from scratch on MoNuSeg + DSB 2018
