@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from sac.data import default_data_root, load_dataset
 from sac.model import SegmentAnyCell
@@ -124,6 +126,29 @@ def end_to_end(segmenter: Segmenter, image: np.ndarray, instances: bool, repeats
     return {"median": float(np.median(times)), "fastest": min(times), "gflops": float(np.median(gflops))}
 
 
+def click_timings(segmenter: Segmenter, image: np.ndarray, clicks: int = 10, repeats: int = 3) -> list[str]:
+    """Markdown rows: the time of answering ``clicks`` positive clicks (at nuclei the automatic pass found) on
+    top of the automatic pass, in the model's click views and in one."""
+    labels = segmenter.with_options(instances="fast").segment(image).labels
+    centres = ndimage.center_of_mass(labels > 0, labels, np.arange(1, clicks + 1))
+    points = (np.array(centres)[:, ::-1] + 0.5, None)  # (x, y)
+    model, instances, rows = segmenter.model, segmenter.with_options(instances="fast"), []
+    own = model.config
+    for views in [0, *dict.fromkeys([own.click_views, 1])]:  # 0: no clicks
+        model.config = dataclasses.replace(own, click_views=max(views, 1))
+        try:
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                instances.segment(image, points=points if views else None)
+                times.append(time.perf_counter() - started)
+        finally:
+            model.config = own
+        what = f"+ {clicks} positive clicks, {views} click view(s)" if views else "alone"
+        rows.append(f"| automatic pass (watershed) {what} | {np.median(times):.2f} |")
+    return ["| 1000x1000, in memory (median of 3) | seconds |", "|---|---|", *rows]
+
+
 def scaling_child(model_path: str | None, size: int, instances: bool) -> None:
     """Runs in a fresh process: one image of ``size``^2 end to end; prints JSON with time and peak RSS."""
     segmenter = load_model(model_path).with_options(instances=instances or None)
@@ -178,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     timed["with instances and every output, --tta (8 views; median of 3)"] = end_to_end(
         segmenter.with_options(tta=8), image, instances=True, repeats=3
     )
+    click_lines = click_timings(segmenter, image)
     tiles = len(tile_grid(image.shape[:2], model.config.image_size, DEFAULT_OVERLAP))
     timers = Timers(model)
     with contextlib.redirect_stderr(None):
@@ -199,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {run['median']:.2f} | {run['fastest']:.2f} | {run['gflops']:.0f} |"
             for name, run in timed.items()
         ),
+        "",
+        *click_lines,
         "",
         f"| where the time goes (1000x1000, {tiles} tiles of {model.config.image_size} px, one view) | seconds |",
         "|---|---|",
