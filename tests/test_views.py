@@ -27,7 +27,7 @@ def test_hv_maps_of_a_view_are_turned_back_as_vectors(view):
         hv = hv_targets(torch.from_numpy(np.ascontiguousarray(labels)).long()[None])[0].numpy()
         return np.concatenate([np.repeat((labels > 0)[None], len(MAP_NAMES), 0), hv]).astype(np.float32)
 
-    np.testing.assert_allclose(maps_of_view(maps(view_of(labels, view)), *view), maps(labels), atol=1e-6)
+    np.testing.assert_allclose(maps_of_view(maps(view_of(labels, view)), view), maps(labels), atol=1e-6)
 
 
 @pytest.mark.parametrize("view", VIEWS)

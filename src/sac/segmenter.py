@@ -342,7 +342,7 @@ class Segmenter:
                 raise InputError("test-time augmentation does not combine with whole-mask point prompts")
             total = 0  # each view's maps turned back and averaged
             for view in views:
-                total = total + maps_of_view(tiled(view_of(rgb, view)), *view)
+                total = total + maps_of_view(tiled(view_of(rgb, view)), view)
             return total / len(views)
         finally:
             model.train(was_training)

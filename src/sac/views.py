@@ -30,10 +30,11 @@ def view_of(image: np.ndarray, view: View) -> np.ndarray:
     return np.ascontiguousarray(turned[:, ::-1] if flip else turned)
 
 
-def maps_of_view(maps: np.ndarray, turns: int, flip: bool) -> np.ndarray:
-    """Maps of the view ``np.rot90(image, turns)``, flipped left to right after the turn if ``flip``, turned
-    back to the image's frame. Channels after ``MAP_NAMES`` are (horizontal, vertical) offsets: a flip negates
-    the horizontal one, and each quarter turn back maps (h, v) to (-v, h)."""
+def maps_of_view(maps: np.ndarray, view: View) -> np.ndarray:
+    """(C, h, w) maps of ``view_of(image, view)`` turned back to the image's frame. Channels after ``MAP_NAMES``
+    are (horizontal, vertical) offsets: a flip negates the horizontal one, and each quarter turn back maps (h, v)
+    to (-v, h)."""
+    turns, flip = view
     first = len(MAP_NAMES)  # the first offset channel
     vectors = len(maps) > first
     if flip:
