@@ -129,10 +129,10 @@ def end_to_end(segmenter: Segmenter, image: np.ndarray, instances: bool, repeats
 def click_timings(segmenter: Segmenter, image: np.ndarray, clicks: int = 10, repeats: int = 3) -> list[str]:
     """Markdown rows: the time of answering ``clicks`` positive clicks (at nuclei the automatic pass found) on
     top of the automatic pass, in the model's click views and in one."""
-    labels = segmenter.with_options(instances="fast").segment(image).labels
+    model, instances, rows = segmenter.model, segmenter.with_options(instances="fast"), []
+    labels = instances.segment(image).labels
     centres = ndimage.center_of_mass(labels > 0, labels, np.arange(1, clicks + 1))
     points = (np.array(centres)[:, ::-1] + 0.5, None)  # (x, y)
-    model, instances, rows = segmenter.model, segmenter.with_options(instances="fast"), []
     own = model.config
     for views in [0, *dict.fromkeys([own.click_views, 1])]:  # 0: no clicks
         model.config = dataclasses.replace(own, click_views=max(views, 1))
