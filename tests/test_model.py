@@ -214,3 +214,11 @@ def test_config_knows_what_the_model_segments():
     assert SACConfig().objects == "nuclei" and SACConfig(objects="glands").objects == "glands"
     with pytest.raises(InputError, match="unknown objects 'cells': expected nuclei or glands"):
         SACConfig(objects="cells")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"), [({"click_views": 3}, "click_views takes"), ({"tta": 5}, "views; got 5")]
+)
+def test_a_config_with_a_view_count_it_cannot_use_is_refused(setting, message):
+    with pytest.raises(InputError, match=message):
+        tiny_model(**setting)

@@ -29,6 +29,7 @@ from sac.export import OBJECT_CLASSES
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
 from sac.io import InputError, atomic_write, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
+from sac.options import TTA_VIEWS, tta_views
 from sac.points import sample_point_prompts
 
 MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels predict_maps returns, in order
@@ -104,6 +105,9 @@ class SACConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.objects not in OBJECT_CLASSES:
             raise InputError(f"unknown objects {self.objects!r}: expected {' or '.join(OBJECT_CLASSES)}")
+        tta_views(self.tta)  # a view count it cannot use fails when the model loads, not mid-run
+        if self.click_views not in TTA_VIEWS:
+            raise InputError(f"click_views takes {', '.join(map(str, TTA_VIEWS))}; got {self.click_views}")
 
     def at_scale(self, mpp: float) -> SACConfig:
         """The same model run at another pixel size; its reference nucleus area, in pixels, follows.
