@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "validated_on": [s.name for s in val],
     }
     (target / "training_data.json").write_text(json.dumps(data, indent=1))
+    views = tta_views(meta["model"].get("tta", False))
     card = [
         f"# Segment Any Cell `{args.name}` model: {SHIPPED_MODELS[args.name]}",
         "",
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px"
         + (" (it reads the image and the HV maps)" if model.config.click_head_sees_image else "")
         + (" with a third, residual level" if model.config.click_head_deeper else "")
+        + (", the mask refined by a head that sees the image" if model.config.refine_head else "")
         + (
             f", its answers averaged over {meta['model']['click_views']} views"
             if meta["model"].get("click_views", 1) > 1
@@ -150,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             if meta["model"].get("hv_maps") and meta["model"].get("hv_weight")
             else ""
         )
-        + (
-            f"; maps averaged over {tta_views(meta['model']['tta'])} views (TTA)."
-            if tta_views(meta["model"].get("tta", False)) > 1
-            else "."
-        ),
+        + (f"; maps averaged over {views} views (TTA)." if views > 1 else "."),
         f"Datasets: {', '.join(config.datasets)} (training splits only; {len(train)} images for training, "
         f"{len(val)} held out for validation; the test splits were never used). Initialised from: "
         + (args.init_note or f"`{config.init or 'random'}`")
