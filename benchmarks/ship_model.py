@@ -158,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         + (args.init_note or f"`{config.init or 'random'}`")
         + ".",
         f"Command: `{args.command}`" if args.command else "",
-        f"Checkpoint metrics: `{json.dumps(model.meta['metrics'])}`; test-set results: benchmarks/RESULTS.md.",
+        f"Checkpoint metrics: `{json.dumps(model.meta['metrics'])}`"
+        + (
+            " (best_val_score: the run's best validation Dice + one-click IoU)"
+            if "best_val_score" in model.meta["metrics"]
+            else ""
+        )
+        + "; test-set results: benchmarks/RESULTS.md.",
         "",
         "## Licence of the weights",
         "",

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import synthetic_nuclei
 from sac import __version__
-from sac.cli import main
+from sac.cli import build_parser, main
 from sac.model import model_path, read_checkpoint_meta
 
 
@@ -133,6 +133,23 @@ def test_init_defaults_to_the_fine_tuning_learning_rate():
     assert TrainConfig.from_dict({"init": "nuclei"}).lr == FINE_TUNE_LR
     assert TrainConfig.from_dict({"init": "nuclei", "lr": 0.01}).lr == 0.01
     assert TrainConfig.from_dict({}).lr != FINE_TUNE_LR
+
+
+def test_evaluate_takes_instances_with_or_without_a_mode_as_predict_does():
+    parse = build_parser().parse_args
+    assert parse(["evaluate", "--dataset", "samples", "--instances"]).instances == "fast"
+    assert parse(["evaluate", "--dataset", "samples", "--instances", "sam"]).instances == "sam"
+
+
+def test_evaluate_folder_needs_an_existing_data_root_and_an_unknown_model_names_the_shipped_ones(
+    tmp_path, capsys
+):
+    assert main(["evaluate", "--dataset", "folder"]) == 2
+    assert "needs its folder" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "folder", "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+    assert main(["evaluate", "--dataset", "samples", "--model", str(tmp_path / "nosuch")]) == 2
+    assert "no such model; shipped models: nuclei, glands" in capsys.readouterr().err
 
 
 def test_evaluate_prints_its_header_and_the_metric_legend(tiny_checkpoint, capsys):

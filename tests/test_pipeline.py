@@ -67,6 +67,56 @@ def test_mask_only_writes_just_masks(tiny_segmenter, images, tmp_path):
     assert sorted(path.name for path in out.iterdir()) == ["good_mask.png", RUN_FILE, SUMMARY_FILE]
 
 
+def test_summary_counts_objects_only_with_instances_and_always_the_mask_share(
+    tiny_segmenter, images, tmp_path
+):
+    for name, segmenter in (
+        ("mask", tiny_segmenter),
+        ("labels", tiny_segmenter.with_options(instances=True)),
+    ):
+        segment_files(segmenter, [images / "good.png"], tmp_path / name, progress=False)
+        with open(tmp_path / name / SUMMARY_FILE, newline="") as handle:
+            (row,) = csv.DictReader(handle)
+        with Image.open(tmp_path / name / "good_mask.png") as png:
+            share = (np.array(png) > 0).mean()
+        assert float(row["foreground_fraction"]) == pytest.approx(share, abs=1e-6)
+        if name == "mask":  # no instances: no count, rather than a count of 0
+            assert row["objects"] == row["mean_area_px"] == ""
+        else:
+            labels = tifffile.imread(tmp_path / name / "good_labels.tif")
+            assert int(row["objects"]) == np.unique(labels[labels > 0]).size
+
+
+def test_an_output_folder_given_as_input_again_is_not_segmented_twice(tiny_segmenter, images, tmp_path):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    Image.open(images / "good.png").save(folder / "good.png")
+    segmenter = tiny_segmenter.with_options(instances=True)
+    for _ in range(2):  # the second run finds the first one's outputs beside the image
+        segment_files(segmenter, [folder], folder, progress=False)
+    assert [path for path, _ in find_inputs([folder])] == [folder / "good.png"]
+    assert not list(folder.glob("good_mask_*")) and not list(folder.glob("good_overlay_*"))
+    assert find_inputs([folder / "good_mask.png"]) == [(folder / "good_mask.png", False)]  # named: taken
+
+
+def test_outputs_that_need_instances_are_refused_without_them(tiny_segmenter, images, tmp_path):
+    for run in (RunOptions(save=["mask", "table"]), RunOptions(expand_cells=3.0)):
+        with pytest.raises(InputError, match="needs instances; add --instances"):
+            segment_files(tiny_segmenter, [images / "good.png"], tmp_path / "out", run, progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="--expand-cells"):
+        RunOptions(save=["mask", "cells"])
+
+
+def test_cells_grown_in_pixels_say_so_when_the_pixel_size_is_unknown(
+    tiny_segmenter, images, tmp_path, capsys
+):
+    segmenter = tiny_segmenter.with_options(instances=True, mpp="native")
+    segment_file(segmenter, images / "good.png", tmp_path / "out", False, run=RunOptions(expand_cells=2.0))
+    assert "cells grown by 2 pixels, not µm: the pixel size is unknown" in capsys.readouterr().err
+    assert (tmp_path / "out" / "good_cells.tif").is_file()
+
+
 def test_segment_file_writes_what_the_segmenter_gives(tiny_segmenter, images, tmp_path):
     segmenter = tiny_segmenter.with_options(instances="fast")
     segment_file(segmenter, images / "grey.png", tmp_path / "out", slide=False)
@@ -180,7 +230,7 @@ def test_cli_points_and_sam_instances(tiny_checkpoint, images, tmp_path, capsys)
     argv = ["predict", str(images / "good.png"), "-o", str(out), "--model", str(tiny_checkpoint)]
     assert main([*argv, "--points", str(points), "--instances=sam"]) == 0
     assert all((out / f"good{suffix}").is_file() for suffix in INSTANCE_OUTPUTS)
-    assert "segmented 1 images" in capsys.readouterr().out
+    assert "segmented 1 image " in capsys.readouterr().out
 
 
 def test_cli_input_errors_exit_2(tiny_checkpoint, images, tmp_path, monkeypatch, capsys):

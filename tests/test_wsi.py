@@ -195,7 +195,7 @@ def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["predict", str(path), "-o", str(out), "--model", str(tiny_checkpoint), "--wsi"]
     assert main([*argv, "--level", "1"]) == 0
-    assert "segmented 1 images" in capsys.readouterr().out
+    assert "segmented 1 image " in capsys.readouterr().out
     assert tifffile.imread(out / "slide_labels.tif").shape == (100, 100)
     assert (out / "slide.geojson").is_file()
     assert main([*argv, "--level", "4"]) == 1

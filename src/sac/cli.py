@@ -253,8 +253,7 @@ def _load_segmenter(args: argparse.Namespace, options):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sac.io import check_output_dir
-    from sac.pipeline import RunOptions, find_inputs, segment_files
+    from sac.pipeline import RunOptions, check_run, segment_files
 
     options = _segment_options(args)
     args.inputs = [*getattr(args, "stray_inputs", []), *args.inputs]
@@ -273,8 +272,7 @@ def _predict(args: argparse.Namespace) -> int:
         expand_cells=args.expand_cells,
     )
     # before loading the model, so a mistyped path or an unwritable output fails at once
-    count = len(find_inputs(args.inputs, run.slides, run.recursive))
-    check_output_dir(args.output)
+    count = len(check_run(args.inputs, args.output, run, options)[0])
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 
@@ -289,7 +287,7 @@ def _predict(args: argparse.Namespace) -> int:
         for _, message in failures:
             print(f"sac:   {message}", file=sys.stderr)
         return 1
-    print(f"segmented {count} images into {args.output}")
+    print(f"segmented {count} image{'s' * (count != 1)} into {args.output}")
     return 0
 
 
@@ -338,7 +336,8 @@ def _add_predict_parser(commands) -> None:
         "--save",
         metavar="LIST",
         help="outputs to write, comma-separated from mask, prob (float16 probability TIFF), labels, table, "
-        "geojson, overlay; default: mask, and with --instances labels, table, geojson, overlay",
+        "geojson, overlay, cells (with --expand-cells); default: mask, and with --instances labels, table, "
+        "geojson, overlay; all but mask and prob need --instances",
     )
     parser.add_argument(
         "--expand-cells",
@@ -424,9 +423,12 @@ def _add_evaluate_parser(commands) -> None:
     parser.add_argument("--split", default="test", help="dataset split")
     parser.add_argument(
         "--instances",
+        nargs="?",
+        const="fast",
         default="fast",
+        action=_OptionalValueAction,
         metavar="fast|sam",
-        help="instance mode: watershed or SAM per nucleus",
+        help="instance mode: fast (watershed, also when no mode is given) or sam (one SAM prompt per nucleus)",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the summary and per-image metrics here")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")

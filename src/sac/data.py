@@ -218,6 +218,10 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
     """
     if name == "samples":
         return load_samples()
+    if name == "folder" and root is None:
+        raise InputError("the folder dataset needs its folder: pass a root (--data-root DIR)")
+    if root is not None and not Path(root).exists():
+        raise InputError(f"{root}: no such file or folder")
     if root is None:
         root = default_data_root()
         if root is None:

@@ -16,10 +16,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sac.clicks import clicks_for
-from sac.io import InputError, check_output_dir
+from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
-from sac.pipeline import RunOptions, find_inputs, load_clicks, report_skipped, segment_file, write_run_record
+from sac.pipeline import RunOptions, check_run, report_skipped, segment_file, write_run_record
 from sac.segmenter import Points, Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -53,11 +53,9 @@ def predict_many(
         raise InputError(
             "distributed prediction needs dask.distributed: pip install 'segment-any-cell[distributed]'"
         ) from None
-    found = find_inputs(inputs, run.slides, run.recursive)
-    clicks = load_clicks(run.points_file, [path for path, _ in found])
+    found, clicks = check_run(inputs, out_dir, run, options)
     model_dir = model_path(model)
     meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
-    check_output_dir(out_dir)
     out_dir = Path(out_dir).absolute()
     with contextlib.ExitStack() as stack:
         cluster = scheduler or stack.enter_context(

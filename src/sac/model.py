@@ -678,6 +678,10 @@ def model_path(model: str | Path | None = None) -> Path:
 
 def read_checkpoint_meta(directory: Path) -> dict:
     config_file = directory / CONFIG_FILE
+    if not directory.exists():
+        raise InputError(
+            f"{directory}: no such model; shipped models: {', '.join(SHIPPED_MODELS)}, or a checkpoint folder"
+        )
     if not config_file.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise InputError(f"{directory}: not a SAC checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:

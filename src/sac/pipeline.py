@@ -99,9 +99,21 @@ class RunOptions:
             raise InputError(f"pyramid level must not be negative, got {self.level}")
         if self.expand_cells is not None and self.expand_cells < 0:
             raise InputError(f"cell expansion must not be negative, got {self.expand_cells}")
+        if "cells" in (self.save or ()) and not self.expand_cells:
+            raise InputError("the cells output needs a cell expansion distance (--expand-cells D)")
+
+    def instance_outputs(self) -> list[str]:
+        """What this run asks for that only instances can give."""
+        asked = [name for name in self.save or () if name not in MASK_OUTPUTS]
+        return asked + (["cells (--expand-cells)"] if self.expand_cells and "cells" not in asked else [])
 
 
-SUMMARY_COLUMNS = ("image", "nuclei", "mean_area_px", "mpp", "scale")
+# per image: objects found (empty without instances), their mean area, the share of the image the mask covers
+SUMMARY_COLUMNS = ("image", "objects", "mean_area_px", "foreground_fraction", "mpp", "scale")
+# names of the image files a run writes, which a folder given as input (often the output folder too) may hold
+_OUTPUT_IMAGE_ENDINGS = tuple(
+    suffix.lower() for suffix in OUTPUT_SUFFIXES.values() if Path(suffix).suffix in (".png", ".tif")
+)
 
 
 def find_inputs(
@@ -109,14 +121,17 @@ def find_inputs(
 ) -> list[tuple[Path, bool]]:
     """Expand files and folders into ``(path, is_slide)``; ``slides`` streams every input as a slide.
 
-    Fails at once, before any model work, on a missing path or two inputs whose outputs would collide.
+    A folder's files named as SAC's outputs (``*_mask.png``, ``*_labels.tif``, ...) are left out, so a run whose
+    output folder is its input folder does not segment its previous outputs. Fails at once, before any model
+    work, on a missing path or two inputs whose outputs would collide.
     """
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         # list_images knows only whole-image formats, not SVS
         is_svs = path.is_file() and path.suffix.lower() == ".svs"
-        paths += [path] if is_svs else list_images([path], recursive)
+        found = [path] if is_svs else list_images([path], recursive)
+        paths += [f for f in found if f == path or not f.name.lower().endswith(_OUTPUT_IMAGE_ENDINGS)]
     paths = list(dict.fromkeys(paths))
     counts = Counter(output_stem(path) for path in paths)
     clashing = [str(path) for path in paths if counts[output_stem(path)] > 1]
@@ -135,9 +150,7 @@ def segment_files(
     """Segment image files, slides and folders of them into ``out_dir`` as ``run`` says; returns the skipped files
     with a one-line reason."""
     run = run or RunOptions()
-    found = find_inputs(inputs, run.slides, run.recursive)
-    clicks = load_clicks(run.points_file, [path for path, _ in found])
-    check_output_dir(out_dir)
+    found, clicks = check_run(inputs, out_dir, run, segmenter.options)
     failures, rows = [], []
     for path, slide in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
@@ -150,10 +163,26 @@ def segment_files(
     return failures
 
 
+def check_run(
+    inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, run: RunOptions, options: SegmentOptions
+) -> tuple[list[tuple[Path, bool]], dict]:
+    """Everything about a run that can fail before the model is loaded: the inputs (``find_inputs``), the clicks
+    against them, the output folder, and outputs that need instances when none are asked for. Returns the
+    inputs and their clicks."""
+    if not options.instances and run.instance_outputs():
+        raise InputError(
+            f"{', '.join(run.instance_outputs())}: needs instances; add --instances (instances=True)"
+        )
+    found = find_inputs(inputs, run.slides, run.recursive)
+    clicks = load_clicks(run.points_file, [path for path, _ in found])
+    check_output_dir(out_dir)
+    return found, clicks
+
+
 def write_run_record(
     out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, rows: list[dict], failures: list
 ) -> None:
-    """``sac_summary.csv`` (per image: nuclei count, mean area, pixel size) and ``sac_run.json`` (the model, its
+    """``sac_summary.csv`` (per image: objects found, their mean area, the mask's share, pixel size) and ``sac_run.json`` (the model, its
     sha256, every setting, the versions, the command): what a run did, next to what it wrote."""
     out_dir = Path(out_dir)
     with atomic_write(out_dir / SUMMARY_FILE) as tmp, open(tmp, "w", newline="") as handle:
@@ -210,8 +239,7 @@ def segment_file(
         summary = segment_slide(segmenter, path, out_dir, run.level, clicks=points, progress=progress)
         return {
             "image": path.name,
-            "nuclei": summary["nuclei"],
-            "mean_area_px": float("nan"),
+            "objects": summary["nuclei"],
             "mpp": summary["mpp"],
             "scale": f"slide level {summary['level']}",
         }
@@ -231,6 +259,12 @@ def segment_file(
     if (
         run.expand_cells and labels is not None
     ):  # µm with a known pixel size, else px (StarDist's QuPath cells)
+        if result.mpp is None and progress:
+            tqdm.write(
+                f"sac: {path.name}: cells grown by {run.expand_cells:g} pixels, not µm: the pixel size is "
+                "unknown (give --mpp)",
+                file=sys.stderr,
+            )
         cells = expand_labels(labels, run.expand_cells / (result.mpp or 1.0))
         wanted.add("cells")
     writers = {
@@ -254,9 +288,17 @@ def segment_file(
     }
     for kind in sorted(wanted, key=list(OUTPUT_SUFFIXES).index):
         writers[kind](output_path(out_dir, path, kind, objects))
-    count = 0 if labels is None else int(labels.max())
-    area = float(np.bincount(labels.ravel())[1:].mean()) if count else float("nan")
-    return {"image": path.name, "nuclei": count, "mean_area_px": area, "mpp": result.mpp, "scale": note}
+    row = {
+        "image": path.name,
+        "foreground_fraction": round(float(result.mask.mean()), 6),
+        "mpp": result.mpp,
+        "scale": note,
+    }
+    if labels is not None:  # ids need not be contiguous (clicks remove objects and add new ones)
+        areas = np.bincount(labels.ravel())[1:]
+        areas = areas[areas > 0]
+        row |= {"objects": areas.size, "mean_area_px": float(areas.mean()) if areas.size else None}
+    return row
 
 
 def report_skipped(path: Path, error: InputError) -> tuple[Path, str]:

@@ -553,7 +553,7 @@ class Trainer:
         if starting:
             fresh = self.model.load_weights(model_path(config.init), partial=True)
             if fresh and self.rank == 0:
-                tqdm.write(f"{config.init}: has no {', '.join(fresh)}; they start from scratch")
+                tqdm.write(f"{config.init} has no {', '.join(fresh)}: starting from scratch")
             if "click_head" in fresh and config.instance_prompts:  # a model never trained on clicks
                 self.model.copy_semantic_token()
         if config.train_only:
@@ -582,7 +582,7 @@ class Trainer:
             self.optimizer, lambda s: _lr_factor(s, self.total_steps, config.warmup_steps)
         )
         self.step = 0
-        self.best_dice = -1.0
+        self.best_score = -1.0
         self.epoch_losses: list[float] = []
         self.elapsed = 0.0
 
@@ -593,7 +593,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
-            "best_dice": self.best_dice,
+            "best_score": self.best_score,
             "epoch_losses": self.epoch_losses,
             "elapsed": self.elapsed,
             "rng": {
@@ -606,7 +606,7 @@ class Trainer:
     def save_state(self) -> None:
         with atomic_write(self.out / STATE_FILE) as tmp:
             torch.save(self.state(), tmp)
-        self.model.save(self.out / "last", metrics={"step": self.step, "best_val_dice": self.best_dice})
+        self.model.save(self.out / "last", metrics={"step": self.step, "best_val_score": self.best_score})
 
     def load_state(self) -> None:
         path = self.out / STATE_FILE
@@ -619,7 +619,8 @@ class Trainer:
             # a corrupt or foreign file raises pickle, zip, EOF or size-mismatch errors, some of them multi-line
             reason = " ".join(str(error).split()) or type(error).__name__
             raise InputError(f"{path}: cannot resume from this training state ({reason})") from None
-        self.step, self.best_dice = state["step"], state["best_dice"]
+        # runs written before the score was named for what it is (validation Dice + one-click IoU) said best_dice
+        self.step, self.best_score = state["step"], state.get("best_score", state.get("best_dice"))
         self.epoch_losses, self.elapsed = state["epoch_losses"], state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -694,7 +695,7 @@ class Trainer:
             if end_of_epoch and self.world > 1:
                 dist.barrier()
         bar.close()
-        return {"step": self.step, "best_val_dice": self.best_dice, "elapsed_s": self.elapsed}
+        return {"step": self.step, "best_val_score": self.best_score, "elapsed_s": self.elapsed}
 
     def end_epoch(self) -> None:
         val_dice = validation_dice(self.model, self.val)
@@ -715,8 +716,8 @@ class Trainer:
         )
         # the model answers both questions: all nuclei (Dice) and the nucleus under a click (IoU)
         score = val_dice + (0.0 if math.isnan(click_iou) else click_iou)
-        if not math.isnan(val_dice) and score > self.best_dice:
-            self.best_dice = score
+        if not math.isnan(val_dice) and score > self.best_score:
+            self.best_score = score
             metrics = {"step": self.step, "val_dice": val_dice, "val_click_iou": click_iou}
             self.model.save(self.out / "best", metrics=metrics)
         plot_log(self.out / LOG_FILE, self.out / "curve.png")
