@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ def test_points_file_hand_written(tmp_path):
         ("a.csv", "x,y,label\n1,2,3\n"),
         ("a.csv", "x,y,label\n1,two,1\n"),
         ("a.csv", "x,y,label\n1,nan,1\n"),
+        ("a.csv", ""),
         ("a.json", "{not json"),
         ("a.json", '{"positives": [[1, 2]]}'),
         ("a.json", '{"positive": [[1, 2, 3]]}'),
@@ -48,6 +50,47 @@ def test_points_file_errors_name_the_file(tmp_path, name, content):
     path.write_text(content)
     with pytest.raises(InputError, match=re.escape(name)):
         read_points_file(path)
+
+
+def test_csv_columns_in_any_order_case_and_spacing(tmp_path):
+    """Columns are found by name: any order, any case, spaces around cells, a spreadsheet's byte-order mark."""
+    path = tmp_path / "clicks.csv"
+    path.write_text(
+        "\ufeffImage, X ,y, LABEL\n in/a.png , 1.5 , 2 , 1 \nb,3,4,0.0\n, , , \n", encoding="utf-8"
+    )
+    clicks = read_clicks(path)
+    assert sorted(clicks) == ["b", "in/a.png"]
+    assert clicks["in/a.png"][0].tolist() == [[1.5, 2]] and clicks["in/a.png"][1].shape == (0, 2)
+    assert clicks["b"][0].shape == (0, 2) and clicks["b"][1].tolist() == [[3, 4]]
+    single = tmp_path / "one.csv"
+    single.write_text("label,y,x\n1,20,10\n0,40,30\n")
+    positive, negative = read_points_file(single)
+    assert positive.tolist() == [[10, 20]] and negative.tolist() == [[30, 40]]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            "image,x,label\na.png,1,1\n",
+            "CSV header: missing column y; expected columns x, y, label and optionally image",
+        ),
+        ("x,y\n1,2\n", "missing column label"),
+        ("x,y,label,colour\n1,2,1,red\n", "unknown column 'colour'"),
+        ("x,y,label,x\n1,2,1,3\n", "column x twice"),
+        ("image,x,y,label\na.png,1,2\n", r"line 2: expected 4 values \(image,x,y,label\), got 'a.png,1,2'"),
+        ("label,x,y\n1,1,2\n1,one,2\n", "line 3: x must be a number, got 'one'"),
+        ("x,y,label\n1,inf,1\n", "line 2: y must be a number, got 'inf'"),
+        ("x,y,label\n1,2,yes\n", r"line 2: label must be 1 \(positive\) or 0 \(negative\), got 'yes'"),
+        ("x,y,label,image\n1,2,1,a.png\n3,4,1, \n", "line 3: no image name"),
+    ],
+)
+def test_csv_errors_name_the_file_the_line_and_the_problem(tmp_path, content, problem):
+    path = tmp_path / "clicks.csv"
+    path.write_text(content)
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}: .*{problem}") as error:
+        read_clicks(path)
+    assert "\n" not in str(error.value)
 
 
 def test_missing_points_file(tmp_path):
@@ -77,8 +120,10 @@ def test_clicks_per_image_from_csv_json_or_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"holds no \.csv or \.json click files"):
         read_clicks(tmp_path / "empty")
-    with pytest.raises(InputError, match="CSV header must be x,y,label"):
-        read_points_file(csv_path)  # a single image's file has no image column
+    with pytest.raises(
+        InputError, match=r"unknown column 'image'.*a file of one image's clicks has no image column"
+    ):
+        read_points_file(csv_path)
 
 
 def test_clicks_are_matched_to_images_by_name_then_stem(tmp_path):
@@ -95,3 +140,44 @@ def test_clicks_are_matched_to_images_by_name_then_stem(tmp_path):
     with pytest.raises(InputError, match="clicks without image names but 2 inputs"):
         check_clicks_match({None: a}, images, "clicks.csv")
     check_clicks_match({None: a}, images[:1], "clicks.csv")
+
+
+def test_clicks_named_by_a_path_match_that_input(tmp_path, monkeypatch):
+    """An image column (or JSON key) may hold the input's path, relative, with ./ or absolute: one rule for
+    choosing an image's clicks and for checking them against the inputs."""
+    monkeypatch.chdir(tmp_path)
+    tile, other = Path("in/tile.png"), Path("in/other.png")
+    clicks_file = tmp_path / "clicks.csv"
+    clicks_file.write_text(
+        f"image,x,y,label\nin/tile.png,1,2,1\n./in/other.png,3,4,0\n{tmp_path / 'in' / 'c.tif'},5,6,1\n"
+    )
+    clicks = read_clicks(clicks_file)
+    images = [tile, other, Path("in/c.tif")]
+    check_clicks_match(clicks, images, clicks_file)
+    assert clicks_for(clicks, tile)[0].tolist() == [[1, 2]]
+    assert clicks_for(clicks, other)[1].tolist() == [[3, 4]]
+    assert clicks_for(clicks, Path("in/c.tif"))[0].tolist() == [[5, 6]]
+    assert clicks_for(clicks, Path("elsewhere/tile.png")) is None  # a path names only its own file
+    with pytest.raises(InputError, match=r"clicks for in/tile\.png, which is not among the inputs"):
+        check_clicks_match(clicks, [Path("elsewhere/tile.png"), other, Path("in/c.tif")], clicks_file)
+    keyed = tmp_path / "clicks.json"
+    keyed.write_text(json.dumps({"./in/tile.png": {"positive": [[7, 8]]}}))
+    by_path = read_clicks(keyed)
+    check_clicks_match(by_path, images, keyed)
+    assert clicks_for(by_path, tile)[0].tolist() == [[7, 8]] and clicks_for(by_path, other) is None
+
+
+def test_clicks_that_name_an_image_twice_or_two_images_are_refused(tmp_path):
+    """Clicks under two names of one image, or a name that fits two inputs, would be dropped or doubled
+    silently: both fail before any work."""
+    a = (np.ones((1, 2), np.float32), np.zeros((0, 2), np.float32))
+    image = tmp_path / "in" / "tile.png"
+    twice = {"tile.png": a, "tile": a}
+    with pytest.raises(InputError, match=r"clicks\.csv: clicks for tile\.png, tile all name .*tile\.png"):
+        check_clicks_match(twice, [image], "clicks.csv")
+    with pytest.raises(InputError, match="give each image's clicks under one name"):
+        clicks_for(twice, image)
+    with pytest.raises(
+        InputError, match=r"clicks\.csv: clicks for tile\.png match inputs .*; name the image by"
+    ):
+        check_clicks_match({"tile.png": a}, [image, tmp_path / "tile.png.tif"], "clicks.csv")

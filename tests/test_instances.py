@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -213,12 +214,13 @@ def test_what_an_answer_leaves_of_the_objects_it_covered():
     labels[8:23, 8:23] = 3  # ... that a click re-outlined a little smaller: a rim 3 px wide is left
     labels[:, 30:94][_touching_disks() > 0] = 2  # two touching nuclei taken for one object ...
     labels[:, 30:94][_touching_disks() == 1] = 4  # ... a click answered with the left one
-    labels[38:46, 100:111] = 5  # an object an answer cut in two thick pieces (column 105)
+    labels[38:46, 100:116] = 5  # an object an answer cut in two thick pieces (column 105)
     labels[38:46, 105] = 6
-    split_remnants(labels, np.array([1, 2, 5]))
+    assert split_remnants(labels, np.array([1, 2, 5]), next_id=10) == 11
     assert not (labels == 1).any()  # the rim of a re-outlined nucleus is dropped
     assert (labels == 2).sum() > 200 and ndimage.label(labels == 2)[1] == 1  # the merge's other nucleus stays
-    assert (labels == 5).sum() == 40 and (labels == 7).sum() == 40  # the second piece gets a label of its own
+    # the larger piece keeps its object's id, the other gets the next new one
+    assert (labels[:, 106:] == 5).sum() == (labels == 5).sum() == 80 and (labels[:, :105] == 10).sum() == 40
     assert [(labels == i).sum() for i in (3, 4, 6)] == [225, (_touching_disks() == 1).sum(), 8]  # untouched
 
 
@@ -253,8 +255,46 @@ def test_negative_clicks_alone_remove_objects_without_the_model():
     labels[5:15, 5:15], labels[20:30, 30:45], labels[25:35, 5:12] = 1, 2, 3
     image = np.zeros((40, 60, 3), np.uint8)
     clicked = apply_clicks(None, image, labels, None, np.array([[35.5, 25.5]]), zoom=0.5)
-    np.testing.assert_array_equal(clicked > 0, (labels > 0) & (labels != 2))
-    np.testing.assert_array_equal(np.unique(clicked), [0, 1, 2])
+    np.testing.assert_array_equal(clicked, np.where(labels == 2, 0, labels))  # the others keep their ids
+    assert clicked.dtype == np.int32
+
+
+def test_a_click_keeps_the_ids_of_every_object_it_does_not_touch(monkeypatch):
+    """Users match ids across rounds of corrections: a click changes no id beyond its answer. The clicked
+    nucleus and a piece it cuts off get new ids above every earlier one (even one a negative click just
+    removed), and a removed or re-outlined object leaves a gap."""
+    import sac.instances
+
+    labels = np.zeros((60, 120), np.int32)
+    for index, left in enumerate(range(0, 120, 12), start=1):
+        labels[5:15, left + 1 : left + 11] = index  # a row of 10 nuclei, ids 1..10 left to right
+    labels[30:40, 2:60] = 11  # a wide object the second answer cuts in two
+    labels[45:55, 100:110] = 12
+    answers = {
+        (10, 30): np.s_[4:16, 24:35],  # re-outlines nucleus 3 a little larger
+        (35, 30): np.s_[28:42, 25:35],  # a nucleus across object 11, leaving thick pieces left and right
+        (50, 80): np.s_[47:53, 77:84],  # a nucleus on background
+    }
+
+    def segment_at_points(model, image, clicks, negatives, batch_size=64):
+        """SAM's answers, as set out above: the pixels of each click's box."""
+        boxes = [np.zeros(image.shape[:2], bool) for _ in clicks]
+        for box, (row, col) in zip(boxes, clicks, strict=True):
+            box[answers[(int(row), int(col))]] = True
+        return [NucleusMask(0.9, *np.nonzero(box)) for box in boxes]
+
+    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    positive = np.array([[30.5, 10.5], [30.5, 35.5], [80.5, 50.5]])  # (x, y)
+    negative = np.array([[105.0, 50.0]])  # removes 12, the largest id
+    model = SimpleNamespace(config=SACConfig())
+    clicked = apply_clicks(model, np.zeros((*labels.shape, 3), np.uint8), labels, positive, negative)
+    assert clicked[10, 30] == 13 and clicked[35, 30] == 14 and clicked[50, 80] == 16  # new, above 12
+    # object 11 keeps its larger piece; the one cut off gets a new id
+    assert (clicked[30:40, 35:60] == 11).all() and (clicked[30:40, 2:25] == 15).all()
+    away = ~np.isin(labels, [3, 11, 12]) & (labels > 0)
+    np.testing.assert_array_equal(clicked[away], labels[away])  # nuclei 1, 2 and 4..10 keep their ids
+    assert not np.isin([3, 12], clicked).any()  # gaps: re-outlined and removed objects' ids are not reused
+    np.testing.assert_array_equal(np.unique(clicked), [0, 1, 2, *range(4, 12), 13, 14, 15, 16])
 
 
 def test_a_click_answered_in_two_views_averages_them_in_the_image_frame(monkeypatch):

@@ -1,5 +1,7 @@
 """Point prompts: clicks sampled from the generator's nuclei map, and a user's clicks added to them."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from scipy import ndimage
 from skimage import measure
 
 from sac.io import InputError
-from sac.points import as_points, combine_points, peak_pixels, sample_point_prompts, sample_points
+from sac.points import as_clicks, as_points, combine_points, peak_pixels, sample_point_prompts, sample_points
 
 THRESHOLD = 0.5
 
@@ -157,3 +159,40 @@ def test_as_points():
         as_points([1, 2, 3], "clicks")
     with pytest.raises(InputError, match="clicks contain NaN"):
         as_points([(1, np.inf)], "clicks")
+
+
+def test_as_clicks_takes_positive_and_negative_lists():
+    positive, negative = as_clicks(([[120, 120], [5.5, 6]], None))
+    assert positive.dtype == np.float32 and positive.tolist() == [[120, 120], [5.5, 6]]
+    assert negative.shape == (0, 2)
+    positive, negative = as_clicks([[], np.array([[60, 60]])])
+    assert positive.shape == (0, 2) and negative.tolist() == [[60, 60]]
+    positive, negative = as_clicks((torch.tensor([[1.0, 2.0]]), [(3, 4)]))
+    assert positive.tolist() == [[1, 2]] and negative.tolist() == [[3, 4]]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [(120, 120), (60, 60)],  # a bare list of two points: not one positive and one negative click
+        [(120, 120)],
+        [(1, 2), (3, 4), (5, 6)],
+        np.array([[120, 120], [60, 60]]),
+        (np.array([120, 120]), None),
+        ([[1, 2], [3]], None),
+        ("ab", None),
+        [[[1, 2]], [[3, 4]], []],
+        5,
+    ],
+)
+def test_as_clicks_refuses_anything_else_with_what_it_expects(bad):
+    expected = "points: expected (positive, negative), each a list of [x, y] pairs, e.g. ([[120, 120]], [])"
+    with pytest.raises(InputError, match=f"^{re.escape(expected)}$"):
+        as_clicks(bad)
+
+
+def test_as_clicks_names_the_side_of_bad_coordinates():
+    with pytest.raises(InputError, match="points: negative clicks contain NaN"):
+        as_clicks(([[1, 2]], [[np.nan, 3]]))
+    with pytest.raises(InputError, match="points: positive clicks must be a list of numeric"):
+        as_clicks(([("a", "b")], None))

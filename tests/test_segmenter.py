@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import numpy as np
@@ -89,12 +90,14 @@ def test_options_given_whole_or_by_keyword(tiny_segmenter):
     assert tiny_segmenter.options == SegmentOptions()  # unchanged
 
 
-def test_load(tiny_checkpoint):
+def test_load(tiny_checkpoint, tmp_path):
     segmenter = Segmenter.load(tiny_checkpoint, device="cpu", instances="fast", threshold=0.4)
     assert segmenter.options == SegmentOptions(instances="fast", threshold=0.4)
     assert not segmenter.model.training and segmenter.model.pixel_mean.device.type == "cpu"
-    with pytest.raises(InputError, match="not a SAC checkpoint"):
+    with pytest.raises(InputError, match="missing: no such model; shipped models: nuclei"):
         Segmenter.load(tiny_checkpoint / "missing")
+    with pytest.raises(InputError, match="not a SAC checkpoint"):
+        Segmenter.load(tmp_path)  # a folder, but no checkpoint in it
     with pytest.raises(InputError, match="unknown device"):
         Segmenter.load(tiny_checkpoint, device="tpu")
 
@@ -190,6 +193,43 @@ def test_segment_with_clicks(tiny_segmenter):
     assert mask_only.labels is None
     np.testing.assert_array_equal(mask_only.mask, result.mask)
     np.testing.assert_array_equal(tiny_segmenter.predict(image, clicks), result.mask)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [(40, 40), (10, 10)],  # a bare list of points, once read as one positive and one negative click
+        [(40, 40)],  # once a TypeError with instances, and accepted silently without
+        np.array([[40.0, 40.0]]),
+        ([40, 40], None),
+    ],
+)
+def test_points_other_than_positive_and_negative_lists_are_refused_before_the_model_runs(
+    tiny_segmenter, monkeypatch, points
+):
+    fast, mask_only = tiny_segmenter.with_options(instances="fast"), tiny_segmenter.with_options()
+    for segmenter in (fast, mask_only):
+        monkeypatch.setattr(segmenter, "maps", lambda *args, **kwargs: pytest.fail("the model ran"))
+    image, _ = synthetic_nuclei(size=64, count=4)
+    expected = "points: expected (positive, negative), each a list of [x, y] pairs, e.g. ([[120, 120]], [])"
+    for call in (fast.predict, mask_only.predict, fast.segment):
+        with pytest.raises(InputError, match=f"^{re.escape(expected)}$"):
+            call(image, points)
+    with pytest.raises(InputError, match=re.escape(expected)):
+        tiny_segmenter.maps(image, points)
+    with pytest.raises(InputError, match=r"click \(64, 10\) lies outside the 64x64 image"):
+        fast.predict(image, ([[10, 10]], [[64, 10]]))
+
+
+def test_clicks_as_lists_or_arrays_are_the_same_clicks(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    fast = tiny_segmenter.with_options(instances="fast")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an untrained model may find no nucleus under a click
+        arrays = fast.predict(image, (np.array([[20.0, 30.0]]), np.array([[5.0, 5.0]])))
+        np.testing.assert_array_equal(fast.predict(image, ([[20, 30]], [[5, 5]])), arrays)
+    negative_only = fast.predict(image, points=(None, [[5, 5]]))
+    np.testing.assert_array_equal(fast.predict(image, points=([], [[5, 5]])), negative_only)
 
 
 def test_clicks_on_a_rescaled_image_change_nothing_they_do_not_reach():

@@ -1,5 +1,6 @@
-"""Files of a user's clicks: CSV ``x,y,label[,image]`` or JSON ``{"positive": [[x, y], ...], "negative": [...]}``
-(or such objects keyed by image name), or a folder with one such file per image (``<image stem>.csv|json``).
+"""Files of a user's clicks: CSV with columns ``x``, ``y``, ``label`` and optionally ``image`` (any order), or JSON
+``{"positive": [[x, y], ...], "negative": [...]}`` (or such objects keyed by image), or a folder with one such file
+per image (``<image stem>.csv|json``). An image is named by its file name, its stem or its path.
 
 Coordinates are (x, y) pixels of the image; for a slide, of its full-resolution level 0 (QuPath's frame).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,21 +38,33 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Clicks]:
 
 
 def clicks_for(clicks: dict[str | None, Clicks], image: Path) -> Clicks | None:
-    """The clicks meant for ``image`` (by file name, then stem), or those for any image."""
-    for key in (image.name, image.stem, None):
-        if key in clicks:
-            return clicks[key]
-    return None
+    """The clicks meant for ``image`` (by file name, stem or path: :func:`_names_image`), or those for any image."""
+    keys = [key for key in clicks if key is not None and _names_image(key, image)]
+    if len(keys) > 1:
+        raise InputError(
+            f"clicks for {', '.join(keys)} all name {image}; give each image's clicks under one name"
+        )
+    return clicks[keys[0]] if keys else clicks.get(None)
 
 
 def check_clicks_match(
     clicks: dict[str | None, Clicks], images: list[Path], source: str | os.PathLike
 ) -> None:
-    """Fail before any work when clicks name no input, or would apply to several images without saying which."""
-    names = {name for image in images for name in (image.name, image.stem)}
-    unknown = sorted(key for key in clicks if key is not None and key not in names)
-    if unknown:
-        raise InputError(f"{source}: clicks for {', '.join(unknown[:3])}, which is not among the inputs")
+    """Fail before any work when clicks name no input or several, an input has clicks under several names, or
+    clicks would apply to several images without saying which."""
+    for key in (key for key in clicks if key is not None):
+        matched = [str(image) for image in images if _names_image(key, image)]
+        if not matched:
+            raise InputError(f"{source}: clicks for {key}, which is not among the inputs")
+        if len(matched) > 1:
+            raise InputError(
+                f"{source}: clicks for {key} match inputs {', '.join(matched)}; name the image by its path"
+            )
+    for image in images:
+        try:
+            clicks_for(clicks, image)
+        except InputError as error:
+            raise InputError(f"{source}: {error}") from None
     if None in clicks and len(images) > 1:
         raise InputError(
             f"{source}: clicks without image names but {len(images)} inputs; add an image column (CSV), key them "
@@ -58,11 +72,17 @@ def check_clicks_match(
         )
 
 
+def _names_image(key: str, image: Path) -> bool:
+    """Whether a click file's image name ``key`` is ``image``: its file name, its stem, or a path to it (relative or
+    absolute), so ``tile.png``, ``tile``, ``in/tile.png`` and ``./in/tile.png`` all name ``in/tile.png``."""
+    return key in (image.name, image.stem) or os.path.abspath(key) == os.path.abspath(image)
+
+
 def read_points_file(path: str | os.PathLike) -> Clicks:
     """Read manual ``(positive, negative)`` points, each float32 ``(M, 2)`` in ``(x, y)`` pixels.
 
-    Accepts a CSV with header ``x,y,label`` (label 1 = positive, 0 = negative) or a JSON object
-    ``{"positive": [[x, y], ...], "negative": [...]}`` (either key may be omitted).
+    Accepts a CSV with columns ``x``, ``y`` and ``label`` in any order (label 1 = positive, 0 = negative) or a
+    JSON object ``{"positive": [[x, y], ...], "negative": [...]}`` (either key may be omitted).
     """
     clicks = _read(Path(path), per_image=False)
     return clicks[None]
@@ -71,43 +91,75 @@ def read_points_file(path: str | os.PathLike) -> Clicks:
 def _read(path: Path, per_image: bool) -> dict[str | None, Clicks]:
     suffix = _points_suffix(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: the byte-order mark spreadsheets write is no part of the first column's name
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot read points file ({error})") from None
     return _parse_csv(text, path, per_image) if suffix == ".csv" else _parse_json(text, path, per_image)
 
 
+_CSV_COLUMNS = ("x", "y", "label")
+
+
+def _csv_columns(header: list[str], path: Path, per_image: bool) -> dict[str, int]:
+    """Each column's index from the header: x, y, label and (for several images) image, in any order and case."""
+    allowed = (*_CSV_COLUMNS, "image") if per_image else _CSV_COLUMNS
+    expected = "x, y, label" + (" and optionally image" if per_image else "") + ", in any order"
+    names = [cell.strip().lower() for cell in header]
+    missing = [name for name in _CSV_COLUMNS if name not in names]
+    problems = [f"missing column {', '.join(missing)}"] if missing else []
+    problems += [f"unknown column {name!r}" for name in dict.fromkeys(names) if name not in allowed]
+    problems += [f"column {name} twice" for name in dict.fromkeys(names) if names.count(name) > 1]
+    if problems:
+        single = (
+            " (a file of one image's clicks has no image column)"
+            if "image" in names and not per_image
+            else ""
+        )
+        raise InputError(f"{path}: CSV header: {'; '.join(problems)}; expected columns {expected}{single}")
+    return {name: names.index(name) for name in names}
+
+
 def _parse_csv(text: str, path: Path, per_image: bool) -> dict[str | None, Clicks]:
     rows = list(csv.reader(text.splitlines()))
-    header = [cell.strip().lower() for cell in rows[0]] if rows else []
-    named = per_image and header == ["x", "y", "label", "image"]
-    if header != ["x", "y", "label"] and not named:
-        raise InputError(
-            f"{path}: CSV header must be x,y,label" + (" (and optionally image)" if per_image else "")
-        )
+    columns = _csv_columns(rows[0] if rows else [], path, per_image)
     points: dict[str | None, dict[int, list[tuple[float, float]]]] = {}
     for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
+        cells = [cell.strip() for cell in row]
+        if not any(cells):
             continue
-        try:
-            x, y, label, *image = row
-            point, label = (float(x), float(y)), int(label)
-            if len(image) != named:
-                raise ValueError
-        except ValueError:
+        if len(cells) != len(columns):
             raise InputError(
-                f"{path}: line {line}: expected numbers {','.join(header)}, got {','.join(row)!r}"
-            ) from None
+                f"{path}: line {line}: expected {len(columns)} values ({','.join(columns)}), got {','.join(row)!r}"
+            )
+        x, y, label = (_number(cells[columns[name]]) for name in _CSV_COLUMNS)
+        for name, value in (("x", x), ("y", y)):
+            if not math.isfinite(value):
+                raise InputError(
+                    f"{path}: line {line}: {name} must be a number, got {cells[columns[name]]!r}"
+                )
         if label not in (0, 1):
-            raise InputError(f"{path}: line {line}: label must be 1 (positive) or 0 (negative), got {label}")
-        key = image[0].strip() if named else None
-        points.setdefault(key, {1: [], 0: []})[label].append(point)
+            raise InputError(
+                f"{path}: line {line}: label must be 1 (positive) or 0 (negative), got {cells[columns['label']]!r}"
+            )
+        key = cells[columns["image"]] if "image" in columns else None
+        if key == "":
+            raise InputError(f"{path}: line {line}: no image name")
+        points.setdefault(key, {1: [], 0: []})[int(label)].append((x, y))
     if not points:
         points[None] = {1: [], 0: []}
     return {
         key: (as_points(p[1], f"{path}: positive points"), as_points(p[0], f"{path}: negative points"))
         for key, p in points.items()
     }
+
+
+def _number(cell: str) -> float:
+    """A cell's value; NaN when it holds no number."""
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
 
 
 def _parse_json(text: str, path: Path, per_image: bool) -> dict[str | None, Clicks]:

@@ -371,9 +371,12 @@ def apply_clicks(
 
     SAM answers at ``zoom`` (model pixels per image pixel, :func:`sac.scale.at_model_scale`), where it sees
     nuclei at the size it was trained on; its answers are painted on the labels at the image's own scale, so
-    nothing a click does not reach changes.
+    nothing a click does not reach changes, ids included (users match them across rounds of corrections): a
+    clicked nucleus and the pieces a click cuts off an object get new ids above the largest before the clicks,
+    and a removed object leaves a gap, so ids need not run 1..N afterwards.
     """
-    labels = np.asarray(labels).copy()
+    labels = np.array(labels, np.int32)  # a copy, with room for new ids
+    next_id = int(labels.max(initial=0)) + 1  # above every id before the clicks, even one a click removes
     positive_pixels, negative_pixels = (click_pixels(p, labels.shape) for p in (positive, negative))
     for row, col in negative_pixels:
         if labels[row, col]:
@@ -392,18 +395,21 @@ def apply_clicks(
                 continue
             rows, cols = resample_pixels(answer.rows, answer.cols, seen_labels.shape, labels.shape)
             covered = np.unique(labels[rows, cols])
-            labels[rows, cols] = labels.max() + 1
-            split_remnants(labels, covered[covered > 0], REMNANT_DEPTH / zoom)
-    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+            labels[rows, cols] = next_id
+            next_id = split_remnants(labels, covered[covered > 0], next_id + 1, REMNANT_DEPTH / zoom)
+    return labels
 
 
 # px at the model's scale: what an answer leaves of an object with no pixel deeper than this is a sliver of its rim
 REMNANT_DEPTH = 2.0
 
 
-def split_remnants(labels: np.ndarray, ids: np.ndarray, min_depth: float = REMNANT_DEPTH) -> None:
+def split_remnants(
+    labels: np.ndarray, ids: np.ndarray, next_id: int, min_depth: float = REMNANT_DEPTH
+) -> int:
     """In place: what a click's answer left of the objects ``ids`` it covered. Slivers (no pixel deeper than
-    ``min_depth`` px) become background; other pieces keep their label, each further piece gets its own.
+    ``min_depth`` px) become background; the largest other piece keeps its object's id, each further piece gets
+    the next new id from ``next_id``. Returns the first id still unused.
 
     A click on a nucleus the automatic pass found re-outlines it, leaving a frayed rim of the old object (on
     validation, about 7 pieces a click); a click on a merge leaves its other nuclei, which stay objects.
@@ -418,8 +424,11 @@ def split_remnants(labels: np.ndarray, ids: np.ndarray, min_depth: float = REMNA
         deepest = ndimage.maximum(depth, pieces, np.arange(1, count + 1))
         kept = [piece for piece, piece_depth in enumerate(deepest, 1) if piece_depth > min_depth]
         window[(pieces > 0) & ~np.isin(pieces, kept)] = 0
-        for piece in kept[1:]:
-            window[pieces == piece] = labels.max() + 1
+        sizes = np.bincount(pieces.ravel())
+        for piece in sorted(kept, key=lambda piece: -sizes[piece])[1:]:
+            window[pieces == piece] = next_id
+            next_id += 1
+    return next_id
 
 
 # a positive click on an object: the object's centre-map maxima at or above MERGE_PEAK_THRESHOLD are other nuclei

@@ -213,7 +213,34 @@ def combine_points(
     return torch.cat([points, manual], dim=2), torch.cat([labels, manual_labels], dim=2)
 
 
+def as_clicks(points: object, what: str = "points") -> tuple[np.ndarray, np.ndarray]:
+    """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
+    kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as
+    one positive and one negative click."""
+    if not isinstance(points, (tuple, list)) or len(points) != 2 or not all(map(_is_pairs, points)):
+        raise InputError(
+            f"{what}: expected (positive, negative), each a list of [x, y] pairs, e.g. ([[120, 120]], [])"
+        )
+    positive, negative = (
+        as_points(side, f"{what}: {kind} clicks")
+        for side, kind in zip(points, ("positive", "negative"), strict=True)
+    )
+    return positive, negative
+
+
+def _is_pairs(values: object) -> bool:
+    """Whether ``values`` is None, empty or shaped as a list of pairs (whether numbers, :func:`as_points` checks)."""
+    if values is None:
+        return True
+    try:
+        shape = np.shape(values)
+    except ValueError:  # ragged
+        return False
+    return 0 in shape or (len(shape) == 2 and shape[1] == 2)
+
+
 def as_points(values: object, what: str) -> np.ndarray:
+    """float32 ``(M, 2)`` (x, y) points from a list of pairs (None or empty: none), finite or refused."""
     if values is None:
         return np.zeros((0, 2), dtype=np.float32)
     try:

@@ -19,6 +19,7 @@ import torch
 
 from sac.instances import (
     apply_clicks,
+    click_pixels,
     filter_instances,
     instances_from_maps,
     sam_instances,
@@ -26,7 +27,7 @@ from sac.instances import (
 from sac.io import InputError, to_rgb_uint8
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions, tta_views
-from sac.points import combine_points
+from sac.points import as_clicks, combine_points
 from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
 from sac.views import VIEWS, maps_of_view, view_of
@@ -113,8 +114,8 @@ class Segmenter:
     ) -> np.ndarray:
         """A boolean nuclei mask, or with ``instances`` int32 labels, for one (H, W) or (H, W, C) image.
 
-        ``points`` = (positive, negative) arrays of (x, y) clicks; ``mpp`` the image's pixel size if known;
-        ``changes`` override options for this call.
+        ``points`` = (positive, negative), each a list of [x, y] clicks or None, e.g. ``([[120, 120]], [])``;
+        ``mpp`` the image's pixel size if known; ``changes`` override options for this call.
         """
         segmenter = self.with_options(**changes) if changes else self
         result = segmenter.segment(image, points, mpp)
@@ -129,16 +130,20 @@ class Segmenter:
         Parameters
         ----------
         image : (H, W) or (H, W, C) array of any dtype
-        points : (positive, negative) (x, y) clicks, optional
-            A positive click adds the nucleus under it as its own instance (SAM answers the click), a negative
-            click removes the object under it. With clicks, labels are made (fast mode) even when only a mask
-            is asked for.
+        points : (positive, negative), optional
+            Each a list of [x, y] clicks (an (M, 2) array) or None; anything else is refused. A positive click
+            adds the nucleus under it as its own instance (SAM answers the click), a negative click removes the
+            object under it. With clicks, labels are made (fast mode) even when only a mask is asked for.
         mpp : float, optional
             The image's pixel size as its file records it (the ``mpp`` option, when a number, overrides it).
 
         On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss.
         """
         rgb = to_rgb_uint8(self._channel(np.asarray(image)))
+        if points is not None:  # checked before the model runs
+            points = as_clicks(points)
+            for side in points:
+                click_pixels(side, rgb.shape[:2])  # a click outside the image is an error, not a no-op
         device = self.model.pixel_mean.device
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16)
@@ -310,7 +315,7 @@ class Segmenter:
         was_training = model.training
         model.eval()
         use_manual = points is not None or not generate_points
-        given = points if points is not None else (None, None)
+        given = as_clicks(points) if points is not None else (None, None)
 
         done = 0  # tiles so far: each tile draws its points from its own stream, whatever the batch size
 

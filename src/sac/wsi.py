@@ -33,6 +33,7 @@ from sac.io import (
     read_pixel_size,
     to_rgb_uint8,
 )
+from sac.points import as_clicks
 from sac.segmenter import Points, Segmenter
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
@@ -151,6 +152,7 @@ def segment_slide(
     """
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
+    clicks = None if clicks is None else as_clicks(clicks)
     if segmenter.options.instances is None:
         segmenter = segmenter.with_options(instances="fast")
     path, out_dir = Path(path), Path(out_dir)
