@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px"
         + (" (it reads the image and the HV maps)" if model.config.click_head_sees_image else "")
         + (" with a third, residual level" if model.config.click_head_deeper else "")
-        + (", the mask refined by a head that sees the image" if model.config.refine_head else "")
         + (
             f", its answers averaged over {meta['model']['click_views']} views"
             if meta["model"].get("click_views", 1) > 1

@@ -38,22 +38,6 @@ def test_hv_maps_add_a_head_whose_weights_older_checkpoints_lack(tmp_path):
         model.load_weights(saved)
 
 
-def test_a_refine_head_added_to_a_checkpoint_starts_out_as_a_no_op_and_changes_only_the_mask(tmp_path):
-    plain = tiny_model().eval()
-    saved = plain.save(tmp_path / "plain")
-    refined = tiny_model(refine_head=True).eval()
-    assert refined.load_weights(saved, partial=True) == ["refine_head"]
-    images = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        before = plain(images)
-        torch.testing.assert_close(refined(images).logits, before.logits)
-        refined.refine_head.out.bias.fill_(2.0)  # now it adds to the fused mask, and to nothing else
-        after = refined(images)
-    torch.testing.assert_close(after.logits, before.logits + 2.0)
-    torch.testing.assert_close(after.generator_logits, before.generator_logits)
-    torch.testing.assert_close(after.sam_logits, before.sam_logits)
-
-
 def test_a_wider_generator_starts_from_its_checkpoint_computing_the_same(tmp_path):
     narrow = tiny_model(generator_channels=8, hv_maps=True).eval()
     saved = narrow.save(tmp_path / "narrow")
@@ -193,8 +177,11 @@ def test_corrupted_or_mismatched_checkpoints_are_refused(tmp_path):
     (other / "config.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="do not fit the architecture"):
         SegmentAnyCell.load(other)
-    with pytest.raises(InputError, match="not a SAC checkpoint"):
+    with pytest.raises(InputError, match="no such model; shipped models: nuclei, glands"):
         SegmentAnyCell.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="not a SAC checkpoint"):
+        SegmentAnyCell.load(tmp_path / "empty")
     (other / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="invalid SAC checkpoint"):
         SegmentAnyCell.load(other)

@@ -78,9 +78,6 @@ class SACConfig:
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
     hv_head_width: int = 16  # channels of the HV head's first level (its cost grows with the square)
-    # a residual U-Net on the fused mask that sees the image at full resolution (RefineHead): most of the mask's
-    # lost pixels lie on nuclei's outlines, which the generator's 8 feature channels blur
-    refine_head: bool = False
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
@@ -151,11 +148,10 @@ ARCHITECTURE_FIELDS = (
     "click_head_deeper",
     "hv_maps",
     "hv_head_width",
-    "refine_head",
 )
 # parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
 # new module starts from scratch, shaped as the run says
-ADDABLE_PARTS = {"hv_maps": ("hv_head_width",), "refine_head": ()}
+ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
 # what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
 # read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
 ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
@@ -344,25 +340,6 @@ class HVHead(SmallUNet):
         return super().forward(torch.cat([images, generator_logits, features], dim=1))
 
 
-class RefineHead(SmallUNet):
-    """A residual correction of the fused mask's logits, from the normalised image, those logits, the generator's
-    maps and features. Its last layer starts at zero, so a trained model it is added to starts out unchanged."""
-
-    def __init__(self, feature_channels: int, width: int = 16):
-        super().__init__(3 + 1 + 2 + feature_channels, 1, width)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        logits: torch.Tensor,
-        generator_logits: torch.Tensor,
-        features: torch.Tensor,
-    ) -> torch.Tensor:
-        return logits + super().forward(torch.cat([images, logits, generator_logits, features], dim=1))
-
-
 class SegmentAnyCell(nn.Module):
     """The SAC network on fixed-size tiles; :class:`sac.segmenter.Segmenter` runs it on images of any size."""
 
@@ -393,7 +370,6 @@ class SegmentAnyCell(nn.Module):
             config.click_head_deeper,
         )
         self.hv_head = HVHead(config.generator_channels, config.hv_head_width) if config.hv_maps else None
-        self.refine_head = RefineHead(config.generator_channels) if config.refine_head else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0
@@ -430,8 +406,6 @@ class SegmentAnyCell(nn.Module):
         ).pred_masks[:, 0]
         sam_up = F.interpolate(sam_logits, size=(size, size), mode="bilinear", align_corners=False)
         logits = self.fusion(sam_up, generated.logits, generated.features)
-        if self.refine_head is not None:
-            logits = self.refine_head(normalised, logits, generated.logits, generated.features)
         return SACOutput(
             logits,
             sam_logits,
@@ -627,9 +601,8 @@ class SegmentAnyCell(nn.Module):
         merge_lora(self)
         self.generator.to(memory_format=torch.channels_last)
         self.fusion.to(memory_format=torch.channels_last)
-        for head in (self.hv_head, self.refine_head):
-            if head is not None:
-                head.to(memory_format=torch.channels_last)
+        if self.hv_head is not None:
+            self.hv_head.to(memory_format=torch.channels_last)
         return self.eval()
 
 
