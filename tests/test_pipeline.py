@@ -59,6 +59,9 @@ def test_segment_files_writes_outputs_and_skips_corrupt(tiny_segmenter, images, 
         assert labels.shape == mask.shape
         np.testing.assert_array_equal(labels > 0, mask > 0)  # written masks and labels agree
     assert not list(out.glob("corrupt*")) and not list(out.glob(".*.tmp*"))
+    with open(out / "alpha_nuclei.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert {"mean_red", "mean_green", "mean_blue"} <= set(header) and "mean_alpha" not in header
 
 
 def test_mask_only_writes_just_masks(tiny_segmenter, images, tmp_path):

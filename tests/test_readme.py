@@ -1,5 +1,6 @@
-"""The README's quickstart runs as written on a fresh machine: every command of its first block, in a new folder;
-and every other `sac` command it shows at least parses (no flag the program does not have)."""
+"""The README's quickstart runs as written on a fresh machine: every command of its first block, in a new folder,
+and its Python API block; every other `sac` command it shows at least parses (no flag the program does not
+have)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,21 @@ def test_quickstart_command_runs(command, tmp_path):
             assert all((out / f"{stem}{s}").is_file() for s in ("_labels.tif", "_nuclei.csv", ".geojson"))
     else:
         assert re.search(r"^dice\s+0\.\d+", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.slow
+def test_python_api_block_runs_as_written(tmp_path):
+    section = README.read_text().split("## Python API", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert block, "README has no python block under ## Python API"
+    done = subprocess.run(
+        [sys.executable, "-c", block[1] + "\nassert labels.max() > 0 and mask.any()"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def readme_sac_commands() -> list[str]:

@@ -100,11 +100,14 @@ def _add_train_parser(commands) -> None:
     parser.add_argument(
         "--init",
         metavar="MODEL",
-        help="start from a SAC checkpoint folder, or 'default' for the shipped model (its architecture is kept)",
+        help="start from a shipped model (nuclei, glands) or a SAC checkpoint folder (its architecture is kept)",
     )
     parser.add_argument("--num-points", type=int, help="positive and negative points per image, each")
     parser.add_argument(
-        "--mpp", type=float, help="pixel size (µm/px) the model works at; training images are resampled to it"
+        "--mpp",
+        type=float,
+        help="pixel size (µm/px) the trained model works at, to which training images are resampled (their own "
+        "pixel sizes come from the dataset)",
     )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--epochs", type=int)

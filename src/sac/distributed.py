@@ -27,7 +27,7 @@ _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (
 
 def predict_many(
     model: str | os.PathLike | None,
-    inputs: Iterable[str | os.PathLike],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     options: SegmentOptions,
     run: RunOptions | None = None,

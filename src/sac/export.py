@@ -35,7 +35,10 @@ MASK_OUTPUTS = {"mask", "prob"}  # what an image segmented without instances can
 DEFAULT_OUTPUTS = ("mask", "labels", "table", "geojson", "overlay")
 TABLE_COLUMNS = ("image", "id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity")
 UNIT_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a known pixel size
-_DEFAULT_CHANNEL_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
+_DEFAULT_CHANNEL_NAMES = {
+    3: ("red", "green", "blue"),
+    4: ("red", "green", "blue", "alpha"),
+}  # alpha: no column
 # What a model segments (SACConfig.objects), and the QuPath class and colour its objects get
 OBJECT_CLASSES = {"nuclei": ("Nucleus", (255, 0, 0)), "glands": ("Gland", (0, 160, 0))}
 BOUNDARY_COLOR = (1.0, 1.0, 0.0)
@@ -160,7 +163,8 @@ def nuclei_table(
         if planes.ndim != 3 or planes.shape[:2] != labels.shape:
             raise InputError(f"image shape {np.shape(image)} does not match labels shape {labels.shape}")
         names = ["intensity"] if np.ndim(image) == 2 else _channel_names(planes.shape[2], channel_names)
-        columns = {f"mean_{n}": planes[..., i] for i, n in enumerate(names)}
+        # an RGBA file's alpha is transparency, not an intensity of the tissue
+        columns = {f"mean_{n}": planes[..., i] for i, n in enumerate(names) if n != "alpha"}
     if probability is not None:
         probability = np.asarray(probability)
         if probability.shape != labels.shape:

@@ -117,7 +117,7 @@ _OUTPUT_IMAGE_ENDINGS = tuple(
 
 
 def find_inputs(
-    inputs: Iterable[str | os.PathLike], slides: bool = False, recursive: bool = False
+    inputs: str | os.PathLike | Iterable[str | os.PathLike], slides: bool = False, recursive: bool = False
 ) -> list[tuple[Path, bool]]:
     """Expand files and folders into ``(path, is_slide)``; ``slides`` streams every input as a slide.
 
@@ -126,7 +126,7 @@ def find_inputs(
     work, on a missing path or two inputs whose outputs would collide.
     """
     paths: list[Path] = []
-    for item in inputs:
+    for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:  # one path, or several
         path = Path(item)
         # list_images knows only whole-image formats, not SVS
         is_svs = path.is_file() and path.suffix.lower() == ".svs"
@@ -136,13 +136,16 @@ def find_inputs(
     counts = Counter(output_stem(path) for path in paths)
     clashing = [str(path) for path in paths if counts[output_stem(path)] > 1]
     if clashing:
-        raise InputError(f"{', '.join(clashing)}: same file name stem, so their outputs would collide")
+        raise InputError(
+            f"{', '.join(clashing[:4])}{' ...' * (len(clashing) > 4)}: same file name stem, so their outputs would "
+            "collide (outputs go into one folder): rename them, or segment each folder into its own output folder"
+        )
     return [(path, slides or is_slide(path)) for path in paths]
 
 
 def segment_files(
     segmenter: Segmenter,
-    inputs: Iterable[str | os.PathLike],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     run: RunOptions | None = None,
     progress: bool = True,
@@ -164,16 +167,19 @@ def segment_files(
 
 
 def check_run(
-    inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, run: RunOptions, options: SegmentOptions
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    run: RunOptions,
+    options: SegmentOptions,
 ) -> tuple[list[tuple[Path, bool]], dict]:
     """Everything about a run that can fail before the model is loaded: the inputs (``find_inputs``), the clicks
     against them, the output folder, and outputs that need instances when none are asked for. Returns the
     inputs and their clicks."""
-    if not options.instances and run.instance_outputs():
-        raise InputError(
+    found = find_inputs(inputs, run.slides, run.recursive)
+    if not options.instances and run.instance_outputs() and not all(slide for _, slide in found):
+        raise InputError(  # slides always get instances
             f"{', '.join(run.instance_outputs())}: needs instances; add --instances (instances=True)"
         )
-    found = find_inputs(inputs, run.slides, run.recursive)
     clicks = load_clicks(run.points_file, [path for path, _ in found])
     check_output_dir(out_dir)
     return found, clicks
