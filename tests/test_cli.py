@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -91,7 +92,16 @@ def test_recursive_folders(tiny_checkpoint, image, tmp_path):
     image.rename(tmp_path / "nested" / "deeper" / "cell.png")
     argv = ["predict", str(tmp_path / "nested"), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
     assert main(argv) == 2  # the top folder holds no image itself
-    assert main([*argv, "--recursive"]) == 0 and (tmp_path / "out" / "cell_mask.png").is_file()
+    assert main([*argv, "--recursive"]) == 0 and (tmp_path / "out" / "deeper" / "cell_mask.png").is_file()
+    # same-named files of different subfolders: their outputs keep apart in the same subfolders of the output
+    (tmp_path / "nested" / "other").mkdir()
+    (tmp_path / "nested" / "other" / "cell.png").write_bytes(
+        (tmp_path / "nested" / "deeper" / "cell.png").read_bytes()
+    )
+    assert main([*argv, "--recursive", "--instances"]) == 0
+    assert all((tmp_path / "out" / sub / "cell_labels.tif").is_file() for sub in ("deeper", "other"))
+    with open(tmp_path / "out" / "sac_summary.csv", newline="") as handle:
+        assert [row["image"] for row in csv.DictReader(handle)] == ["deeper/cell.png", "other/cell.png"]
 
 
 @pytest.mark.parametrize("kind", ["file", "unwritable"])

@@ -97,9 +97,11 @@ def test_an_output_folder_given_as_input_again_is_not_segmented_twice(tiny_segme
     segmenter = tiny_segmenter.with_options(instances=True)
     for _ in range(2):  # the second run finds the first one's outputs beside the image
         segment_files(segmenter, [folder], folder, progress=False)
-    assert [path for path, _ in find_inputs([folder])] == [folder / "good.png"]
+    assert [item.path for item in find_inputs([folder])] == [folder / "good.png"]
     assert not list(folder.glob("good_mask_*")) and not list(folder.glob("good_overlay_*"))
-    assert find_inputs([folder / "good_mask.png"]) == [(folder / "good_mask.png", False)]  # named: taken
+    assert find_inputs([folder / "good_mask.png"]) == [
+        (folder / "good_mask.png", False, Path())
+    ]  # named: taken
 
 
 def test_outputs_that_need_instances_are_refused_without_them(tiny_segmenter, images, tmp_path):
@@ -178,13 +180,13 @@ def test_find_inputs_by_size_suffix_and_force(tmp_path):
     svs = tmp_path / "scan.svs"
     tifffile.imwrite(svs, np.zeros((16, 16), np.uint8))
     found = find_inputs([folder, svs, folder / "tile.png"])  # a file named twice is segmented once
-    assert [(path.name, slide) for path, slide in found] == [
+    assert [(item.path.name, item.slide) for item in found] == [
         ("small.tif", False),
         ("tile.png", False),
         ("wide.tif", True),
         ("scan.svs", True),
     ]
-    assert find_inputs([folder], slides=True) == [(path, True) for path in sorted(folder.iterdir())]
+    assert find_inputs([folder], slides=True) == [(path, True, Path()) for path in sorted(folder.iterdir())]
     with pytest.raises(InputError, match="missing"):
         find_inputs([tmp_path / "missing"])
 

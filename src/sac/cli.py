@@ -334,7 +334,11 @@ def _add_predict_parser(commands) -> None:
         metavar="fast|sam",
         help="also separate nuclei: fast (watershed, when no mode is given) or sam (one SAM prompt per nucleus)",
     )
-    parser.add_argument("--recursive", action="store_true", help="also take images in subfolders of folders")
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also take images in subfolders of folders; their outputs go to the same subfolders of -o",
+    )
     parser.add_argument(
         "--save",
         metavar="LIST",

@@ -71,21 +71,24 @@ def predict_many(
                 str(model_dir.absolute()),
                 device,
                 options,
-                path.absolute(),
-                out_dir,
-                slide,
-                clicks_for(clicks, path),
+                item.path.absolute(),
+                item.output_dir(out_dir),
+                item.slide,
+                clicks_for(clicks, item.path),
                 run,
                 pure=False,
             )
-            for path, slide in found
+            for item in found
         ]
         for _ in tqdm(as_completed(futures), total=len(futures), desc="sac predict", disable=not progress):
             pass
         results = [future.result() for future in futures]
     # failures name the path as given, like a local run, rather than the absolute one the workers saw
-    failures = [(path, message) for (path, _), (_, message) in zip(found, results, strict=True) if message]
-    write_run_record(out_dir, meta, options, [row for row, _ in results if row is not None], failures)
+    failures = [(item.path, message) for item, (_, message) in zip(found, results, strict=True) if message]
+    rows = [
+        row | {"image": item.name} for item, (row, _) in zip(found, results, strict=True) if row is not None
+    ]
+    write_run_record(out_dir, meta, options, rows, failures)
     return failures
 
 

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -116,31 +117,49 @@ _OUTPUT_IMAGE_ENDINGS = tuple(
 )
 
 
+class FoundInput(NamedTuple):
+    """An input file, whether it is streamed as a slide, and where in the output folder its outputs go: the
+    subfolder it lies in below a folder given with ``recursive`` (``.`` otherwise), so same-named files of
+    different subfolders keep apart."""
+
+    path: Path
+    slide: bool
+    subfolder: Path = Path()
+
+    def output_dir(self, out_dir: str | os.PathLike) -> Path:
+        return Path(out_dir) / self.subfolder
+
+    @property
+    def name(self) -> str:
+        """The input's name in the run's summary: its file name, below its subfolder."""
+        return (self.subfolder / self.path.name).as_posix()
+
+
 def find_inputs(
     inputs: str | os.PathLike | Iterable[str | os.PathLike], slides: bool = False, recursive: bool = False
-) -> list[tuple[Path, bool]]:
-    """Expand files and folders into ``(path, is_slide)``; ``slides`` streams every input as a slide.
+) -> list[FoundInput]:
+    """Expand files and folders into :class:`FoundInput`; ``slides`` streams every input as a slide.
 
     A folder's files named as SAC's outputs (``*_mask.png``, ``*_labels.tif``, ...) are left out, so a run whose
     output folder is its input folder does not segment its previous outputs. Fails at once, before any model
     work, on a missing path or two inputs whose outputs would collide.
     """
-    paths: list[Path] = []
+    subfolders: dict[Path, Path] = {}  # each file once, in the output subfolder it was first found for
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:  # one path, or several
         path = Path(item)
         # list_images knows only whole-image formats, not SVS
         is_svs = path.is_file() and path.suffix.lower() == ".svs"
-        found = [path] if is_svs else list_images([path], recursive)
-        paths += [f for f in found if f == path or not f.name.lower().endswith(_OUTPUT_IMAGE_ENDINGS)]
-    paths = list(dict.fromkeys(paths))
-    counts = Counter(output_stem(path) for path in paths)
-    clashing = [str(path) for path in paths if counts[output_stem(path)] > 1]
+        for file in [path] if is_svs else list_images([path], recursive):
+            if file == path or not file.name.lower().endswith(_OUTPUT_IMAGE_ENDINGS):
+                subfolders.setdefault(file, file.parent.relative_to(path) if path.is_dir() else Path())
+    counts = Counter((subfolder, output_stem(file)) for file, subfolder in subfolders.items())
+    clashing = [str(file) for file, sub in subfolders.items() if counts[sub, output_stem(file)] > 1]
     if clashing:
         raise InputError(
             f"{', '.join(clashing[:4])}{' ...' * (len(clashing) > 4)}: same file name stem, so their outputs would "
-            "collide (outputs go into one folder): rename them, or segment each folder into its own output folder"
+            "collide: rename them, or segment them into separate output folders"
         )
-    return [(path, slides or is_slide(path)) for path in paths]
+    return [FoundInput(file, slides or is_slide(file), sub) for file, sub in subfolders.items()]
 
 
 def segment_files(
@@ -155,13 +174,20 @@ def segment_files(
     run = run or RunOptions()
     found, clicks = check_run(inputs, out_dir, run, segmenter.options)
     failures, rows = [], []
-    for path, slide in tqdm(found, desc="sac predict", unit="file", disable=not progress):
+    for item in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
-            rows.append(
-                segment_file(segmenter, path, out_dir, slide, clicks_for(clicks, path), run, progress)
+            row = segment_file(
+                segmenter,
+                item.path,
+                item.output_dir(out_dir),
+                item.slide,
+                clicks_for(clicks, item.path),
+                run,
+                progress,
             )
+            rows.append(row | {"image": item.name})
         except InputError as error:
-            failures.append(report_skipped(path, error))
+            failures.append(report_skipped(item.path, error))
     write_run_record(out_dir, model_record(segmenter.model), segmenter.options, rows, failures)
     return failures
 
@@ -171,16 +197,16 @@ def check_run(
     out_dir: str | os.PathLike,
     run: RunOptions,
     options: SegmentOptions,
-) -> tuple[list[tuple[Path, bool]], dict]:
+) -> tuple[list[FoundInput], dict]:
     """Everything about a run that can fail before the model is loaded: the inputs (``find_inputs``), the clicks
     against them, the output folder, and outputs that need instances when none are asked for. Returns the
     inputs and their clicks."""
     found = find_inputs(inputs, run.slides, run.recursive)
-    if not options.instances and run.instance_outputs() and not all(slide for _, slide in found):
+    if not options.instances and run.instance_outputs() and not all(item.slide for item in found):
         raise InputError(  # slides always get instances
             f"{', '.join(run.instance_outputs())}: needs instances; add --instances (instances=True)"
         )
-    clicks = load_clicks(run.points_file, [path for path, _ in found])
+    clicks = load_clicks(run.points_file, [item.path for item in found])
     check_output_dir(out_dir)
     return found, clicks
 
