@@ -171,6 +171,27 @@ def test_bad_options_rejected_before_any_output(tiny_segmenter, images, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_slide_only_settings_and_outputs_slides_lack_are_refused(tiny_segmenter, images, tmp_path):
+    with pytest.raises(InputError, match="pyramid level applies to slides"):
+        segment_files(tiny_segmenter, [images / "good.png"], tmp_path / "out", RunOptions(level=1))
+    run = RunOptions(slides=True, save=["mask", "labels"])
+    with pytest.raises(InputError, match="slides are written as labels and geojson only, not mask"):
+        segment_files(tiny_segmenter, [images / "good.png"], tmp_path / "out", run)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_given_pixel_size_that_overrides_the_files_is_said(tiny_segmenter, tmp_path, capsys):
+    rgb, _ = synthetic_nuclei(size=64, count=5)
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(
+        path, rgb, photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER"
+    )
+    segment_file(tiny_segmenter.with_options(mpp=0.5), path, tmp_path / "out", False)
+    assert "(the file records 0.25 µm/px)" in capsys.readouterr().err
+    segment_file(tiny_segmenter, path, tmp_path / "out", False)
+    assert "the file records" not in capsys.readouterr().err
+
+
 def test_find_inputs_by_size_suffix_and_force(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -387,7 +387,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     segmenter = _load_segmenter(args, options)
     print(
         f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
-        f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}, split {args.split}, "
+        f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}"
+        f"{f' ({args.data_root})' if args.dataset == 'folder' else f', split {args.split}'}, "
         f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}, "
         f"TTA {f'{segmenter.tta} views' if segmenter.tta > 1 else 'off'}"
     )
@@ -397,7 +398,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"-- {name}")
         for key, value in summary.items():
             print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
-    print(METRICS_LEGEND)
+    print(GLAND_METRICS_LEGEND if glands else METRICS_LEGEND)
     if args.json:
         report = {
             "model": args.model or "shipped",
@@ -416,6 +417,11 @@ Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per
 AJI: aggregated Jaccard index of the instances. A prediction matches a true nucleus when their IoU exceeds 0.5;
 precision, recall and F1 count those matches; DQ (detection quality) is that F1, SQ (segmentation quality) the
 mean IoU of the matched pairs, and PQ = DQ x SQ (panoptic quality)."""
+GLAND_METRICS_LEGEND = """\
+Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per image. GlaS challenge metrics
+(Sirinukunwattana et al. 2017): a predicted gland is a true positive when it covers more than half of the true gland
+it overlaps most; object precision, recall and F1 count those. Object Dice and object Hausdorff (pixels) pair each
+gland, on both sides, with its largest-overlap partner, weighted by its share of the image's glands."""
 
 
 def _add_evaluate_parser(commands) -> None:

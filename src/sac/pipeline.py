@@ -56,6 +56,7 @@ from sac.segmenter import Points, Segmenter
 from sac.wsi import is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
+SLIDE_OUTPUTS = ("labels", "geojson")  # what sac.wsi.segment_slide writes
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,20 @@ def check_run(
     against them, the output folder, and outputs that need instances when none are asked for. Returns the
     inputs and their clicks."""
     found = find_inputs(inputs, run.slides, run.recursive)
-    if not options.instances and run.instance_outputs() and not all(item.slide for item in found):
+    slides = [item.path.name for item in found if item.slide]
+    if not options.instances and run.instance_outputs() and len(slides) < len(found):
         raise InputError(  # slides always get instances
             f"{', '.join(run.instance_outputs())}: needs instances; add --instances (instances=True)"
+        )
+    if run.level is not None and not slides:
+        raise InputError(
+            "a pyramid level applies to slides, and no input is one (--wsi streams any as a slide)"
+        )
+    unwritten = [name for name in run.save or () if name not in SLIDE_OUTPUTS]
+    if slides and unwritten:
+        raise InputError(
+            f"{', '.join(slides[:3])}: slides are written as {' and '.join(SLIDE_OUTPUTS)} only, not "
+            f"{', '.join(unwritten)}"
         )
     clicks = load_clicks(run.points_file, [item.path for item in found])
     check_output_dir(out_dir)
@@ -279,6 +291,8 @@ def segment_file(
     recorded = read_pixel_size(path)
     result = segmenter.segment(found.data, points, recorded[0] if recorded else None)
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
+    if recorded and result.mpp is not None and abs(result.mpp - recorded[0]) > 1e-3 * recorded[0]:
+        note += f" (the file records {recorded[0]:g} µm/px)"
     if progress:
         augmented = f"; maps averaged over {segmenter.tta} views (TTA)" if segmenter.tta > 1 else ""
         tqdm.write(f"sac: {path.name}: {found.note}; {note}{augmented}", file=sys.stderr)
