@@ -256,7 +256,7 @@ def _load_segmenter(args: argparse.Namespace, options):
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sac.pipeline import RunOptions, check_run, segment_files
+    from sac.io import check_output_dir
 
     options = _segment_options(args)
     args.inputs = [*getattr(args, "stray_inputs", []), *args.inputs]
@@ -266,6 +266,13 @@ def _predict(args: argparse.Namespace) -> int:
         args.inputs = [*args.inputs, *(sample_path(name) for name in args.sample)]
     if not args.inputs:
         raise InputError("no input: give image files or folders, or --sample he|fluo")
+    # the commonest mistakes, a mistyped input or output, fail before torch and the model's libraries load
+    missing = [str(item) for item in args.inputs if not Path(item).exists()]
+    if missing:
+        raise InputError(f"{', '.join(missing)}: no such file or folder")
+    check_output_dir(args.output)
+    from sac.pipeline import RunOptions, check_run, segment_files
+
     run = RunOptions(
         points_file=args.points,
         slides=args.wsi,
