@@ -224,9 +224,18 @@ def test_overlay(channels):
     image = np.full((9, 9, *channels), 40, dtype=np.uint8)
     result = overlay(image, labels)
     assert result.shape == (9, 9, 3) and result.dtype == np.uint8
-    assert tuple(result[2, 4]) == (255, 255, 0)  # inner boundary of the nucleus
+    assert tuple(result[2, 4]) == (0, 255, 0)  # inner boundary of the nucleus
     assert tuple(result[4, 4]) == (40, 40, 40)  # interior untouched
     assert tuple(result[0, 0]) == (40, 40, 40)  # background untouched
+
+
+def test_overlay_outlines_large_objects_wider_inside_them():
+    labels = np.zeros((300, 300), dtype=np.int32)
+    rows, cols = np.ogrid[:300, :300]
+    labels[(rows - 150) ** 2 + (cols - 150) ** 2 <= 60**2] = 1  # a gland-sized object, 120 px across
+    drawn = np.all(overlay(np.full((300, 300), 200, np.uint8), labels) == (0, 255, 0), axis=2)
+    assert drawn[150, 90:93].all() and not drawn[150, 93]  # 3 px wide (120 / 40)
+    assert not drawn[labels == 0].any()
 
 
 def test_overlay_bad_input():

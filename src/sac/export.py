@@ -16,7 +16,6 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
-from skimage.util import img_as_ubyte
 
 from sac.io import InputError, atomic_write, first_line
 from sac.metrics import check_labels
@@ -41,7 +40,7 @@ _DEFAULT_CHANNEL_NAMES = {
 }  # alpha: no column
 # What a model segments (SACConfig.objects), and the QuPath class and colour its objects get
 OBJECT_CLASSES = {"nuclei": ("Nucleus", (255, 0, 0)), "glands": ("Gland", (0, 160, 0))}
-BOUNDARY_COLOR = (1.0, 1.0, 0.0)
+BOUNDARY_COLOR = (0, 255, 0)
 
 
 def output_stem(source: str | os.PathLike) -> str:
@@ -322,13 +321,27 @@ def read_geojson_labels(path: str | os.PathLike, shape: tuple[int, int]) -> np.n
     return segmentation.relabel_sequential(labels)[0].astype(np.int32)
 
 
+# objects this many pixels across get outlines a pixel wider (glands at 20x: 3 px), so they stay visible when a
+# large image is viewed whole
+OUTLINE_WIDTH_PER_DIAMETER = 40
+
+
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Draw nucleus outlines (inside each nucleus, so touching ones stay distinct) over a uint8 image."""
+    """Draw object outlines (inside each object, so touching ones stay distinct) over a uint8 image: green, which
+    stands out on H&E's pinks and purples and on fluorescence's dark background; wider for large objects."""
     labels = _check_label_image(labels)
     image = _check_image(image, labels.shape)
     if image.dtype != np.uint8:
         raise InputError(f"overlay needs a uint8 image, got dtype {image.dtype}")
-    return img_as_ubyte(segmentation.mark_boundaries(image, labels, color=BOUNDARY_COLOR, mode="inner"))
+    outline = segmentation.find_boundaries(labels, mode="inner")
+    areas = np.bincount(labels.ravel())[1:]
+    diameter = 2 * np.sqrt(np.median(areas[areas > 0]) / np.pi) if areas.any() else 0.0
+    width = max(1, round(diameter / OUTLINE_WIDTH_PER_DIAMETER))
+    if width > 1:  # grown inward, over the objects only
+        outline = ndi.binary_dilation(outline, iterations=width - 1) & (labels > 0)
+    drawn = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image.copy()
+    drawn[outline] = BOUNDARY_COLOR
+    return drawn
 
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
