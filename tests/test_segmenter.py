@@ -410,3 +410,18 @@ def test_a_model_that_cannot_estimate_scale_says_so_and_keeps_the_native_scale()
         result = segmenter.segment(image)
     assert result.zoom == 1 and result.mpp is None and "assumed 0.5 µm/px" in result.scale_note
     assert segmenter.segment(image, mpp=0.25).zoom == 0.5  # a known pixel size is used as ever
+
+
+def test_nothing_is_segmented_where_an_rgba_image_is_transparent(tiny_segmenter):
+    rgb, _ = synthetic_nuclei(size=64, count=8)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :24] = 0  # e.g. an annotation exported with the tissue outside it cleared
+    rgba = np.dstack([rgb, alpha])
+    everywhere = tiny_segmenter.with_options(threshold=0.0)  # every pixel is foreground to the model
+    mask = everywhere.predict(rgba)
+    np.testing.assert_array_equal(mask, alpha > 0)
+    labels = everywhere.predict(rgba, instances=True)
+    assert not labels[:, :24].any() and labels[:, 24:].all()
+    np.testing.assert_array_equal(everywhere.predict(rgb), np.ones(rgb.shape[:2], bool))  # RGB: no alpha
+    opaque = np.dstack([rgb, np.zeros_like(alpha)])  # alpha 0 everywhere means nothing: ignored
+    np.testing.assert_array_equal(everywhere.predict(opaque), everywhere.predict(rgb))

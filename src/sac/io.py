@@ -166,7 +166,7 @@ def to_rgb_uint8(
     """Normalise any supported image array to uint8 RGB (H, W, 3), the single format the model consumes.
 
     Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
-    an unused channel), (H, W, 3), (H, W, 4) (alpha dropped); also channel-first (C<=4, H, W) and leading
+    an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first (C<=4, H, W) and leading
     singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255 and any other
     data is stretched between its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so
     all of its blocks get the same contrast). ``name`` appears in error messages. This is the one place where
@@ -200,6 +200,17 @@ def to_rgb_uint8(
     if out.shape[2] == 3:
         return np.ascontiguousarray(out)
     return np.repeat(out, 3, axis=2)
+
+
+def transparent_pixels(array: np.ndarray) -> np.ndarray | None:
+    """Where an RGBA image is fully transparent (alpha 0): no tissue was exported there, whatever colour its
+    pixels hold, so nothing is segmented there. None without an alpha channel, or when alpha is 0 everywhere (an
+    alpha channel that means nothing)."""
+    array = _channels_last(np.asarray(array))
+    if array.ndim != 3 or array.shape[2] != 4:
+        return None
+    clear = array[..., 3] == 0
+    return clear if clear.any() and not clear.all() else None
 
 
 class InputImage(NamedTuple):

@@ -24,7 +24,7 @@ from sac.instances import (
     instances_from_maps,
     sam_instances,
 )
-from sac.io import InputError, to_rgb_uint8
+from sac.io import InputError, to_rgb_uint8, transparent_pixels
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions, tta_views
 from sac.points import as_clicks, combine_points
@@ -130,6 +130,7 @@ class Segmenter:
         Parameters
         ----------
         image : (H, W) or (H, W, C) array of any dtype
+            RGBA: nothing is segmented where alpha is 0 (``sac.io.transparent_pixels``).
         points : (positive, negative), optional
             Each a list of [x, y] clicks (an (M, 2) array) or None; anything else is refused. A positive click
             adds the nucleus under it as its own instance (SAM answers the click), a negative click removes the
@@ -139,7 +140,8 @@ class Segmenter:
 
         On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss.
         """
-        rgb = to_rgb_uint8(self._channel(np.asarray(image)))
+        image = self._channel(np.asarray(image))
+        rgb, transparent = to_rgb_uint8(image), transparent_pixels(image)
         if points is not None:  # checked before the model runs
             points = as_clicks(points)
             for side in points:
@@ -159,11 +161,15 @@ class Segmenter:
             labels = None if mode is None else self.instances(maps, zoom)
             if mode == "sam":
                 labels = self._sam_instances(rgb, labels, maps[2], zoom)
-            if labels is not None:
-                labels = self._filtered(labels, mpp, zoom)
+            if labels is not None:  # pieces cut by transparent areas face the size filter
+                labels = self._filtered(labels if transparent is None else labels * ~transparent, mpp, zoom)
             if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
                 labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom)
-        mask = maps[0] >= options.threshold if labels is None else labels > 0
+        if labels is None:
+            mask = maps[0] >= options.threshold
+            mask = mask if transparent is None else mask & ~transparent
+        else:
+            mask = labels > 0
         return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
 
     def _filtered(self, labels: np.ndarray, mpp: float | None, zoom: float) -> np.ndarray:
