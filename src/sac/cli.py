@@ -121,7 +121,9 @@ def _add_train_parser(commands) -> None:
         help="train only these parts of the model (e.g. click_head: better answers to clicks, every automatic "
         "output unchanged); default: all",
     )
-    parser.add_argument("--out", help="run folder (checkpoints, log.csv, curve.png)")
+    parser.add_argument(
+        "-o", "--output", "--out", dest="out", help="run folder (checkpoints, log.csv, curve.png)"
+    )
     parser.set_defaults(run=_train)
 
 
