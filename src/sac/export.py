@@ -34,10 +34,8 @@ MASK_OUTPUTS = {"mask", "prob"}  # what an image segmented without instances can
 DEFAULT_OUTPUTS = ("mask", "labels", "table", "geojson", "overlay")
 TABLE_COLUMNS = ("image", "id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity")
 UNIT_COLUMNS = ("centroid_x_um", "centroid_y_um", "area_um2", "perimeter_um")  # with a known pixel size
-_DEFAULT_CHANNEL_NAMES = {
-    3: ("red", "green", "blue"),
-    4: ("red", "green", "blue", "alpha"),
-}  # alpha: no column
+# an RGBA file's alpha gets no mean-intensity column (nuclei_table)
+_DEFAULT_CHANNEL_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
 # What a model segments (SACConfig.objects), and the QuPath class and colour its objects get
 OBJECT_CLASSES = {"nuclei": ("Nucleus", (255, 0, 0)), "glands": ("Gland", (0, 160, 0))}
 BOUNDARY_COLOR = (0, 255, 0)

@@ -166,8 +166,8 @@ def to_rgb_uint8(
     """Normalise any supported image array to uint8 RGB (H, W, 3), the single format the model consumes.
 
     Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
-    an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first (C<=4, H, W) and leading
-    singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255 and any other
+    an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first
+    (C<=4, H, W) and leading singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255 and any other
     data is stretched between its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so
     all of its blocks get the same contrast). ``name`` appears in error messages. This is the one place where
     inputs are normalised for the model.

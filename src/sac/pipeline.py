@@ -204,9 +204,10 @@ def check_run(
     inputs and their clicks."""
     found = find_inputs(inputs, run.slides, run.recursive)
     slides = [item.path.name for item in found if item.slide]
-    if not options.instances and run.instance_outputs() and len(slides) < len(found):
+    needing_instances = run.instance_outputs()
+    if not options.instances and needing_instances and len(slides) < len(found):
         raise InputError(  # slides always get instances
-            f"{', '.join(run.instance_outputs())}: needs instances; add --instances (instances=True)"
+            f"{', '.join(needing_instances)}: needs instances; add --instances (instances=True)"
         )
     if run.level is not None and not slides:
         raise InputError(
@@ -226,8 +227,9 @@ def check_run(
 def write_run_record(
     out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, rows: list[dict], failures: list
 ) -> None:
-    """``sac_summary.csv`` (per image: objects found, their mean area, the mask's share, pixel size) and ``sac_run.json`` (the model, its
-    sha256, every setting, the versions, the command): what a run did, next to what it wrote."""
+    """``sac_summary.csv`` (per image: objects found, their mean area, the mask's share, pixel size) and
+    ``sac_run.json`` (the model, its sha256, every setting, the versions, the command): what a run did, next to
+    what it wrote."""
     out_dir = Path(out_dir)
     with atomic_write(out_dir / SUMMARY_FILE) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
