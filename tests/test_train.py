@@ -161,6 +161,27 @@ def test_a_run_may_show_its_inits_click_head_the_image(tmp_path):
     assert weights[:, 6:9].abs().sum() > 0  # and learn
 
 
+def test_a_run_may_give_its_init_a_wider_click_head_trained_from_scratch(tmp_path):
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, []).run(progress=False)
+    init = str(tmp_path / "source" / "last")
+    config = tiny_config(tmp_path / "wide", init=init, click_head_width=24, train_only=["click_head"])
+    trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, [])
+    assert trainer.config.model.click_head_width == 24
+    assert trainer.model.click_head.out.in_channels == 24
+    torch.manual_seed(trainer.config.seed)  # a fresh model as the run constructs it
+    fresh = SegmentAnyCell(trainer.config.model).trainable_state_dict()
+    loaded = trainer.model.trainable_state_dict()
+    init_weights = SegmentAnyCell.load(init).trainable_state_dict()
+    for key, value in loaded.items():
+        if key.startswith("click_head."):
+            torch.testing.assert_close(value, fresh[key])  # the new head: as constructed
+        else:
+            torch.testing.assert_close(value, init_weights[key])  # every other part: the init's
+    trainer.run(progress=False)
+    assert not torch.equal(trainer.model.click_head.out.weight, fresh["click_head.out.weight"])  # it learns
+
+
 def test_a_run_may_deepen_its_inits_click_head(tmp_path):
     samples = synthetic_samples()
     Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, []).run(progress=False)

@@ -155,6 +155,8 @@ ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
 # what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
 # read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
 ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
+# a click head the run makes wider than its init's starts from scratch, with every other part kept (load_weights)
+REPLACEABLE_CLICK_WIDTH = "click_head_width"
 # the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
 # network starts out computing exactly what the init computed (widen_feature_channels)
 WIDENABLE_FIELD = "generator_channels"
@@ -566,7 +568,8 @@ class SegmentAnyCell(nn.Module):
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
         top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
         weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
-        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`. Sets ``self.meta``.
+        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`, a click head of
+        another width its fresh initialisation. Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -582,6 +585,9 @@ class SegmentAnyCell(nn.Module):
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
         saved = SACConfig.from_dict(meta["model"])
+        if self.config.click_head_width != saved.click_head_width:  # a fresh head, as constructed
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("click_head.")}
+            tensors.update({k: v for k, v in expected.items() if k.startswith("click_head.")})
         if self.config.click_head_sees_image and not saved.click_head_sees_image:
             tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
         if self.config.click_head_deeper and not saved.click_head_deeper:  # its fresh level, a no-op at first

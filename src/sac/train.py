@@ -36,6 +36,7 @@ from sac.model import (
     ADDABLE_CLICK_PARTS,
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
+    REPLACEABLE_CLICK_WIDTH,
     WIDENABLE_FIELD,
     SACConfig,
     SACOutput,
@@ -136,7 +137,8 @@ def init_model_settings(init: str) -> dict:
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
     ``ADDABLE_PARTS``, is shaped as the run says; a generator the run widens keeps the run's width; a click head
-    the run shows the image reads it, one the run deepens gets its new level), and record which weights they were."""
+    the run shows the image reads it, one the run deepens gets its new level, one the run widens starts from
+    scratch), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
@@ -148,6 +150,8 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     for part in ADDABLE_CLICK_PARTS:  # each starts out as a no-op (load_weights)
         if getattr(config.model, part):
             architecture[part] = True
+    if getattr(config.model, REPLACEABLE_CLICK_WIDTH) > architecture[REPLACEABLE_CLICK_WIDTH]:  # a fresh head
+        architecture[REPLACEABLE_CLICK_WIDTH] = getattr(config.model, REPLACEABLE_CLICK_WIDTH)
     return dataclasses.replace(
         config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )
