@@ -36,10 +36,10 @@ from scipy import ndimage
 
 from sac.data import load_dataset
 from sac.evaluate import evaluate_model
-from sac.instances import NucleusMask, apply_clicks, click_negatives, click_pixels, segment_at_points
+from sac.instances import NucleusMask, apply_clicks, click_negatives, segment_at_points
 from sac.io import write_json
 from sac.metrics import evaluate_image, summarize
-from sac.points import peak_pixels
+from sac.points import click_pixels, peak_pixels
 from sac.scale import at_model_scale, resample_pixels, scale_points
 from sac.segmenter import Segmentation, Segmenter
 from speed import matmul_gflops

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
+from PIL import Image
 
-from sac.clicks import check_clicks_match, clicks_for, read_clicks, read_points_file, write_points_file
+from sac.clicks import (
+    check_clicks_inside,
+    check_clicks_match,
+    clicks_for,
+    read_clicks,
+    read_points_file,
+    write_points_file,
+)
 from sac.io import InputError
 
 
@@ -181,3 +190,17 @@ def test_clicks_that_name_an_image_twice_or_two_images_are_refused(tmp_path):
         InputError, match=r"clicks\.csv: clicks for tile\.png match inputs .*; name the image by"
     ):
         check_clicks_match({"tile.png": a}, [image, tmp_path / "tile.png.tif"], "clicks.csv")
+
+
+def test_clicks_outside_an_image_are_refused_from_its_header(tmp_path):
+    png, tif, broken = tmp_path / "wide.png", tmp_path / "planar.tif", tmp_path / "broken.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(png)  # 40 wide, 30 high
+    tifffile.imwrite(tif, np.zeros((3, 30, 40), np.uint8), photometric="rgb", planarconfig="separate")
+    broken.write_bytes(b"not an image")
+    inside = (np.array([[39.5, 29.0]], np.float32), np.array([[0.0, 0.0]], np.float32))
+    for path in (png, tif):
+        check_clicks_inside(inside, path)
+        check_clicks_inside(None, path)
+        with pytest.raises(InputError, match=rf"{path.name}: click \(5, 30\) lies outside the 40x30 image"):
+            check_clicks_inside((inside[0], np.array([[5.0, 30.0]], np.float32)), path)
+    check_clicks_inside(inside, broken)  # left to the reader, which names the file's own problem

@@ -17,6 +17,7 @@ from sac.io import InputError, read_image
 from sac.pipeline import (
     RUN_FILE,
     SUMMARY_FILE,
+    FoundInput,
     RunOptions,
     find_inputs,
     report_skipped,
@@ -104,6 +105,15 @@ def test_an_output_folder_given_as_input_again_is_not_segmented_twice(tiny_segme
     ]  # named: taken
 
 
+def test_a_click_outside_any_input_stops_the_run_before_any_work(tiny_segmenter, images, tmp_path):
+    clicks = tmp_path / "clicks.csv"
+    clicks.write_text("image,x,y,label\ngood.png,10,10,1\ndeep.tif,55,10,1\n")  # deep.tif is 50 wide
+    run = RunOptions(points_file=clicks)
+    with pytest.raises(InputError, match=r"deep.tif: click \(55, 10\) lies outside the 50x60 image"):
+        segment_files(tiny_segmenter, [images / "good.png", images / "deep.tif"], tmp_path / "out", run)
+    assert not (tmp_path / "out").exists()
+
+
 def test_outputs_that_need_instances_are_refused_without_them(tiny_segmenter, images, tmp_path):
     for run in (RunOptions(save=["mask", "table"]), RunOptions(expand_cells=3.0)):
         with pytest.raises(InputError, match="needs instances; add --instances"):
@@ -117,20 +127,22 @@ def test_cells_grown_in_pixels_say_so_when_the_pixel_size_is_unknown(
     tiny_segmenter, images, tmp_path, capsys
 ):
     segmenter = tiny_segmenter.with_options(instances=True, mpp="native")
-    segment_file(segmenter, images / "good.png", tmp_path / "out", False, run=RunOptions(expand_cells=2.0))
+    segment_file(
+        segmenter, FoundInput(images / "good.png", False), tmp_path / "out", run=RunOptions(expand_cells=2.0)
+    )
     assert "cells grown by 2 pixels, not µm: the pixel size is unknown" in capsys.readouterr().err
     assert (tmp_path / "out" / "good_cells.tif").is_file()
 
 
 def test_segment_file_writes_what_the_segmenter_gives(tiny_segmenter, images, tmp_path):
     segmenter = tiny_segmenter.with_options(instances="fast")
-    segment_file(segmenter, images / "grey.png", tmp_path / "out", slide=False)
+    segment_file(segmenter, FoundInput(images / "grey.png", False), tmp_path / "out")
     result = segmenter.segment(read_image(images / "grey.png"))
     with Image.open(tmp_path / "out" / "grey_mask.png") as png:
         np.testing.assert_array_equal(np.array(png) > 0, result.mask)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "grey_labels.tif"), result.labels)
     with pytest.raises(InputError, match=r"corrupt\.png"):
-        segment_file(segmenter, images / "corrupt.png", tmp_path / "out", slide=False)
+        segment_file(segmenter, FoundInput(images / "corrupt.png", False), tmp_path / "out")
 
 
 def test_outputs_are_named_for_what_the_model_segments(tiny_checkpoint, images, tmp_path):
@@ -141,7 +153,7 @@ def test_outputs_are_named_for_what_the_model_segments(tiny_checkpoint, images, 
 
     segmenter = Segmenter.load(tiny_checkpoint, instances="fast")
     segmenter.model.config = dataclasses.replace(segmenter.model.config, objects="glands")
-    segment_file(segmenter, images / "good.png", tmp_path / "out", slide=False)
+    segment_file(segmenter, FoundInput(images / "good.png", False), tmp_path / "out")
     assert (tmp_path / "out" / "good_glands.csv").is_file()
     assert not (tmp_path / "out" / "good_nuclei.csv").exists()
 
@@ -186,9 +198,9 @@ def test_a_given_pixel_size_that_overrides_the_files_is_said(tiny_segmenter, tmp
     tifffile.imwrite(
         path, rgb, photometric="rgb", resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER"
     )
-    segment_file(tiny_segmenter.with_options(mpp=0.5), path, tmp_path / "out", False)
+    segment_file(tiny_segmenter.with_options(mpp=0.5), FoundInput(path, False), tmp_path / "out")
     assert "(the file records 0.25 µm/px)" in capsys.readouterr().err
-    segment_file(tiny_segmenter, path, tmp_path / "out", False)
+    segment_file(tiny_segmenter, FoundInput(path, False), tmp_path / "out")
     assert "the file records" not in capsys.readouterr().err
 
 

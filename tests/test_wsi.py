@@ -169,6 +169,9 @@ def test_bad_options_and_points_rejected_before_reading(slide, tmp_path):
         (tmp_path / "points.csv").write_text("x,y,label,image\n5,5,1,other.tif\n")
         run = RunOptions(points_file=tmp_path / "points.csv", slides=True)
         segment_files(LocalSegmenter(), [path], tmp_path / "out", run)
+    # clicks are in level-0 pixels: the 200x200 slide's, though the file's second level is 100x100
+    with pytest.raises(InputError, match=r"slide.tif: click \(150, 250\) lies outside the 200x200 image"):
+        segment_slide(LocalSegmenter(), path, tmp_path / "out", level=1, clicks=([[150, 250]], None))
     assert not (tmp_path / "out").exists()
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sac.io import InputError, atomic_write
-from sac.points import as_points
+from sac.io import InputError, atomic_write, image_shape
+from sac.points import as_points, click_pixels
 
 Clicks = tuple[np.ndarray, np.ndarray]  # (positive, negative), each float32 (M, 2) (x, y)
 
@@ -70,6 +70,19 @@ def check_clicks_match(
             f"{source}: clicks without image names but {len(images)} inputs; add an image column (CSV), key them "
             "by image name (JSON), or give a folder with one file per image"
         )
+
+
+def check_clicks_inside(clicks: Clicks | None, path: Path) -> None:
+    """Fail, naming ``path``, when a click lies outside its image (a slide's level 0), read from the file's header
+    so that every input is checked before any work."""
+    shape = None if clicks is None else image_shape(path)
+    if shape is None:
+        return
+    for side in clicks:
+        try:
+            click_pixels(side, shape)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
 
 
 def _names_image(key: str, image: Path) -> bool:

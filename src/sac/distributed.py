@@ -19,7 +19,7 @@ from sac.clicks import clicks_for
 from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
-from sac.pipeline import RunOptions, check_run, report_skipped, segment_file, write_run_record
+from sac.pipeline import FoundInput, RunOptions, check_run, report_skipped, segment_file, write_run_record
 from sac.segmenter import Points, Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -71,9 +71,8 @@ def predict_many(
                 str(model_dir.absolute()),
                 device,
                 options,
-                item.path.absolute(),
-                item.output_dir(out_dir),
-                item.slide,
+                item._replace(path=item.path.absolute()),
+                Path(out_dir),
                 clicks_for(clicks, item.path),
                 run,
                 pure=False,
@@ -85,9 +84,7 @@ def predict_many(
         results = [future.result() for future in futures]
     # failures name the path as given, like a local run, rather than the absolute one the workers saw
     failures = [(item.path, message) for item, (_, message) in zip(found, results, strict=True) if message]
-    rows = [
-        row | {"image": item.name} for item, (row, _) in zip(found, results, strict=True) if row is not None
-    ]
+    rows = [row for row, _ in results if row is not None]
     write_run_record(out_dir, meta, options, rows, failures)
     return failures
 
@@ -96,9 +93,8 @@ def _segment_path(
     model_dir: str,
     device: str,
     options: SegmentOptions,
-    path: Path,
+    item: FoundInput,
     out_dir: Path,
-    slide: bool,
     points: Points | None,
     run: RunOptions,
 ) -> tuple[dict | None, str | None]:
@@ -109,6 +105,6 @@ def _segment_path(
         _SEGMENTERS[key] = Segmenter.load(model_dir, device)
     try:
         segmenter = _SEGMENTERS[key].with_options(**dataclasses.asdict(options))
-        return segment_file(segmenter, path, out_dir, slide, points, run, progress=False), None
+        return segment_file(segmenter, item, out_dir, points, run, progress=False), None
     except InputError as error:
-        return None, report_skipped(path, error)[1]
+        return None, report_skipped(item.path, error)[1]

@@ -22,7 +22,7 @@ from skimage import measure, morphology, segmentation
 
 from sac.io import InputError
 from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
-from sac.points import peak_pixels
+from sac.points import click_pixels, peak_pixels
 from sac.scale import at_model_scale, resample_pixels
 from sac.tiling import pad_to, tile_grid
 from sac.views import VIEWS, pixels_to_view, view_of, window_from_view
@@ -497,19 +497,6 @@ def valley_between(relief: np.ndarray, start: np.ndarray, end: np.ndarray) -> fl
     line = relief[rows, cols]
     before, after = np.maximum.accumulate(line), np.maximum.accumulate(line[::-1])[::-1]
     return float((np.minimum(before, after) - line).max())
-
-
-def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """(N, 2) int (row, column) pixels of (x, y) clicks; a click outside the image is an error, not a no-op."""
-    if points is None:
-        return np.zeros((0, 2), np.int64)
-    xy = np.asarray(points, np.float64).reshape(-1, 2)
-    rows_cols = np.floor(xy[:, ::-1]).astype(np.int64)
-    outside = ((rows_cols < 0) | (rows_cols >= shape)).any(axis=1)
-    if outside.any():
-        x, y = xy[np.argmax(outside)]
-        raise InputError(f"click ({x:g}, {y:g}) lies outside the {shape[1]}x{shape[0]} image")
-    return rows_cols
 
 
 def _paint(candidates: list[NucleusMask], points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -120,6 +120,22 @@ def _decode(path: Path, *, palette_as_rgb: bool) -> np.ndarray:
         raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
 
 
+def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of an image or slide (its full-resolution level) from the file's header, without decoding
+    its pixels, so clicks can be checked against every input before any work; None when the header does not
+    say, leaving the problem to the reader."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (*_TIFF_SUFFIXES, ".svs"):
+            with tifffile.TiffFile(path) as tif:
+                sizes = dict(zip(tif.series[0].axes, tif.series[0].shape, strict=True))
+            return (sizes["Y"], sizes["X"]) if "Y" in sizes and "X" in sizes else None
+        with Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # decoders raise many unrelated types; the reader reports the file's problem
+        return None
+
+
 def is_channel_first(shape: tuple[int, ...]) -> bool:
     """The guess for a 3-D array: channels first when the first axis is short (C<=4) and the last is not."""
     return len(shape) == 3 and shape[0] <= 4 < shape[2]

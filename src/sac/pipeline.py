@@ -26,7 +26,7 @@ from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 import sac
-from sac.clicks import check_clicks_match, clicks_for, read_clicks
+from sac.clicks import check_clicks_inside, check_clicks_match, clicks_for, read_clicks
 from sac.export import (
     DEFAULT_OUTPUTS,
     MASK_OUTPUTS,
@@ -177,16 +177,7 @@ def segment_files(
     failures, rows = [], []
     for item in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
-            row = segment_file(
-                segmenter,
-                item.path,
-                item.output_dir(out_dir),
-                item.slide,
-                clicks_for(clicks, item.path),
-                run,
-                progress,
-            )
-            rows.append(row | {"image": item.name})
+            rows.append(segment_file(segmenter, item, out_dir, clicks_for(clicks, item.path), run, progress))
         except InputError as error:
             failures.append(report_skipped(item.path, error))
     write_run_record(out_dir, model_record(segmenter.model), segmenter.options, rows, failures)
@@ -220,6 +211,8 @@ def check_run(
             f"{', '.join(unwritten)}"
         )
     clicks = load_clicks(run.points_file, [item.path for item in found])
+    for item in found:
+        check_clicks_inside(clicks_for(clicks, item.path), item.path)
     check_output_dir(out_dir)
     return found, clicks
 
@@ -271,20 +264,20 @@ def load_clicks(points_file: str | os.PathLike | None, paths: list[Path]) -> dic
 
 def segment_file(
     segmenter: Segmenter,
-    path: Path,
+    item: FoundInput,
     out_dir: str | os.PathLike,
-    slide: bool,
     points: Points | None = None,
     run: RunOptions | None = None,
     progress: bool = True,
 ) -> dict:
-    """One input file to its outputs: the unit of work of a local run and of a dask task alike. Returns its line
-    of the run's summary table."""
+    """One input file to its outputs, in its subfolder of the run's ``out_dir``: the unit of work of a local run
+    and of a dask task alike. Returns its line of the run's summary table."""
     run = run or RunOptions()
-    if slide:
+    path, out_dir = item.path, item.output_dir(out_dir)
+    if item.slide:
         summary = segment_slide(segmenter, path, out_dir, run.level, clicks=points, progress=progress)
         return {
-            "image": path.name,
+            "image": item.name,
             "objects": summary["nuclei"],
             "mpp": summary["mpp"],
             "scale": f"slide level {summary['level']}",
@@ -337,7 +330,7 @@ def segment_file(
     for kind in sorted(wanted, key=list(OUTPUT_SUFFIXES).index):
         writers[kind](output_path(out_dir, path, kind, objects))
     row = {
-        "image": path.name,
+        "image": item.name,
         "foreground_fraction": round(float(result.mask.mean()), 6),
         "mpp": result.mpp,
         "scale": note,

@@ -213,6 +213,19 @@ def combine_points(
     return torch.cat([points, manual], dim=2), torch.cat([labels, manual_labels], dim=2)
 
 
+def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(N, 2) int (row, column) pixels of (x, y) clicks; a click outside the image is an error, not a no-op."""
+    if points is None:
+        return np.zeros((0, 2), np.int64)
+    xy = np.asarray(points, np.float64).reshape(-1, 2)
+    rows_cols = np.floor(xy[:, ::-1]).astype(np.int64)
+    outside = ((rows_cols < 0) | (rows_cols >= shape)).any(axis=1)
+    if outside.any():
+        x, y = xy[np.argmax(outside)]
+        raise InputError(f"click ({x:g}, {y:g}) lies outside the {shape[1]}x{shape[0]} image")
+    return rows_cols
+
+
 def as_clicks(points: object, what: str = "points") -> tuple[np.ndarray, np.ndarray]:
     """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
     kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as

@@ -22,6 +22,7 @@ import tifffile
 import zarr
 from tqdm import tqdm
 
+from sac.clicks import check_clicks_inside
 from sac.export import labels_to_geojson, output_path, resolution_tags
 from sac.io import (
     ROBUST_PERCENTILES,
@@ -153,6 +154,7 @@ def segment_slide(
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
     clicks = None if clicks is None else as_clicks(clicks)
+    check_clicks_inside(clicks, Path(path))  # before any block is read: a click off the slide is a mistake
     if segmenter.options.instances is None:
         segmenter = segmenter.with_options(instances="fast")
     path, out_dir = Path(path), Path(out_dir)
