@@ -108,20 +108,6 @@ def test_a_click_head_made_deeper_starts_out_answering_as_its_checkpoint(tmp_pat
         tiny_model().load_weights(deeper.save(tmp_path / "deeper"))
 
 
-def test_an_hv_head_made_deeper_starts_out_answering_as_its_checkpoint(tmp_path):
-    shallow = tiny_model(hv_maps=True).eval()
-    deeper = tiny_model(hv_maps=True, hv_head_deeper=True).eval()
-    deeper.load_weights(shallow.save(tmp_path / "shallow"))
-    with torch.no_grad():
-        before = shallow(CLICK_IMAGES, hv=True).hv
-        torch.testing.assert_close(deeper(CLICK_IMAGES, hv=True).hv, before)
-        deeper.hv_head.deeper.project.weight.fill_(0.1)  # the new level now adds to what the head sees
-        assert not torch.allclose(deeper(CLICK_IMAGES, hv=True).hv, before)
-    # a checkpoint without an HV head gives a model that asks for a deeper one a whole fresh head
-    fresh = tiny_model(hv_maps=True, hv_head_deeper=True)
-    assert fresh.load_weights(tiny_model().save(tmp_path / "none"), partial=True) == ["hv_head"]
-
-
 def test_manual_points_are_added_or_used_alone():
     model = tiny_model(num_positive=1, num_negative=1).eval()
     manual = torch.tensor([[[[5.0, 6.0]]]])

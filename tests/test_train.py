@@ -182,15 +182,14 @@ def test_a_run_may_give_its_init_a_wider_click_head_trained_from_scratch(tmp_pat
     assert not torch.equal(trainer.model.click_head.out.weight, fresh["click_head.out.weight"])  # it learns
 
 
-@pytest.mark.parametrize("head", ["click_head", "hv_head"])
-def test_a_run_may_deepen_its_inits_heads(tmp_path, head):
+def test_a_run_may_deepen_its_inits_click_head(tmp_path):
     samples = synthetic_samples()
-    Trainer(tiny_config(tmp_path / "source", max_steps=1, hv_maps=True), samples, []).run(progress=False)
+    Trainer(tiny_config(tmp_path / "source", max_steps=1), samples, []).run(progress=False)
     init = str(tmp_path / "source" / "last")
-    config = tiny_config(tmp_path / "deeper", init=init, train_only=[head], **{f"{head}_deeper": True})
+    config = tiny_config(tmp_path / "deeper", init=init, click_head_deeper=True, train_only=["click_head"])
     trainer = Trainer(dataclasses.replace(config, max_steps=2), samples, [])
-    assert getattr(trainer.config.model, f"{head}_deeper")
-    project = getattr(trainer.model, head).deeper.project.weight
+    assert trainer.config.model.click_head_deeper
+    project = trainer.model.click_head.deeper.project.weight
     assert project.abs().sum() == 0  # the new level starts as a no-op
     trainer.run(progress=False)
     assert project.abs().sum() > 0  # and learns

@@ -78,9 +78,6 @@ class SACConfig:
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
     hv_head_width: int = 16  # channels of the HV head's first level (its cost grows with the square)
-    # a third, residual level under the HV head's U-Net: it sees about twice as far (~80 px), across a large
-    # nucleus, whose maps run from -1 at one rim to 1 at the other
-    hv_head_deeper: bool = False
     nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
@@ -151,16 +148,13 @@ ARCHITECTURE_FIELDS = (
     "click_head_deeper",
     "hv_maps",
     "hv_head_width",
-    "hv_head_deeper",
 )
 # parts a fine-tuning run may add to its init checkpoint (the switch, then the fields that shape the part): the
 # new module starts from scratch, shaped as the run says
-ADDABLE_PARTS = {"hv_maps": ("hv_head_width", "hv_head_deeper")}
-# what a fine-tuning run may add to its init's heads, each starting out as a no-op (load_weights): the click
-# head's inputs read with zero weights (add_click_inputs), residual levels whose output starts at zero
-# (ResidualLevel; the switch and the level's weights)
-ADDABLE_LEVELS = {"click_head_deeper": "click_head.deeper.", "hv_head_deeper": "hv_head.deeper."}
-NO_OP_ADDITIONS = ("click_head_sees_image", *ADDABLE_LEVELS)
+ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
+# what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
+# read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
+ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
 # a click head the run makes wider than its init's starts from scratch, with every other part kept (load_weights)
 REPLACEABLE_CLICK_WIDTH = "click_head_width"
 # the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
@@ -339,8 +333,8 @@ class HVHead(SmallUNet):
     on the thin paler line between them.
     """
 
-    def __init__(self, feature_channels: int, width: int = 16, deeper: bool = False):
-        super().__init__(3 + 2 + feature_channels, 2, width, deeper)
+    def __init__(self, feature_channels: int, width: int = 16):
+        super().__init__(3 + 2 + feature_channels, 2, width)
 
     def forward(
         self, images: torch.Tensor, generator_logits: torch.Tensor, features: torch.Tensor
@@ -377,11 +371,7 @@ class SegmentAnyCell(nn.Module):
             ClickHead.context_channels(config),
             config.click_head_deeper,
         )
-        self.hv_head = (
-            HVHead(config.generator_channels, config.hv_head_width, config.hv_head_deeper)
-            if config.hv_maps
-            else None
-        )
+        self.hv_head = HVHead(config.generator_channels, config.hv_head_width) if config.hv_maps else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.point_seed = 0
@@ -578,7 +568,7 @@ class SegmentAnyCell(nn.Module):
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
         top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
         weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
-        (:func:`add_click_inputs`), a click or HV head made deeper its fresh :class:`ResidualLevel`, a click head of
+        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`, a click head of
         another width its fresh initialisation. Sets ``self.meta``.
         """
         directory = Path(directory)
@@ -600,11 +590,8 @@ class SegmentAnyCell(nn.Module):
             tensors.update({k: v for k, v in expected.items() if k.startswith("click_head.")})
         if self.config.click_head_sees_image and not saved.click_head_sees_image:
             tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
-        for switch, level in ADDABLE_LEVELS.items():  # a fresh level, a no-op at first, under a saved head
-            head = level.split(".")[0] + "."
-            saved_head = any(key.startswith(head) for key in tensors)
-            if getattr(self.config, switch) and not getattr(saved, switch) and saved_head:
-                tensors = {**tensors, **{k: v for k, v in expected.items() if k.startswith(level)}}
+        if self.config.click_head_deeper and not saved.click_head_deeper:  # its fresh level, a no-op at first
+            tensors = {**tensors, **{k: v for k, v in expected.items() if k.startswith("click_head.deeper.")}}
         factor = widening_factor(saved, self.config, str(directory))
         if factor > 1:
             tensors = widen_feature_channels(tensors, expected, factor)

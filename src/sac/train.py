@@ -33,9 +33,9 @@ from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_are
 from sac.io import InputError, atomic_write
 from sac.metrics import dice
 from sac.model import (
+    ADDABLE_CLICK_PARTS,
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
-    NO_OP_ADDITIONS,
     REPLACEABLE_CLICK_WIDTH,
     WIDENABLE_FIELD,
     SACConfig,
@@ -137,8 +137,8 @@ def init_model_settings(init: str) -> dict:
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
     ``ADDABLE_PARTS``, is shaped as the run says; a generator the run widens keeps the run's width; a click head
-    the run shows the image reads it, one the run widens starts from scratch; a head the run deepens gets its new
-    level), and record which weights they were."""
+    the run shows the image reads it, one the run deepens gets its new level, one the run widens starts from
+    scratch), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
@@ -147,7 +147,7 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
-    for part in NO_OP_ADDITIONS:  # each starts out as a no-op (load_weights)
+    for part in ADDABLE_CLICK_PARTS:  # each starts out as a no-op (load_weights)
         if getattr(config.model, part):
             architecture[part] = True
     if getattr(config.model, REPLACEABLE_CLICK_WIDTH) > architecture[REPLACEABLE_CLICK_WIDTH]:  # a fresh head
