@@ -180,6 +180,8 @@ def test_a_run_may_give_its_init_a_wider_click_head_trained_from_scratch(tmp_pat
             torch.testing.assert_close(value, init_weights[key])  # every other part: the init's
     trainer.run(progress=False)
     assert not torch.equal(trainer.model.click_head.out.weight, fresh["click_head.out.weight"])  # it learns
+    with pytest.raises(InputError, match="architecture"):  # only a training run's init may swap the head
+        SegmentAnyCell(trainer.config.model).load_weights(init)
 
 
 def test_a_run_may_deepen_its_inits_click_head(tmp_path):

@@ -568,8 +568,8 @@ class SegmentAnyCell(nn.Module):
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
         top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
         weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
-        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`, a click head of
-        another width its fresh initialisation. Sets ``self.meta``.
+        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`; with ``partial``, a
+        click head of another width keeps its fresh initialisation too. Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -585,7 +585,7 @@ class SegmentAnyCell(nn.Module):
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
         saved = SACConfig.from_dict(meta["model"])
-        if self.config.click_head_width != saved.click_head_width:  # a fresh head, as constructed
+        if partial and self.config.click_head_width != saved.click_head_width:  # a fresh head, as constructed
             tensors = {k: v for k, v in tensors.items() if not k.startswith("click_head.")}
             tensors.update({k: v for k, v in expected.items() if k.startswith("click_head.")})
         if self.config.click_head_sees_image and not saved.click_head_sees_image:
