@@ -182,7 +182,9 @@ def test_binary_mask_is_split_with_a_warning_for_evaluation(tiny_checkpoint, tmp
     Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(folder / "masks" / "a.png")
     argv = ["evaluate", "--dataset", "folder", "--data-root", str(folder), "--model", str(tiny_checkpoint)]
     with pytest.warns(UserWarning, match="binary mask, one instance per piece"):
-        assert main([*argv, "--json", str(tmp_path / "r.json")]) == 0
+        assert (
+            main([*argv, "-o", str(tmp_path / "r.json")]) == 0
+        )  # -o as in predict, train and pack; or --json
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["n_images"] == 1
 

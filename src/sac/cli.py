@@ -452,7 +452,14 @@ def _add_evaluate_parser(commands) -> None:
         metavar="fast|sam",
         help="instance mode: fast (watershed, also when no mode is given) or sam (one SAM prompt per nucleus)",
     )
-    parser.add_argument("--json", metavar="OUT", help="also write the summary and per-image metrics here")
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--json",
+        dest="json",
+        metavar="FILE.json",
+        help="also write the summary and per-image metrics here",
+    )
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
     _add_inference_options(parser)
     parser.set_defaults(run=_evaluate)
