@@ -84,8 +84,7 @@ def predict_many(
         results = [future.result() for future in futures]
     # failures name the path as given, like a local run, rather than the absolute one the workers saw
     failures = [(item.path, message) for item, (_, message) in zip(found, results, strict=True) if message]
-    rows = [row for row, _ in results if row is not None]
-    write_run_record(out_dir, meta, options, rows, failures)
+    write_run_record(out_dir, meta, options, [row for row, _ in results if row is not None], failures)
     return failures
 
 

@@ -155,8 +155,6 @@ ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
 # what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
 # read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
 ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
-# a click head the run makes wider than its init's starts from scratch, with every other part kept (load_weights)
-REPLACEABLE_CLICK_WIDTH = "click_head_width"
 # the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
 # network starts out computing exactly what the init computed (widen_feature_channels)
 WIDENABLE_FIELD = "generator_channels"

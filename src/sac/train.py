@@ -36,7 +36,6 @@ from sac.model import (
     ADDABLE_CLICK_PARTS,
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
-    REPLACEABLE_CLICK_WIDTH,
     WIDENABLE_FIELD,
     SACConfig,
     SACOutput,
@@ -150,8 +149,8 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     for part in ADDABLE_CLICK_PARTS:  # each starts out as a no-op (load_weights)
         if getattr(config.model, part):
             architecture[part] = True
-    if getattr(config.model, REPLACEABLE_CLICK_WIDTH) > architecture[REPLACEABLE_CLICK_WIDTH]:  # a fresh head
-        architecture[REPLACEABLE_CLICK_WIDTH] = getattr(config.model, REPLACEABLE_CLICK_WIDTH)
+    # a click head the run makes wider starts from scratch, every other part keeping the init's weights (load_weights)
+    architecture["click_head_width"] = max(architecture["click_head_width"], config.model.click_head_width)
     return dataclasses.replace(
         config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )

@@ -153,11 +153,11 @@ def segment_slide(
     """
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
+    path, out_dir = Path(path), Path(out_dir)
     clicks = None if clicks is None else as_clicks(clicks)
-    check_clicks_inside(clicks, Path(path))  # before any block is read: a click off the slide is a mistake
+    check_clicks_inside(clicks, path)  # before any block is read: a click off the slide is a mistake
     if segmenter.options.instances is None:
         segmenter = segmenter.with_options(instances="fast")
-    path, out_dir = Path(path), Path(out_dir)
     objects = segmenter.model.config.objects
     labels_path, geojson_path = output_path(out_dir, path, "labels"), output_path(out_dir, path, "geojson")
     base_mpp, source = _slide_pixel_size(segmenter, path)
