@@ -94,6 +94,25 @@ def test_a_click_head_shown_the_image_starts_out_answering_as_its_checkpoint(tmp
     )
 
 
+def test_a_wider_click_head_starts_out_answering_as_its_checkpoint(tmp_path):
+    narrow = tiny_model(hv_maps=True, click_head_sees_image=True, click_head_deeper=True).eval()
+    saved = narrow.save(tmp_path / "narrow")
+    wide = tiny_model(
+        hv_maps=True, click_head_sees_image=True, click_head_deeper=True, click_head_width=32
+    ).eval()
+    wide.load_weights(saved)
+    assert wide.click_head.out.in_channels == 2 * narrow.click_head.out.in_channels
+    torch.testing.assert_close(click_answer(wide), click_answer(narrow), rtol=1e-4, atol=1e-4)
+    # the copies of a channel are read with different weights, so training can tell them apart
+    assert not torch.equal(wide.click_head.out.weight[:, 0], wide.click_head.out.weight[:, 1])
+    with pytest.raises(InputError, match="whole factor"):
+        tiny_model(click_head_width=24).load_weights(tiny_model().save(tmp_path / "plain"))
+    with pytest.raises(InputError, match="one part at a time"):
+        tiny_model(generator_channels=16, click_head_width=32).load_weights(
+            tiny_model(generator_channels=8).save(tmp_path / "eight")
+        )
+
+
 def test_a_click_head_made_deeper_starts_out_answering_as_its_checkpoint(tmp_path):
     shallow = tiny_model().eval()
     saved = shallow.save(tmp_path / "shallow")

@@ -155,24 +155,31 @@ ADDABLE_PARTS = {"hv_maps": ("hv_head_width",)}
 # what a fine-tuning run may add to its init's click head, each starting out as a no-op (load_weights): inputs
 # read with zero weights (add_click_inputs), a residual level whose output starts at zero (ResidualLevel)
 ADDABLE_CLICK_PARTS = ("click_head_sees_image", "click_head_deeper")
-# the width a fine-tuning run may multiply by a whole number: its init's weights are widened so that the wider
-# network starts out computing exactly what the init computed (widen_feature_channels)
-WIDENABLE_FIELD = "generator_channels"
+# the widths a fine-tuning run may multiply by a whole number, each with the weights it shapes ("" for all: the
+# generator's features feed every head): its init's weights are widened so that the wider network starts out
+# computing exactly what the init computed (widen_feature_channels)
+WIDENABLE_FIELDS = {"generator_channels": "", "click_head_width": "click_head."}
 
 
-def widening_factor(init: SACConfig, run: SACConfig, source: str) -> int:
-    """How many times wider the run's generator is than its init's: a whole number whose widening keeps every
-    GroupNorm's groups (widths that are multiples of 8, see :class:`sac.generator.ConvBlock`); 1 when it is not
-    wider (the run takes its init's width, as every other part of its architecture)."""
-    old, new = getattr(init, WIDENABLE_FIELD), getattr(run, WIDENABLE_FIELD)
-    if new <= old:
-        return 1
-    if new % old or old % 8:
-        raise InputError(
-            f"{source}: its {WIDENABLE_FIELD} is {old}; a run can only widen it by a whole factor, and only "
-            f"from a multiple of 8 (got {new})"
-        )
-    return new // old
+def widening_factors(init: SACConfig, run: SACConfig, source: str) -> dict[str, int]:
+    """The widths in ``WIDENABLE_FIELDS`` the run makes wider than its init's, each with its factor: a whole
+    number whose widening keeps every GroupNorm's groups (widths that are multiples of 8, see
+    :class:`sac.generator.ConvBlock`); one width per run. A width not wider is the init's (the run takes its
+    init's architecture)."""
+    factors = {}
+    for field in WIDENABLE_FIELDS:
+        old, new = getattr(init, field), getattr(run, field)
+        if new <= old:
+            continue
+        if new % old or old % 8:
+            raise InputError(
+                f"{source}: its {field} is {old}; a run can only widen it by a whole factor, and only "
+                f"from a multiple of 8 (got {new})"
+            )
+        factors[field] = new // old
+    if len(factors) > 1:
+        raise InputError(f"{source}: a run widens one part at a time (got {', '.join(factors)})")
+    return factors
 
 
 def add_click_inputs(tensors: dict[str, torch.Tensor], channels: int) -> dict[str, torch.Tensor]:
@@ -190,9 +197,10 @@ def add_click_inputs(tensors: dict[str, torch.Tensor], channels: int) -> dict[st
 def widen_feature_channels(
     tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], factor: int, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Widen a checkpoint's generator ``factor`` times without changing what the network computes (Net2Net).
+    """Widen a checkpoint's network ``factor`` times without changing what it computes (Net2Net).
 
-    Every generator channel becomes ``factor`` adjacent copies of itself; a layer reading copies gets the
+    ``tensors`` holds the part to widen (the whole model for the generator, whose features feed every head).
+    Every channel becomes ``factor`` adjacent copies of itself; a layer reading copies gets the
     original weight split among them, in random shares that sum to one, so the copies learn apart. Works from
     the shapes in ``expected``: an input dimension that grows is widened in its trailing part (the features
     come last in every head's input). GroupNorm with the same groups normalises copies as their original.
@@ -564,10 +572,10 @@ class SegmentAnyCell(nn.Module):
 
         ``meta`` is the checkpoint's config.json when the caller has already read it. ``partial`` lets parts the
         checkpoint lacks (modules added since it was written) keep their fresh initialisation; returns their
-        top-level module names. A generator wider than the checkpoint's by a whole factor gets the checkpoint's
-        weights widened (:func:`widen_feature_channels`), a click head given the image its weights for it at zero
-        (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`; with ``partial``, a
-        click head of another width keeps its fresh initialisation too. Sets ``self.meta``.
+        top-level module names. A generator or click head wider than the checkpoint's by a whole factor gets the
+        checkpoint's weights widened (:func:`widen_feature_channels`), a click head given the image its weights
+        for it at zero (:func:`add_click_inputs`), a click head made deeper its fresh :class:`ResidualLevel`.
+        Sets ``self.meta``.
         """
         directory = Path(directory)
         meta = meta or read_checkpoint_meta(directory)
@@ -583,16 +591,13 @@ class SegmentAnyCell(nn.Module):
             raise InputError(f"{weights}: unreadable weights: {error}") from None
         expected = self.trainable_state_dict()
         saved = SACConfig.from_dict(meta["model"])
-        if partial and self.config.click_head_width != saved.click_head_width:  # a fresh head, as constructed
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("click_head.")}
-            tensors.update({k: v for k, v in expected.items() if k.startswith("click_head.")})
         if self.config.click_head_sees_image and not saved.click_head_sees_image:
             tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
         if self.config.click_head_deeper and not saved.click_head_deeper:  # its fresh level, a no-op at first
             tensors = {**tensors, **{k: v for k, v in expected.items() if k.startswith("click_head.deeper.")}}
-        factor = widening_factor(saved, self.config, str(directory))
-        if factor > 1:
-            tensors = widen_feature_channels(tensors, expected, factor)
+        for field, factor in widening_factors(saved, self.config, str(directory)).items():
+            part = {k: v for k, v in tensors.items() if k.startswith(WIDENABLE_FIELDS[field])}
+            tensors = {**tensors, **widen_feature_channels(part, expected, factor)}
         fresh = sorted({key.split(".")[0] for key in expected if key not in tensors}) if partial else []
         expected = {k: v for k, v in expected.items() if k.split(".")[0] not in fresh}
         check_state_dict(tensors, expected, f"{weights} (architecture from config.json)")

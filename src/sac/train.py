@@ -36,13 +36,12 @@ from sac.model import (
     ADDABLE_CLICK_PARTS,
     ADDABLE_PARTS,
     ARCHITECTURE_FIELDS,
-    WIDENABLE_FIELD,
     SACConfig,
     SACOutput,
     SegmentAnyCell,
     model_path,
     read_checkpoint_meta,
-    widening_factor,
+    widening_factors,
 )
 from sac.segmenter import Segmenter, resolve_device
 
@@ -135,22 +134,19 @@ def init_model_settings(init: str) -> dict:
 
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
-    ``ADDABLE_PARTS``, is shaped as the run says; a generator the run widens keeps the run's width; a click head
-    the run shows the image reads it, one the run deepens gets its new level, one the run widens starts from
-    scratch), and record which weights they were."""
+    ``ADDABLE_PARTS``, is shaped as the run says; a generator or click head the run widens keeps the run's width;
+    a click head the run shows the image reads it, one the run deepens gets its new level), and record which weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
-    if widening_factor(model, config.model, f"--init {config.init}") > 1:
-        architecture[WIDENABLE_FIELD] = getattr(config.model, WIDENABLE_FIELD)
+    for field in widening_factors(model, config.model, f"--init {config.init}"):
+        architecture[field] = getattr(config.model, field)
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
     for part in ADDABLE_CLICK_PARTS:  # each starts out as a no-op (load_weights)
         if getattr(config.model, part):
             architecture[part] = True
-    # a click head the run makes wider starts from scratch, every other part keeping the init's weights (load_weights)
-    architecture["click_head_width"] = max(architecture["click_head_width"], config.model.click_head_width)
     return dataclasses.replace(
         config, init_sha256=meta["weights_sha256"], model=dataclasses.replace(config.model, **architecture)
     )
