@@ -167,16 +167,16 @@ def widening_factors(init: SACConfig, run: SACConfig, source: str) -> dict[str, 
     :class:`sac.generator.ConvBlock`); one width per run. A width not wider is the init's (the run takes its
     init's architecture)."""
     factors = {}
-    for field in WIDENABLE_FIELDS:
-        old, new = getattr(init, field), getattr(run, field)
+    for name in WIDENABLE_FIELDS:
+        old, new = getattr(init, name), getattr(run, name)
         if new <= old:
             continue
         if new % old or old % 8:
             raise InputError(
-                f"{source}: its {field} is {old}; a run can only widen it by a whole factor, and only "
+                f"{source}: its {name} is {old}; a run can only widen it by a whole factor, and only "
                 f"from a multiple of 8 (got {new})"
             )
-        factors[field] = new // old
+        factors[name] = new // old
     if len(factors) > 1:
         raise InputError(f"{source}: a run widens one part at a time (got {', '.join(factors)})")
     return factors
@@ -595,8 +595,8 @@ class SegmentAnyCell(nn.Module):
             tensors = add_click_inputs(tensors, ClickHead.context_channels(self.config))
         if self.config.click_head_deeper and not saved.click_head_deeper:  # its fresh level, a no-op at first
             tensors = {**tensors, **{k: v for k, v in expected.items() if k.startswith("click_head.deeper.")}}
-        for field, factor in widening_factors(saved, self.config, str(directory)).items():
-            part = {k: v for k, v in tensors.items() if k.startswith(WIDENABLE_FIELDS[field])}
+        for name, factor in widening_factors(saved, self.config, str(directory)).items():
+            part = {k: v for k, v in tensors.items() if k.startswith(WIDENABLE_FIELDS[name])}
             tensors = {**tensors, **widen_feature_channels(part, expected, factor)}
         fresh = sorted({key.split(".")[0] for key in expected if key not in tensors}) if partial else []
         expected = {k: v for k, v in expected.items() if k.split(".")[0] not in fresh}

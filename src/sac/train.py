@@ -139,8 +139,8 @@ def adopt_init(config: TrainConfig) -> TrainConfig:
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
-    for field in widening_factors(model, config.model, f"--init {config.init}"):
-        architecture[field] = getattr(config.model, field)
+    for name in widening_factors(model, config.model, f"--init {config.init}"):
+        architecture[name] = getattr(config.model, name)
     for switch, shape in ADDABLE_PARTS.items():  # a part the run adds starts from scratch (load_weights)
         if getattr(config.model, switch) and not architecture[switch]:
             architecture.update({name: getattr(config.model, name) for name in (switch, *shape)})
