@@ -101,7 +101,7 @@ def test_an_output_folder_given_as_input_again_is_not_segmented_twice(tiny_segme
     assert [item.path for item in find_inputs([folder])] == [folder / "good.png"]
     assert not list(folder.glob("good_mask_*")) and not list(folder.glob("good_overlay_*"))
     assert find_inputs([folder / "good_mask.png"]) == [
-        (folder / "good_mask.png", False, Path())
+        FoundInput(folder / "good_mask.png", False)
     ]  # named: taken
 
 
@@ -219,7 +219,7 @@ def test_find_inputs_by_size_suffix_and_force(tmp_path):
         ("wide.tif", True),
         ("scan.svs", True),
     ]
-    assert find_inputs([folder], slides=True) == [(path, True, Path()) for path in sorted(folder.iterdir())]
+    assert find_inputs([folder], slides=True) == [FoundInput(path, True) for path in sorted(folder.iterdir())]
     with pytest.raises(InputError, match="missing"):
         find_inputs([tmp_path / "missing"])
 

@@ -284,7 +284,7 @@ def _predict(args: argparse.Namespace) -> int:
         expand_cells=args.expand_cells,
     )
     # before loading the model, so a mistyped path or an unwritable output fails at once
-    count = len(check_run(args.inputs, args.output, run, options)[0])
+    count = len(check_run(args.inputs, args.output, run, options))
     if args.workers is not None or args.dask is not None:
         from sac.distributed import predict_many
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sac.io import InputError, atomic_write, image_shape
-from sac.points import as_points, click_pixels
+from sac.points import as_points, clicks_pixels
 
 Clicks = tuple[np.ndarray, np.ndarray]  # (positive, negative), each float32 (M, 2) (x, y)
 
@@ -78,11 +78,10 @@ def check_clicks_inside(clicks: Clicks | None, path: Path) -> None:
     shape = None if clicks is None else image_shape(path)
     if shape is None:
         return
-    for side in clicks:
-        try:
-            click_pixels(side, shape)
-        except InputError as error:
-            raise InputError(f"{path}: {error}") from None
+    try:
+        clicks_pixels(clicks, shape)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
 
 
 def _names_image(key: str, image: Path) -> bool:

@@ -15,12 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sac.clicks import clicks_for
 from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
 from sac.pipeline import FoundInput, RunOptions, check_run, report_skipped, segment_file, write_run_record
-from sac.segmenter import Points, Segmenter
+from sac.segmenter import Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
 
@@ -53,7 +52,7 @@ def predict_many(
         raise InputError(
             "distributed prediction needs dask.distributed: pip install 'segment-any-cell[distributed]'"
         ) from None
-    found, clicks = check_run(inputs, out_dir, run, options)
+    found = check_run(inputs, out_dir, run, options)
     model_dir = model_path(model)
     meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
     out_dir = Path(out_dir).absolute()
@@ -73,7 +72,6 @@ def predict_many(
                 options,
                 item._replace(path=item.path.absolute()),
                 Path(out_dir),
-                clicks_for(clicks, item.path),
                 run,
                 pure=False,
             )
@@ -94,7 +92,6 @@ def _segment_path(
     options: SegmentOptions,
     item: FoundInput,
     out_dir: Path,
-    points: Points | None,
     run: RunOptions,
 ) -> tuple[dict | None, str | None]:
     """One file on a worker, through exactly the code a single-process run uses: (its summary row, or its
@@ -104,6 +101,6 @@ def _segment_path(
         _SEGMENTERS[key] = Segmenter.load(model_dir, device)
     try:
         segmenter = _SEGMENTERS[key].with_options(**dataclasses.asdict(options))
-        return segment_file(segmenter, item, out_dir, points, run, progress=False), None
+        return segment_file(segmenter, item, out_dir, run, progress=False), None
     except InputError as error:
         return None, report_skipped(item.path, error)[1]

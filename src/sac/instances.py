@@ -22,7 +22,7 @@ from skimage import measure, morphology, segmentation
 
 from sac.io import InputError
 from sac.model import InstanceOutput, SACConfig, SegmentAnyCell
-from sac.points import click_pixels, peak_pixels
+from sac.points import clicks_pixels, peak_pixels
 from sac.scale import at_model_scale, resample_pixels
 from sac.tiling import pad_to, tile_grid
 from sac.views import VIEWS, pixels_to_view, view_of, window_from_view
@@ -377,7 +377,7 @@ def apply_clicks(
     """
     labels = np.array(labels, np.int32)  # a copy, with room for new ids
     next_id = int(labels.max(initial=0)) + 1  # above every id before the clicks, even one a click removes
-    positive_pixels, negative_pixels = (click_pixels(p, labels.shape) for p in (positive, negative))
+    positive_pixels, negative_pixels = clicks_pixels((positive, negative), labels.shape)
     for row, col in negative_pixels:
         if labels[row, col]:
             labels[labels == labels[row, col]] = 0
@@ -385,7 +385,7 @@ def apply_clicks(
         seen, seen_labels, seen_centre, (seen_positive, seen_negative) = at_model_scale(
             zoom, image, labels, centre, (positive, negative)
         )
-        clicks, negatives = (click_pixels(p, seen_labels.shape) for p in (seen_positive, seen_negative))
+        clicks, negatives = clicks_pixels((seen_positive, seen_negative), seen_labels.shape)
         answers = segment_at_points(
             model, seen, clicks, click_negatives(seen_labels, clicks, negatives, model.config, seen_centre)
         )

@@ -26,7 +26,7 @@ from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 import sac
-from sac.clicks import check_clicks_inside, check_clicks_match, clicks_for, read_clicks
+from sac.clicks import Clicks, check_clicks_inside, check_clicks_match, clicks_for, read_clicks
 from sac.export import (
     DEFAULT_OUTPUTS,
     MASK_OUTPUTS,
@@ -52,7 +52,7 @@ from sac.io import (
 )
 from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
-from sac.segmenter import Points, Segmenter
+from sac.segmenter import Segmenter
 from sac.wsi import is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
@@ -119,13 +119,14 @@ _OUTPUT_IMAGE_ENDINGS = tuple(
 
 
 class FoundInput(NamedTuple):
-    """An input file, whether it is streamed as a slide, and where in the output folder its outputs go: the
-    subfolder it lies in below a folder given with ``recursive`` (``.`` otherwise), so same-named files of
-    different subfolders keep apart."""
+    """An input file, whether it is streamed as a slide, where in the output folder its outputs go (the
+    subfolder it lies in below a folder given with ``recursive``, ``.`` otherwise, so same-named files of
+    different subfolders keep apart), and the user's clicks on it (``check_run`` matches them)."""
 
     path: Path
     slide: bool
     subfolder: Path = Path()
+    clicks: Clicks | None = None
 
     def output_dir(self, out_dir: str | os.PathLike) -> Path:
         return Path(out_dir) / self.subfolder
@@ -173,11 +174,11 @@ def segment_files(
     """Segment image files, slides and folders of them into ``out_dir`` as ``run`` says; returns the skipped files
     with a one-line reason."""
     run = run or RunOptions()
-    found, clicks = check_run(inputs, out_dir, run, segmenter.options)
+    found = check_run(inputs, out_dir, run, segmenter.options)
     failures, rows = [], []
     for item in tqdm(found, desc="sac predict", unit="file", disable=not progress):
         try:
-            rows.append(segment_file(segmenter, item, out_dir, clicks_for(clicks, item.path), run, progress))
+            rows.append(segment_file(segmenter, item, out_dir, run, progress))
         except InputError as error:
             failures.append(report_skipped(item.path, error))
     write_run_record(out_dir, model_record(segmenter.model), segmenter.options, rows, failures)
@@ -189,10 +190,10 @@ def check_run(
     out_dir: str | os.PathLike,
     run: RunOptions,
     options: SegmentOptions,
-) -> tuple[list[FoundInput], dict]:
+) -> list[FoundInput]:
     """Everything about a run that can fail before the model is loaded: the inputs (``find_inputs``), the clicks
     against them, the output folder, and outputs that need instances when none are asked for. Returns the
-    inputs and their clicks."""
+    inputs, each with its clicks."""
     found = find_inputs(inputs, run.slides, run.recursive)
     slides = [item.path.name for item in found if item.slide]
     needing_instances = run.instance_outputs()
@@ -211,10 +212,11 @@ def check_run(
             f"{', '.join(unwritten)}"
         )
     clicks = load_clicks(run.points_file, [item.path for item in found])
+    found = [item._replace(clicks=clicks_for(clicks, item.path)) for item in found]
     for item in found:
-        check_clicks_inside(clicks_for(clicks, item.path), item.path)
+        check_clicks_inside(item.clicks, item.path)
     check_output_dir(out_dir)
-    return found, clicks
+    return found
 
 
 def write_run_record(
@@ -266,7 +268,6 @@ def segment_file(
     segmenter: Segmenter,
     item: FoundInput,
     out_dir: str | os.PathLike,
-    points: Points | None = None,
     run: RunOptions | None = None,
     progress: bool = True,
 ) -> dict:
@@ -275,7 +276,7 @@ def segment_file(
     run = run or RunOptions()
     path, out_dir = item.path, item.output_dir(out_dir)
     if item.slide:
-        summary = segment_slide(segmenter, path, out_dir, run.level, clicks=points, progress=progress)
+        summary = segment_slide(segmenter, path, out_dir, run.level, clicks=item.clicks, progress=progress)
         return {
             "image": item.name,
             "objects": summary["nuclei"],
@@ -284,7 +285,7 @@ def segment_file(
         }
     found = read_input(path, segmenter.options.channel)
     recorded = read_pixel_size(path)
-    result = segmenter.segment(found.data, points, recorded[0] if recorded else None)
+    result = segmenter.segment(found.data, item.clicks, recorded[0] if recorded else None)
     note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
     if recorded and result.mpp is not None and abs(result.mpp - recorded[0]) > 1e-3 * recorded[0]:
         note += f" (the file records {recorded[0]:g} µm/px)"

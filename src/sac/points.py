@@ -226,6 +226,11 @@ def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
     return rows_cols
 
 
+def clicks_pixels(clicks: tuple[np.ndarray | None, ...], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """:func:`click_pixels` of each kind of click, e.g. ``(positive, negative)``."""
+    return tuple(click_pixels(side, shape) for side in clicks)
+
+
 def as_clicks(points: object, what: str = "points") -> tuple[np.ndarray, np.ndarray]:
     """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
     kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as

@@ -26,7 +26,7 @@ from sac.instances import (
 from sac.io import InputError, to_rgb_uint8, transparent_pixels
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions, tta_views
-from sac.points import as_clicks, click_pixels, combine_points
+from sac.points import as_clicks, clicks_pixels, combine_points
 from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
 from sac.views import VIEWS, maps_of_view, view_of
@@ -143,8 +143,7 @@ class Segmenter:
         rgb, transparent = to_rgb_uint8(image), transparent_pixels(image)
         if points is not None:  # checked before the model runs
             points = as_clicks(points)
-            for side in points:
-                click_pixels(side, rgb.shape[:2])  # a click outside the image is an error, not a no-op
+            clicks_pixels(points, rgb.shape[:2])  # a click outside the image is an error, not a no-op
         device = self.model.pixel_mean.device
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16)
