@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         )
         + f", {model.config.num_positive}+"
-        f"{model.config.num_negative} generated point prompts, click head window {model.config.instance_window} px"
+        f"{model.config.num_negative} generated point prompts, click head {model.config.click_head_width} channels "
+        f"wide on a {model.config.instance_window} px window"
         + (" (it reads the image and the HV maps)" if model.config.click_head_sees_image else "")
         + (" with a third, residual level" if model.config.click_head_deeper else "")
         + (
