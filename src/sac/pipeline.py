@@ -26,7 +26,7 @@ from skimage.segmentation import expand_labels
 from tqdm import tqdm
 
 import sac
-from sac.clicks import Clicks, check_clicks_inside, check_clicks_match, clicks_for, read_clicks
+from sac.clicks import check_clicks_inside, check_clicks_match, clicks_for, read_clicks
 from sac.export import (
     DEFAULT_OUTPUTS,
     MASK_OUTPUTS,
@@ -52,7 +52,7 @@ from sac.io import (
 )
 from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
-from sac.segmenter import Segmenter
+from sac.segmenter import Points, Segmenter
 from sac.wsi import is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
@@ -126,7 +126,7 @@ class FoundInput(NamedTuple):
     path: Path
     slide: bool
     subfolder: Path = Path()
-    clicks: Clicks | None = None
+    clicks: Points | None = None
 
     def output_dir(self, out_dir: str | os.PathLike) -> Path:
         return Path(out_dir) / self.subfolder

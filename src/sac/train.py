@@ -135,7 +135,8 @@ def init_model_settings(init: str) -> dict:
 def adopt_init(config: TrainConfig) -> TrainConfig:
     """Take the architecture from the ``init`` checkpoint, so its weights fit (a part the run adds, in
     ``ADDABLE_PARTS``, is shaped as the run says; a generator or click head the run widens keeps the run's width;
-    a click head the run shows the image reads it, one the run deepens gets its new level), and record which weights they were."""
+    a click head the run shows the image reads it, one the run deepens gets its new level), and record which
+    weights they were."""
     meta = read_checkpoint_meta(model_path(config.init))
     model = SACConfig.from_dict(meta["model"])
     architecture = {name: getattr(model, name) for name in ARCHITECTURE_FIELDS}
