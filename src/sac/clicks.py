@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from sac.io import InputError, atomic_write, image_shape
-from sac.points import as_points, clicks_pixels
-
-Clicks = tuple[np.ndarray, np.ndarray]  # (positive, negative), each float32 (M, 2) (x, y)
+from sac.points import Points, as_points, clicks_pixels
 
 
-def read_clicks(path: str | os.PathLike) -> dict[str | None, Clicks]:
+def read_clicks(path: str | os.PathLike) -> dict[str | None, Points]:
     """Clicks per image name from a file or a folder of files; the key None holds clicks for any image.
 
     A CSV with an ``image`` column or a JSON object keyed by image name gives clicks per image; a folder gives
@@ -37,7 +35,7 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Clicks]:
     return _read(path, per_image=True)
 
 
-def clicks_for(clicks: dict[str | None, Clicks], image: Path) -> Clicks | None:
+def clicks_for(clicks: dict[str | None, Points], image: Path) -> Points | None:
     """The clicks meant for ``image`` (by file name, stem or path: :func:`_names_image`), or those for any image."""
     keys = [key for key in clicks if key is not None and _names_image(key, image)]
     if len(keys) > 1:
@@ -48,7 +46,7 @@ def clicks_for(clicks: dict[str | None, Clicks], image: Path) -> Clicks | None:
 
 
 def check_clicks_match(
-    clicks: dict[str | None, Clicks], images: list[Path], source: str | os.PathLike
+    clicks: dict[str | None, Points], images: list[Path], source: str | os.PathLike
 ) -> None:
     """Fail before any work when clicks name no input or several, an input has clicks under several names, or
     clicks would apply to several images without saying which."""
@@ -72,7 +70,7 @@ def check_clicks_match(
         )
 
 
-def check_clicks_inside(clicks: Clicks | None, path: Path) -> None:
+def check_clicks_inside(clicks: Points | None, path: Path) -> None:
     """Fail, naming ``path``, when a click lies outside its image (a slide's level 0), read from the file's header
     so that every input is checked before any work."""
     shape = None if clicks is None else image_shape(path)
@@ -90,7 +88,7 @@ def _names_image(key: str, image: Path) -> bool:
     return key in (image.name, image.stem) or os.path.abspath(key) == os.path.abspath(image)
 
 
-def read_points_file(path: str | os.PathLike) -> Clicks:
+def read_points_file(path: str | os.PathLike) -> Points:
     """Read manual ``(positive, negative)`` points, each float32 ``(M, 2)`` in ``(x, y)`` pixels.
 
     Accepts a CSV with columns ``x``, ``y`` and ``label`` in any order (label 1 = positive, 0 = negative) or a
@@ -100,7 +98,7 @@ def read_points_file(path: str | os.PathLike) -> Clicks:
     return clicks[None]
 
 
-def _read(path: Path, per_image: bool) -> dict[str | None, Clicks]:
+def _read(path: Path, per_image: bool) -> dict[str | None, Points]:
     suffix = _points_suffix(path)
     try:
         # utf-8-sig: the byte-order mark spreadsheets write is no part of the first column's name
@@ -132,7 +130,7 @@ def _csv_columns(header: list[str], path: Path, per_image: bool) -> dict[str, in
     return {name: names.index(name) for name in names}
 
 
-def _parse_csv(text: str, path: Path, per_image: bool) -> dict[str | None, Clicks]:
+def _parse_csv(text: str, path: Path, per_image: bool) -> dict[str | None, Points]:
     rows = list(csv.reader(text.splitlines()))
     columns = _csv_columns(rows[0] if rows else [], path, per_image)
     points: dict[str | None, dict[int, list[tuple[float, float]]]] = {}
@@ -174,7 +172,7 @@ def _number(cell: str) -> float:
         return math.nan
 
 
-def _parse_json(text: str, path: Path, per_image: bool) -> dict[str | None, Clicks]:
+def _parse_json(text: str, path: Path, per_image: bool) -> dict[str | None, Points]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

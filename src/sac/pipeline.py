@@ -52,7 +52,8 @@ from sac.io import (
 )
 from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
-from sac.segmenter import Points, Segmenter
+from sac.points import Points
+from sac.segmenter import Segmenter
 from sac.wsi import is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"

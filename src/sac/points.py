@@ -16,6 +16,8 @@ from skimage import measure
 
 from sac.io import InputError
 
+Points = tuple[np.ndarray | None, np.ndarray | None]  # (positive, negative) clicks, each (M, 2) (x, y) pixels
+
 _EPS = 0.05  # keeps confident background pixels eligible as negatives
 _RING_WIDTH = 5  # pixels around predicted nuclei where negatives are most informative
 _RING_BOOST = 10.0
@@ -226,12 +228,12 @@ def click_pixels(points: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
     return rows_cols
 
 
-def clicks_pixels(clicks: tuple[np.ndarray | None, ...], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+def clicks_pixels(clicks: Points, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
     """:func:`click_pixels` of each kind of click, e.g. ``(positive, negative)``."""
     return tuple(click_pixels(side, shape) for side in clicks)
 
 
-def as_clicks(points: object, what: str = "points") -> tuple[np.ndarray, np.ndarray]:
+def as_clicks(points: object, what: str = "points") -> Points:
     """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
     kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as
     one positive and one negative click."""

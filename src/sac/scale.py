@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-Points = tuple[np.ndarray | None, np.ndarray | None]  # (positive, negative) (x, y) pixel coordinates
+from sac.points import Points
 
 
 def resize_image(rgb: np.ndarray, zoom: float) -> np.ndarray:

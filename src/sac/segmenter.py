@@ -26,8 +26,8 @@ from sac.instances import (
 from sac.io import InputError, to_rgb_uint8, transparent_pixels
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
 from sac.options import SegmentOptions, tta_views
-from sac.points import as_clicks, clicks_pixels, combine_points
-from sac.scale import Points, at_model_scale, resample_labels, resample_maps, resize_image
+from sac.points import Points, as_clicks, clicks_pixels, combine_points
+from sac.scale import at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
 from sac.views import VIEWS, maps_of_view, view_of
 

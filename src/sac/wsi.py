@@ -34,8 +34,8 @@ from sac.io import (
     read_pixel_size,
     to_rgb_uint8,
 )
-from sac.points import as_clicks
-from sac.segmenter import Points, Segmenter
+from sac.points import Points, as_clicks
+from sac.segmenter import Segmenter
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
