@@ -239,6 +239,20 @@ def test_split_validation_is_deterministic_and_disjoint():
     assert [s.name for s in held] == [s.name for s in split_validation(samples, 0.2, seed=3)[1]]
 
 
+def test_validation_folds_cover_every_image_once():
+    samples = synthetic_samples(10)
+    held = [split_validation(samples, 0.3, seed=3, fold=fold)[1] for fold in range(3)]
+    names = [s.name for fold in held for s in fold]
+    assert sorted(names) == sorted(s.name for s in samples) and len(names) == len(set(names))
+    assert [len(fold) for fold in held] == [3, 3, 4]  # the last fold takes the remainder
+    first = [s.name for s in split_validation(samples, 0.3, seed=3)[1]]
+    assert [s.name for s in held[0]] == first  # fold 0: the split runs have always used
+    fit, _ = split_validation(samples, 0.3, seed=3, fold=1)
+    assert {s.name for s in fit}.isdisjoint({s.name for s in held[1]}) and len(fit) == 7
+    with pytest.raises(InputError, match=r"val_fold 3: 10 images at val_fraction 0\.3 make 3 folds"):
+        split_validation(samples, 0.3, seed=3, fold=3)
+
+
 def test_existing_run_is_not_overwritten(tmp_path):
     (tmp_path / "state.pt").write_bytes(b"")
     with pytest.raises(InputError, match="--resume"):

@@ -69,6 +69,9 @@ class TrainConfig:
     warmup_steps: int = 50
     seed: int = 0
     val_fraction: float = 0.1
+    # which share of each dataset's seeded order is held out: cross-validation trains one run per fold, each
+    # validated on images the others train on (0: the first share)
+    val_fold: int = 0
     max_val_images: int = 16
     checkpoint_every: int = 200
     init: str | None = None  # start from this SAC checkpoint folder ("default": the shipped model)
@@ -87,6 +90,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.contact_weight >= 0:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
+        if self.val_fold < 0:
+            raise InputError(f"val_fold must be at least 0, got {self.val_fold}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "training config", new_run: bool = True) -> TrainConfig:
@@ -453,11 +458,21 @@ def freeze_all_but(model: nn.Module, parts: list[str]) -> None:
         param.requires_grad = any(name.startswith(part + ".") for part in parts)
 
 
-def split_validation(samples: list[NucleiSample], fraction: float, seed: int):
-    """Hold out a deterministic fraction of each dataset's training images for validation (never the test set)."""
+def split_validation(samples: list[NucleiSample], fraction: float, seed: int, fold: int = 0):
+    """Hold out a deterministic fraction of each dataset's training images for validation (never the test set).
+
+    The images are put in a seeded order and cut into shares of ``fraction``; ``fold`` picks the share held out
+    (the last share takes the remainder), so the folds of one fraction and seed cover every image once.
+    """
     order = np.random.default_rng(seed).permutation(len(samples))
     count = min(len(samples) - 1, max(1, round(fraction * len(samples)))) if fraction > 0 else 0
-    held = set(order[:count].tolist())
+    folds = max(1, round(len(samples) / count)) if count else 1
+    if fold >= folds:
+        raise InputError(
+            f"val_fold {fold}: {len(samples)} images at val_fraction {fraction} make {folds} folds (0-{folds - 1})"
+        )
+    end = len(samples) if fold == folds - 1 and fold > 0 else (fold + 1) * count
+    held = set(order[fold * count : end].tolist())
     return [s for i, s in enumerate(samples) if i not in held], [
         s for i, s in enumerate(samples) if i in held
     ]
@@ -774,7 +789,7 @@ def load_training_data(config: TrainConfig) -> tuple[list[NucleiSample], list[Nu
     train, val = [], []
     for name in config.datasets:
         samples = load_dataset(name, config.data_root, "train")
-        fitted, held = split_validation(samples, config.val_fraction, config.seed)
+        fitted, held = split_validation(samples, config.val_fraction, config.seed, config.val_fold)
         train += fitted
         val += held
     return train, val
