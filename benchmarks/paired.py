@@ -8,6 +8,7 @@ dataset weighs the same. A change is adopted only when the interval of its gain 
 
     python benchmarks/paired.py --model glands --datasets glas --a hv_weight=0 --b hv_weight=2
     python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --also dice --json result.json
+    python benchmarks/paired.py --model runs/f0/best,runs/f1/best,runs/f2/best --val-fraction 0.34 --a ... --b ...
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import image_metrics, score_keys, validation_arguments, validation_images
+from postprocessing import image_metrics, score_keys, validation_arguments, validation_sets
 from sac.io import write_json
 from sac.segmenter import Segmenter
 
@@ -44,21 +45,25 @@ def parse_setting(text: str) -> dict:
     return setting
 
 
-def image_scores(
-    setting: dict, default_model: str | None, args: argparse.Namespace
-) -> dict[str, dict[str, np.ndarray]]:
+def image_scores(setting: dict, args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset, each validation image's score under one setting, and its metrics named by ``--also``."""
     options = dict(setting)
-    model = options.pop("model", default_model)
-    segmenter = Segmenter.load(model, **{"instances": "fast", **options})
+    model = options.pop("model", None)
+    if model is not None and "," in (args.model or ""):
+        raise SystemExit("model= compares one model with another; with one model per fold, compare settings")
+    segmenters = {}
     scores = {}
     for dataset in args.datasets.split(","):
         rows = []
-        for sample in validation_images(args, dataset):
-            labels = segmenter.segment(sample.image, mpp=sample.mpp).labels
-            metrics = image_metrics(dataset, sample.labels, labels)
-            score = sum(metrics[key] for key in score_keys(dataset))
-            rows.append({"score": score} | {key: metrics[key] for key in args.also})
+        for fold_model, held in validation_sets(args, dataset):
+            name = model or fold_model
+            if name not in segmenters:
+                segmenters[name] = Segmenter.load(name, **{"instances": "fast", **options})
+            for sample in held:
+                labels = segmenters[name].segment(sample.image, mpp=sample.mpp).labels
+                metrics = image_metrics(dataset, sample.labels, labels)
+                score = sum(metrics[key] for key in score_keys(dataset))
+                rows.append({"score": score} | {key: metrics[key] for key in args.also})
         scores[dataset] = {key: np.array([row[key] for row in rows]) for key in rows[0]}
     return scores
 
@@ -108,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.also = [key for key in args.also.split(",") if key]
-    first = image_scores(parse_setting(args.a), args.model, args)
-    second = image_scores(parse_setting(args.b), args.model, args)
+    first = image_scores(parse_setting(args.a), args)
+    second = image_scores(parse_setting(args.b), args)
     result = {"a": args.a, "b": args.b, **comparison(first, second, "score")}
     result["adopt"] = result["gain_95_interval"][0] > 0
     result["also"] = {key: comparison(first, second, key) for key in args.also}

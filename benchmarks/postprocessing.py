@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sac.data import load_dataset
-from sac.evaluate import evaluate_model
+from sac.evaluate import evaluate_model, summarize_evaluation
 from sac.instances import filter_instances
 from sac.io import write_json
 from sac.metrics import evaluate_image, gland_metrics, summarize
@@ -45,7 +45,11 @@ def image_metrics(dataset: str, truth: np.ndarray, labels: np.ndarray) -> dict[s
 
 def validation_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, and which validation images: the arguments every validation benchmark shares."""
-    parser.add_argument("--model", help="checkpoint folder or shipped model name (default: nuclei)")
+    parser.add_argument(
+        "--model",
+        help="checkpoint folder or shipped model name (default: nuclei); for cross-validation, one run's model per "
+        "fold joined by commas, the i-th validated on fold i",
+    )
     parser.add_argument("--datasets", default="monuseg,consep,cryonuseg,dsb2018")
     parser.add_argument("--data-root")
     parser.add_argument("--seed", type=int, default=0, help="the training run's seed (its validation split)")
@@ -53,14 +57,42 @@ def validation_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-fraction", type=float, default=0.1, help="the training run's validation fraction (its split)"
     )
     parser.add_argument(
-        "--limit", type=int, default=20, help="at most this many validation images per dataset"
+        "--val-fold", type=int, default=0, help="the training run's validation fold (one model)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=20, help="at most this many validation images per dataset and model"
     )
 
 
-def validation_images(args: argparse.Namespace, dataset: str) -> list:
-    """The share of a dataset's training images that the training run held out for validation (at most --limit)."""
+def validation_sets(args: argparse.Namespace, dataset: str) -> list[tuple[str | None, list]]:
+    """Each model with the share of a dataset's training images its run held out (at most --limit): one model
+    with its run's fold, or in cross-validation the i-th model with fold i, so every image is scored by a model
+    that never trained on it."""
+    models = args.model.split(",") if args.model else [None]
+    folds = range(len(models)) if len(models) > 1 else [args.val_fold]
     samples = load_dataset(dataset, args.data_root, "train")
-    return split_validation(samples, args.val_fraction, args.seed)[1][: args.limit]
+    return [
+        (model, split_validation(samples, args.val_fraction, args.seed, fold)[1][: args.limit])
+        for model, fold in zip(models, folds, strict=True)
+    ]
+
+
+def validation_images(args: argparse.Namespace, dataset: str) -> list:
+    """The validation images of a benchmark that takes one model (see :func:`validation_sets`)."""
+    (_, held), *others = validation_sets(args, dataset)
+    if others:
+        raise SystemExit("this benchmark takes one model, not one per fold")
+    return held
+
+
+def evaluate_sets(sets: list[tuple[Segmenter, list]], glands: bool) -> dict:
+    """:func:`sac.evaluate.evaluate_model`'s summary over several models' validation images pooled."""
+    per_image = [
+        row
+        for segmenter, held in sets
+        for row in evaluate_model(segmenter, held, progress=False, glands=glands)["per_image"]
+    ]
+    return summarize_evaluation(per_image, glands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     min_sizes = [float(v) for v in args.min_sizes.split(",")]
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     seed_depths = [float(v) for v in args.seed_depths.split(",")]
-    segmenter = Segmenter.load(args.model, instances="fast", tta=args.tta)
+    segmenters = {
+        model: Segmenter.load(model, instances="fast", tta=args.tta)
+        for model in (args.model.split(",") if args.model else [None])
+    }
+    segmenter = next(iter(segmenters.values()))  # instances from maps read only its options and config
     hv_weights = (
         [float(v) for v in args.hv_weights.split(",")]
         if segmenter.model.config.hv_maps
@@ -91,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     model_mpp = segmenter.model.config.mpp or 1.0
     rows, scale_rows = [], []
     for dataset in args.datasets.split(","):
-        held = validation_images(args, dataset)
-        results = [segmenter.segment(sample.image, mpp=sample.mpp) for sample in held]  # maps once per image
+        sets = [(segmenters[model], held) for model, held in validation_sets(args, dataset)]
+        held = [sample for _, images in sets for sample in images]
+        results = [  # maps once per image
+            model.segment(sample.image, mpp=sample.mpp) for model, images in sets for sample in images
+        ]
         for seed_threshold, seed_depth, hv_weight in itertools.product(
             seed_thresholds, seed_depths, hv_weights
         ):
@@ -128,23 +167,27 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(json.dumps(rows[-1]), flush=True)
         modes = {  # the default instance mode, and what test-time augmentation gains, decided here
-            "fast": segmenter.with_options(tta=False),
-            "sam": segmenter.with_options(instances="sam", tta=False),
-            "fast, tta": segmenter.with_options(tta=True),
+            "fast": {"tta": False},
+            "sam": {"instances": "sam", "tta": False},
+            "fast, tta": {"tta": True},
         }
-        for mode, chosen in modes.items():
-            summary = evaluate_model(chosen, held, progress=False, glands=dataset == "glas")["summary"]
+        for mode, change in modes.items():
+            chosen = [(model.with_options(**change), images) for model, images in sets]
+            summary = evaluate_sets(chosen, glands=dataset == "glas")
             scale_rows.append(
                 {"dataset": dataset, "instances": mode}
                 | {k: summary[k] for k in ("dice", "aji", "pq", *GLAND_SCORE) if k in summary}
             )
             print(json.dumps(scale_rows[-1]), flush=True)
-        unknown = [dataclasses.replace(sample, mpp=None) for sample in held]
-        settings = [("auto", segmenter, unknown), ("native", segmenter.with_options(mpp="native"), unknown)]
+        unknown = [[dataclasses.replace(sample, mpp=None) for sample in images] for _, images in sets]
+        settings = [("auto", {}, unknown), ("native", {"mpp": "native"}, unknown)]
         if any(sample.mpp is not None for sample in held):
-            settings.insert(0, ("known", segmenter, held))
-        for setting, chosen, data in settings:
-            summary = evaluate_model(chosen, data, progress=False)["summary"]
+            settings.insert(0, ("known", {}, [images for _, images in sets]))
+        for setting, change, data in settings:
+            chosen = [
+                (model.with_options(**change), images) for (model, _), images in zip(sets, data, strict=True)
+            ]
+            summary = evaluate_sets(chosen, glands=False)
             scale_rows.append(
                 {"dataset": dataset, "mpp": setting} | {k: summary[k] for k in ("dice", "aji", "pq")}
             )

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import GLAND_SCORE, score_keys, validation_arguments, validation_images
-from sac.evaluate import evaluate_model
+from postprocessing import GLAND_SCORE, evaluate_sets, score_keys, validation_arguments, validation_sets
 from sac.io import write_json
 from sac.segmenter import Segmenter
 from speed import matmul_gflops
@@ -39,19 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=TTA_CHOICES, default="off")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    segmenter = Segmenter.load(args.model, instances="fast")
-    own = segmenter.model.config
+    segmenters = {
+        model: Segmenter.load(model, instances="fast")
+        for model in (args.model.split(",") if args.model else [None])
+    }
+    own = next(iter(segmenters.values())).model.config
     rows = []
     for dataset in args.datasets.split(","):
-        held = validation_images(args, dataset)
+        sets = [(segmenters[model], held) for model, held in validation_sets(args, dataset)]
         for scale in [float(value) for value in args.scales.split(",")]:
-            segmenter.model.config = own.at_scale(scale)
+            for segmenter, _ in sets:
+                segmenter.model.config = own.at_scale(scale)
             for tta in TTA_CHOICES[args.tta]:
-                chosen = segmenter.with_options(tta=tta)
-                summary = evaluate_model(chosen, held, progress=False, glands=dataset == "glas")["summary"]
+                chosen = [(segmenter.with_options(tta=tta), held) for segmenter, held in sets]
+                summary = evaluate_sets(chosen, glands=dataset == "glas")
                 score = sum(summary[key] for key in score_keys(dataset))
                 rows.append(
-                    {"dataset": dataset, "images": len(held), "mpp": scale, "tta": tta}
+                    {"dataset": dataset, "images": summary["n_images"], "mpp": scale, "tta": tta}
                     | {key: summary[key] for key in ("dice", "aji", "pq", *GLAND_SCORE) if key in summary}
                     | {"score": score}
                 )

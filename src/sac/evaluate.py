@@ -47,17 +47,20 @@ def evaluate_model(
                 }
             )
         per_image.append(row)
-    result = {"summary": _summary(per_image, glands), "per_image": per_image}
+    result = {"summary": summarize_evaluation(per_image, glands), "per_image": per_image}
     parts = sorted({row["name"].split("_")[0] for row in per_image})
     if glands and len(parts) > 1:
         result["parts"] = {
-            part: _summary([row for row in per_image if row["name"].split("_")[0] == part], glands)
+            part: summarize_evaluation(
+                [row for row in per_image if row["name"].split("_")[0] == part], glands
+            )
             for part in parts
         }
     return result
 
 
-def _summary(per_image: list[dict], glands: bool) -> dict:
+def summarize_evaluation(per_image: list[dict], glands: bool) -> dict:
+    """Per-image means of :func:`evaluate_model`'s rows (with the GlaS object metrics' means for ``glands``)."""
     summary = summarize(per_image)
     if glands:
         summary.update({key: float(np.mean([row[key] for row in per_image])) for key in GLAND_KEYS})
