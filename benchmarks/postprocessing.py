@@ -64,11 +64,16 @@ def validation_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fold_models(args: argparse.Namespace) -> list[str | None]:
+    """``--model``: one model (None: the shipped default), or one per cross-validation fold."""
+    return args.model.split(",") if args.model else [None]
+
+
 def validation_sets(args: argparse.Namespace, dataset: str) -> list[tuple[str | None, list]]:
     """Each model with the share of a dataset's training images its run held out (at most --limit): one model
     with its run's fold, or in cross-validation the i-th model with fold i, so every image is scored by a model
     that never trained on it."""
-    models = args.model.split(",") if args.model else [None]
+    models = fold_models(args)
     folds = range(len(models)) if len(models) > 1 else [args.val_fold]
     samples = load_dataset(dataset, args.data_root, "train")
     return [
@@ -114,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     min_sizes = [float(v) for v in args.min_sizes.split(",")]
     seed_thresholds = [float(v) for v in args.seed_thresholds.split(",")]
     seed_depths = [float(v) for v in args.seed_depths.split(",")]
-    segmenters = {
-        model: Segmenter.load(model, instances="fast", tta=args.tta)
-        for model in (args.model.split(",") if args.model else [None])
-    }
+    segmenters = {model: Segmenter.load(model, instances="fast", tta=args.tta) for model in fold_models(args)}
     segmenter = next(iter(segmenters.values()))  # instances from maps read only its options and config
     hv_weights = (
         [float(v) for v in args.hv_weights.split(",")]

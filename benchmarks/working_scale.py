@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import GLAND_SCORE, evaluate_sets, score_keys, validation_arguments, validation_sets
+from postprocessing import (
+    GLAND_SCORE,
+    evaluate_sets,
+    fold_models,
+    score_keys,
+    validation_arguments,
+    validation_sets,
+)
 from sac.io import write_json
 from sac.segmenter import Segmenter
 from speed import matmul_gflops
@@ -38,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=TTA_CHOICES, default="off")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    segmenters = {
-        model: Segmenter.load(model, instances="fast")
-        for model in (args.model.split(",") if args.model else [None])
-    }
+    segmenters = {model: Segmenter.load(model, instances="fast") for model in fold_models(args)}
     own = next(iter(segmenters.values())).model.config
     rows = []
     for dataset in args.datasets.split(","):
