@@ -1,7 +1,8 @@
 """Is a validation gain real? Two settings (or two models) on the same validation images, image by image, with a
 bootstrap confidence interval of the mean difference (never the test splits).
 
-A setting is ``key=value`` pairs: ``model=`` a checkpoint folder or shipped name, every other key a segment option
+A setting is ``key=value`` pairs: ``model=`` a checkpoint folder or shipped name (one per cross-validation fold,
+joined by ``+``), every other key a segment option
 (``sac.options.SegmentOptions``). Each image is scored by the sum that ``postprocessing.py`` chooses by (object F1 +
 object Dice for GlaS, AJI + PQ for nuclei). The overall interval resamples images within each dataset, so each
 dataset weighs the same. A change is adopted only when the interval of its gain lies above zero.
@@ -9,6 +10,7 @@ dataset weighs the same. A change is adopted only when the interval of its gain 
     python benchmarks/paired.py --model glands --datasets glas --a hv_weight=0 --b hv_weight=2
     python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --also dice --json result.json
     python benchmarks/paired.py --model runs/f0/best,runs/f1/best,runs/f2/best --val-fraction 0.34 --a ... --b ...
+    python benchmarks/paired.py --datasets glas --val-fraction 0.34 --a model=A0+A1+A2 --b model=B0+B1+B2
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import image_metrics, score_keys, validation_arguments, validation_sets
+from postprocessing import fold_models, image_metrics, score_keys, validation_arguments, validation_sets
 from sac.io import write_json
 from sac.segmenter import Segmenter
 
@@ -48,19 +50,17 @@ def parse_setting(text: str) -> dict:
 def image_scores(setting: dict, args: argparse.Namespace) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset, each validation image's score under one setting, and its metrics named by ``--also``."""
     options = dict(setting)
-    model = options.pop("model", None)
-    if model is not None and "," in (args.model or ""):
-        raise SystemExit("model= compares one model with another; with one model per fold, compare settings")
+    models = options.pop("model", None)  # this setting's own models: one, or one per fold joined by "+"
+    models = models.split("+") if models else fold_models(args)
     segmenters = {}
     scores = {}
     for dataset in args.datasets.split(","):
         rows = []
-        for fold_model, held in validation_sets(args, dataset):
-            name = model or fold_model
-            if name not in segmenters:
-                segmenters[name] = Segmenter.load(name, **{"instances": "fast", **options})
+        for model, held in validation_sets(args, dataset, models):
+            if model not in segmenters:
+                segmenters[model] = Segmenter.load(model, **{"instances": "fast", **options})
             for sample in held:
-                labels = segmenters[name].segment(sample.image, mpp=sample.mpp).labels
+                labels = segmenters[model].segment(sample.image, mpp=sample.mpp).labels
                 metrics = image_metrics(dataset, sample.labels, labels)
                 score = sum(metrics[key] for key in score_keys(dataset))
                 rows.append({"score": score} | {key: metrics[key] for key in args.also})

@@ -69,11 +69,13 @@ def fold_models(args: argparse.Namespace) -> list[str | None]:
     return args.model.split(",") if args.model else [None]
 
 
-def validation_sets(args: argparse.Namespace, dataset: str) -> list[tuple[str | None, list]]:
-    """Each model with the share of a dataset's training images its run held out (at most --limit): one model
-    with its run's fold, or in cross-validation the i-th model with fold i, so every image is scored by a model
-    that never trained on it."""
-    models = fold_models(args)
+def validation_sets(
+    args: argparse.Namespace, dataset: str, models: list[str | None] | None = None
+) -> list[tuple[str | None, list]]:
+    """Each model (default: ``--model``'s) with the share of a dataset's training images its run held out (at most
+    --limit): one model with its run's fold, or in cross-validation the i-th model with fold i, so every image is
+    scored by a model that never trained on it."""
+    models = models or fold_models(args)
     folds = range(len(models)) if len(models) > 1 else [args.val_fold]
     samples = load_dataset(dataset, args.data_root, "train")
     return [
