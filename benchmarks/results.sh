@@ -7,8 +7,9 @@ mkdir -p "$OUT"
 python benchmarks/postprocessing.py --json "$OUT/postprocessing.json"          # validation images only
 python benchmarks/instance_errors.py --json "$OUT/instance_errors.json"        # validation images only
 python benchmarks/instance_errors.py --seed-threshold 0.4 --seed-depth 0 --json "$OUT/instance_errors_cores.json"
-python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.55,1.86 --tta both \
+python benchmarks/working_scale.py --model glands --datasets glas --scales 1.24,1.4,1.55,1.86 --tta both \
   --json "$OUT/working_scale_glands.json"
+# the gland choices themselves come from cross-validation: bash benchmarks/glands_cv.sh (trains three runs)
 python benchmarks/postprocessing.py --model glands --datasets glas --min-sizes 500,1000,2000 \
   --seed-thresholds 0.1,0.15,0.2,0.25,0.3 --json "$OUT/postprocessing_glands.json"
 python benchmarks/click_diagnostics.py --json "$OUT/click_diagnostics.json"    # validation images only

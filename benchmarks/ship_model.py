@@ -2,6 +2,7 @@
 
     python benchmarks/ship_model.py runs/nuclei/best                 # the default model, sac/models/nuclei
     python benchmarks/ship_model.py runs/glands/best --name glands   # sac/models/glands
+    python benchmarks/ship_model.py runs/f0/best --name glands --mpp 1.4 --out runs/f0_1.4   # as shipped, elsewhere
 
 Writes src/sac/models/<name>/{model.safetensors, config.json, training_data.json, MODEL_CARD.md}; the checkpoint
 is loaded first (sha256 and architecture checks) so a broken one is never shipped. A checkpoint from a run that
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mpp", type=float, help="the pixel size the model runs at, if not its training one (validation)"
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write the model here instead of the package (e.g. a cross-validation fold run as it would ship)",
+    )
     args = parser.parse_args(argv)
     model = SegmentAnyCell.load(args.checkpoint)
     weights = args.checkpoint / WEIGHTS_FILE
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     train_config = json.loads((run / "train_config.json").read_text())
     config = TrainConfig.from_dict(train_config, new_run=False)
     train, val = load_training_data(config)
-    target = model_path(args.name)
+    target = args.out or model_path(args.name)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / WEIGHTS_FILE)
     meta = json.loads((args.checkpoint / CONFIG_FILE).read_text())

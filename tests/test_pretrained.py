@@ -92,7 +92,7 @@ def test_shipped_gland_model_loads_with_its_card_and_post_processing():
     model = SegmentAnyCell.load("glands")
     assert (folder / "model.safetensors").stat().st_size <= 25 * 1024 * 1024
     assert "GlaS" in (folder / "MODEL_CARD.md").read_text()
-    assert model.config.mpp == pytest.approx(1.55) and model.config.min_size == 1000 and model.config.tta
+    assert model.config.mpp == pytest.approx(1.4) and model.config.min_size == 1000 and model.config.tta
     assert not model.config.estimate_scale  # no pixel size: native scale and a warning
     assert model.config.seed_depth == 0  # split seeds cut glands into pieces (validation)
     assert model.config.objects == "glands"  # <stem>_glands.csv, QuPath class Gland

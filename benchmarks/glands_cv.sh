@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Cross-validates the gland model's recipe on GlaS train (never the test split): three runs of benchmarks/glands.json
+# from the same init as train_glands.sh, each holding out a third of the 85 images (val_fraction 0.34, val_fold 0-2),
+# then the working scale and the post-processing chosen on all 85 held-out images, each scored by the run that
+# never trained on it. About 75 min for the runs (three at once, one thread each, 2 cores) and 40 min after them.
+# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR]
+set -euo pipefail
+RUN_DIR=${1:-runs/glands_cv}
+OUT=${2:-benchmarks/results}
+INIT=runs/nuclei_2d1a321
+mkdir -p "$INIT" "$RUN_DIR" "$OUT"
+for file in model.safetensors config.json; do git show "2d1a321:src/sac/models/nuclei/$file" > "$INIT/$file"; done
+for fold in 0 1 2; do
+  python -c 'import json, sys; print(json.dumps({**json.load(open("benchmarks/glands.json")),
+    "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "$INIT" "$fold" > "$RUN_DIR/fold$fold.json"
+  OMP_NUM_THREADS=1 sac train --config "$RUN_DIR/fold$fold.json" --out "$RUN_DIR/fold$fold" &
+done
+wait
+folds() {  # each fold's best checkpoint set up as the gland model ships, at working scale $1
+  for fold in 0 1 2; do
+    python benchmarks/ship_model.py "$RUN_DIR/fold$fold/best" --name glands --objects glands --mpp "$1" --tta \
+      --min-size 1000 --seed-threshold 0.2 --no-estimate-scale --out "$RUN_DIR/f${fold}_$1" > /dev/null
+  done
+  echo "$RUN_DIR/f0_$1,$RUN_DIR/f1_$1,$RUN_DIR/f2_$1"
+}
+CV=(--datasets glas --val-fraction 0.34 --limit 100)
+python benchmarks/working_scale.py --model "$(folds 1.55)" "${CV[@]}" --scales 1.24,1.4,1.55,1.7,1.86 --tta both \
+  --json "$OUT/working_scale_glands_cv.json"
+python benchmarks/paired.py "${CV[@]}" --a "model=$(folds 1.55 | tr , +)" --b "model=$(folds 1.4 | tr , +)" \
+  --also dice,object_f1,object_dice --json "$OUT/paired_glands_scale_cv.json"
+python benchmarks/postprocessing.py --model "$(folds 1.4)" "${CV[@]}" --tta --min-sizes 500,1000,2000 \
+  --seed-thresholds 0.1,0.15,0.2,0.3 --seed-depths 0 --json "$OUT/postprocessing_glands_cv.json"
