@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = [(segmenters[model], held) for model, held in validation_sets(args, dataset)]
         held = [sample for _, images in sets for sample in images]
         results = [  # maps once per image
-            model.segment(sample.image, mpp=sample.mpp) for model, images in sets for sample in images
+            fold.segment(sample.image, mpp=sample.mpp) for fold, images in sets for sample in images
         ]
         for seed_threshold, seed_depth, hv_weight in itertools.product(
             seed_thresholds, seed_depths, hv_weights
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "fast, tta": {"tta": True},
         }
         for mode, change in modes.items():
-            chosen = [(model.with_options(**change), images) for model, images in sets]
+            chosen = [(fold.with_options(**change), images) for fold, images in sets]
             summary = evaluate_sets(chosen, glands=dataset == "glas")
             scale_rows.append(
                 {"dataset": dataset, "instances": mode}
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.insert(0, ("known", {}, [images for _, images in sets]))
         for setting, change, data in settings:
             chosen = [
-                (model.with_options(**change), images) for (model, _), images in zip(sets, data, strict=True)
+                (fold.with_options(**change), images) for (fold, _), images in zip(sets, data, strict=True)
             ]
             summary = evaluate_sets(chosen, glands=False)
             scale_rows.append(
