@@ -3,8 +3,9 @@ bootstrap confidence interval of the mean difference (never the test splits).
 
 A setting is ``key=value`` pairs: ``model=`` a checkpoint folder or shipped name (one per cross-validation fold,
 joined by ``+``), every other key a segment option (``sac.options.SegmentOptions``). Each image is scored by the
-sum that ``postprocessing.py`` chooses by (object F1 + object Dice for GlaS, AJI + PQ for nuclei). The overall interval resamples images within each dataset, so each
-dataset weighs the same. A change is adopted only when the interval of its gain lies above zero.
+sum that ``postprocessing.py`` chooses by (object F1 + object Dice for GlaS, AJI + PQ for nuclei). The overall
+interval resamples images within each dataset, so each dataset weighs the same. A change is adopted only when the
+interval of its gain lies above zero.
 
     python benchmarks/paired.py --model glands --datasets glas --a hv_weight=0 --b hv_weight=2
     python benchmarks/paired.py --a model=nuclei --b model=runs/other/last --also dice --json result.json
