@@ -24,9 +24,11 @@ folds() {  # each fold's best checkpoint set up as the gland model ships, at wor
   echo "$RUN_DIR/f0_$1,$RUN_DIR/f1_$1,$RUN_DIR/f2_$1"
 }
 CV=(--datasets glas --val-fraction 0.34 --limit 100)
-python benchmarks/working_scale.py --model "$(folds 1.55)" "${CV[@]}" --scales 1.24,1.4,1.55,1.7,1.86 --tta both \
+AT_155=$(folds 1.55)
+AT_140=$(folds 1.4)
+python benchmarks/working_scale.py --model "$AT_155" "${CV[@]}" --scales 1.24,1.4,1.55,1.7,1.86 --tta both \
   --json "$OUT/working_scale_glands_cv.json"
-python benchmarks/paired.py "${CV[@]}" --a "model=$(folds 1.55 | tr , +)" --b "model=$(folds 1.4 | tr , +)" \
+python benchmarks/paired.py "${CV[@]}" --a "model=${AT_155//,/+}" --b "model=${AT_140//,/+}" \
   --also dice,object_f1,object_dice --json "$OUT/paired_glands_scale_cv.json"
-python benchmarks/postprocessing.py --model "$(folds 1.4)" "${CV[@]}" --tta --min-sizes 500,1000,2000 \
+python benchmarks/postprocessing.py --model "$AT_140" "${CV[@]}" --tta --min-sizes 500,1000,2000 \
   --seed-thresholds 0.1,0.15,0.2,0.3 --seed-depths 0 --json "$OUT/postprocessing_glands_cv.json"
