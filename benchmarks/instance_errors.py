@@ -1,4 +1,4 @@
-"""What kind of instance errors the nuclei model makes, on validation images (never the test splits).
+"""What kind of instance errors a model makes (nuclei or glands), on validation images (never the test splits).
 
 Each true nucleus that no prediction matches (IoU < 0.5) is counted once, in the first class that fits: *merged*
 (its best-overlapping prediction also covers at least 30 % of another true nucleus), *split* (two or more
@@ -6,9 +6,10 @@ predictions each cover at least 20 % of it), *missed* (at least half its pixels 
 prediction) or *misshapen* (the rest). Each unmatched prediction is, likewise, a *merge* (it covers at least
 30 % of two or more true nuclei), *background* (at least half on true background), a *fragment* (less than half
 of the true nucleus that holds most of it) or a *near miss* (the rest). True nuclei are also broken down by area,
-since small crowded nuclei are where the watershed struggles.
+since small crowded nuclei are where the watershed struggles (glands: by their own area bins).
 
     python benchmarks/instance_errors.py --json benchmarks/results/instance_errors.json   # ~2 min on 2 cores
+    python benchmarks/instance_errors.py --model F0,F1,F2 --datasets glas --val-fraction 0.34 --limit 100  # CV
     python benchmarks/instance_errors.py --seed-threshold 0.4 --seed-depth 0   # seeds as before the depth split
 """
 
@@ -22,11 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from postprocessing import validation_arguments, validation_images
+from postprocessing import fold_models, validation_arguments, validation_sets
 from sac.io import write_json
 from sac.segmenter import Segmenter
 
-AREA_BINS = (0.0, 8.0, 16.0, 32.0, np.inf)  # µm²
+AREA_BINS = {  # µm², by the model's objects
+    "nuclei": (0.0, 8.0, 16.0, 32.0, np.inf),
+    "glands": (0.0, 1000.0, 3000.0, 10000.0, 30000.0, np.inf),
+}
 TRUE_CLASSES = ("merged", "split", "missed", "misshapen")
 PREDICTED_CLASSES = ("merge", "background", "fragment", "near miss")
 
@@ -67,7 +71,9 @@ def classify(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return true_class, pred_class, true_area, pred_area
 
 
-def summarise(true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.ndarray) -> dict:
+def summarise(
+    true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.ndarray, bins: tuple[float, ...]
+) -> dict:
     """Shares of each class, and per area bin the share matched and the share of each true class."""
     record = {
         "true_nuclei": len(true_class),
@@ -78,7 +84,7 @@ def summarise(true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.
         **{f"predicted {name}": float(np.mean(pred_class == i)) for i, name in enumerate(PREDICTED_CLASSES)},
         "by_area": [],
     }
-    for low, high in itertools.pairwise(AREA_BINS):
+    for low, high in itertools.pairwise(bins):
         chosen = true_class[(true_area_um2 >= low) & (true_area_um2 < high)]
         record["by_area"].append(
             {"area_um2": [low, None if np.isinf(high) else high], "true_nuclei": len(chosen)}
@@ -99,19 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-depth", type=float, help="default: the model's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    segmenter = Segmenter.load(
-        args.model, instances="fast", seed_threshold=args.seed_threshold, seed_depth=args.seed_depth
-    )
-    model_mpp = segmenter.model.config.mpp or 1.0
+    segmenters = {
+        model: Segmenter.load(
+            model, instances="fast", seed_threshold=args.seed_threshold, seed_depth=args.seed_depth
+        )
+        for model in fold_models(args)
+    }
+    config = next(iter(segmenters.values())).model.config
+    model_mpp = config.mpp or 1.0
     records = []
     for dataset in args.datasets.split(","):
         classes = []
-        for sample in validation_images(args, dataset):
-            result = segmenter.segment(sample.image, mpp=sample.mpp)
-            true_class, pred_class, true_area, _ = classify(overlap_table(sample.labels, result.labels))
-            classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
+        for model, held in validation_sets(args, dataset):
+            for sample in held:
+                result = segmenters[model].segment(sample.image, mpp=sample.mpp)
+                true_class, pred_class, true_area, _ = classify(overlap_table(sample.labels, result.labels))
+                classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
         true_class, pred_class, area = (np.concatenate(column) for column in zip(*classes, strict=True))
-        records.append({"dataset": dataset} | summarise(true_class, pred_class, area))
+        records.append(
+            {"dataset": dataset} | summarise(true_class, pred_class, area, AREA_BINS[config.objects])
+        )
         print(json.dumps({k: v for k, v in records[-1].items() if k != "by_area"}), flush=True)
         for row in records[-1]["by_area"]:
             print("   ", json.dumps(row), flush=True)
