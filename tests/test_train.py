@@ -72,19 +72,24 @@ def test_contact_map_marks_only_the_gap_between_touching_nuclei():
 def test_contact_weight_raises_the_centre_loss_only_where_nuclei_touch(tmp_path):
     trainer = Trainer(tiny_config(tmp_path), synthetic_samples(), [])
     batch = trainer.batch(0)
-    assert contact_map(batch["labels"]).sum() > 0
+    assert contact_map(batch["labels"], 2).sum() > 0
     with torch.no_grad():
         output = trainer.model(batch["image"])
-    _, plain = sac_loss(output, batch, 0.0)
-    _, weighted = sac_loss(output, batch, 4.0)
+    _, plain = sac_loss(output, batch, 0.0, 2)
+    _, weighted = sac_loss(output, batch, 4.0, 2)
+    _, wider = sac_loss(output, batch, 4.0, 4)
+    assert wider["centre"] > weighted["centre"]  # more pixels count as contact
     assert weighted["centre"] > plain["centre"]
     assert {k: v for k, v in weighted.items() if k != "centre"} == {
         k: v for k, v in plain.items() if k != "centre"
     }
     batch["labels"] = (batch["labels"] > 0).long()  # one label: nothing touches
-    assert sac_loss(output, batch, 4.0)[1]["centre"] == pytest.approx(plain["centre"])
+    assert sac_loss(output, batch, 4.0, 2)[1]["centre"] == pytest.approx(plain["centre"])
     with pytest.raises(InputError, match="contact_weight"):
         TrainConfig(contact_weight=-1)
+    for radius in (0, 2.5):
+        with pytest.raises(InputError, match="contact_radius"):
+            TrainConfig(contact_radius=radius)
 
 
 def test_hv_targets_run_from_minus_one_to_one_across_each_nucleus():
@@ -104,7 +109,7 @@ def test_hv_loss_is_zero_only_for_the_targets():
     target = hv_targets(labels)
     assert hv_loss(target, labels) == 0
     blurred = torch.nn.functional.avg_pool2d(target, 3, stride=1, padding=1)  # boundaries no longer sharp
-    assert 0 < hv_loss(blurred, labels) < hv_loss(blurred, labels, 1 + 5 * contact_map(labels))
+    assert 0 < hv_loss(blurred, labels) < hv_loss(blurred, labels, 1 + 5 * contact_map(labels, 2))
 
 
 def test_a_run_may_add_the_hv_head_to_its_init_checkpoint_and_keeps_its_other_settings(tmp_path):

@@ -83,13 +83,20 @@ class TrainConfig:
     # train only these parts (names of the model's modules, e.g. ["click_head"]; None: all that are trainable),
     # so a stage can improve the answer to clicks while every automatic output stays exactly as it was
     train_only: list[str] | None = None
-    # extra weight of the centre (and HV) maps' loss where two nuclei lie within CONTACT_RADIUS px of each other (0: none),
+    # extra weight of the centre (and HV) maps' loss where two nuclei lie within contact_radius px of each other (0: none),
     # as U-Net weights the gaps between touching cells: merged neighbours are the largest instance error
     contact_weight: float = 0.0
+    # px at the model's scale: how near two objects must come for the pixels between them to count as contact
+    # (nuclei touch; glands lie a few pixels apart, and the watershed merges them across that gap)
+    contact_radius: int = 2
 
     def __post_init__(self) -> None:
         if not self.contact_weight >= 0:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
+        if not (isinstance(self.contact_radius, int) and self.contact_radius >= 1):
+            raise InputError(
+                f"contact_radius must be a whole number of pixels, at least 1, got {self.contact_radius}"
+            )
         if self.val_fold < 0:
             raise InputError(f"val_fold must be at least 0, got {self.val_fold}")
 
@@ -173,10 +180,7 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     return bce + 1 - soft_dice
 
 
-CONTACT_RADIUS = 2  # px: how near two nuclei must come for the pixels between them to count as contact
-
-
-def contact_map(labels: torch.Tensor, radius: int = CONTACT_RADIUS) -> torch.Tensor:
+def contact_map(labels: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, H, W) instance labels -> (B, 1, H, W): 1 where two different nuclei lie within ``radius`` px, else 0.
 
     These are the pixels a watershed needs to see as a valley to keep touching nuclei apart.
@@ -246,14 +250,15 @@ def _axis_gradients(hv: torch.Tensor) -> torch.Tensor:
 
 
 def sac_loss(
-    output: SACOutput, batch: dict[str, torch.Tensor], contact_weight: float
+    output: SACOutput, batch: dict[str, torch.Tensor], contact_weight: float, contact_radius: int
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Dice + BCE on each output: final map, SAM's low-resolution mask (half weight), generator map; BCE on the
-    centre map and :func:`hv_loss` on a model's HV maps, both weighted ``1 + contact_weight`` where nuclei touch."""
+    centre map and :func:`hv_loss` on a model's HV maps, both weighted ``1 + contact_weight`` where nuclei come
+    within ``contact_radius`` px of each other."""
     mask = batch["mask"]
     low_res = F.adaptive_avg_pool2d(mask, output.sam_logits.shape[-2:])
     # touching nuclei: the few pixels that split them
-    contact = 1 + contact_weight * contact_map(batch["labels"]) if contact_weight else None
+    contact = 1 + contact_weight * contact_map(batch["labels"], contact_radius) if contact_weight else None
     parts = {
         "final": dice_bce(output.logits, mask).mean(),
         "sam": dice_bce(output.sam_logits, low_res).mean(),
@@ -422,28 +427,25 @@ class TrainingObjective(nn.Module):
     correction clicks, which is what makes SAM answer a click with the nucleus under it.
     """
 
-    def __init__(
-        self, model: SegmentAnyCell, instance_prompts: int, correction_clicks: int, contact_weight: float
-    ):
+    def __init__(self, model: SegmentAnyCell, config: TrainConfig):
         super().__init__()
         self.model = model
-        self.instance_prompts = instance_prompts
-        self.correction_clicks = correction_clicks
-        self.contact_weight = contact_weight
+        self.config = config
 
     def forward(self, batch: dict[str, torch.Tensor], rngs: list[np.random.Generator]) -> torch.Tensor:
+        config = self.config
         output = self.model(batch["image"])
-        loss, _ = sac_loss(output, batch, self.contact_weight)
-        if self.instance_prompts:
+        loss, _ = sac_loss(output, batch, config.contact_weight, config.contact_radius)
+        if config.instance_prompts:
             prompts = sample_instance_prompts(
                 batch["labels"].cpu().numpy(),
                 batch["distance"][:, 0].cpu().numpy(),
-                self.instance_prompts,
+                config.instance_prompts,
                 rngs,
             )
             if prompts is not None:
                 loss = loss + instance_loss(
-                    self.model, output, prompts, self.correction_clicks, len(batch["image"])
+                    self.model, output, prompts, config.correction_clicks, len(batch["image"])
                 )
         return loss
 
@@ -574,9 +576,7 @@ class Trainer:
         if config.train_only:
             freeze_all_but(self.model, config.train_only)
         self.model.to(self.device)
-        objective = TrainingObjective(
-            self.model, config.instance_prompts, config.correction_clicks, config.contact_weight
-        )
+        objective = TrainingObjective(self.model, config)
         self.objective = (
             DistributedDataParallel(objective, find_unused_parameters=True) if self.world > 1 else objective
         )
