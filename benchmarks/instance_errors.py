@@ -19,12 +19,15 @@ import argparse
 import itertools
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from skimage import measure
 
 from postprocessing import fold_models, validation_arguments, validation_sets
 from sac.io import write_json
+from sac.model import MAP_NAMES
 from sac.segmenter import Segmenter
 
 AREA_BINS = {  # µm², by the model's objects
@@ -71,6 +74,34 @@ def classify(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return true_class, pred_class, true_area, pred_area
 
 
+def merge_causes(
+    table: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    centre: np.ndarray,
+    seed_threshold: float,
+    merged: np.ndarray,
+) -> dict[str, int]:
+    """Why the ``merged`` true objects (their ids) were merged: how many share a watershed seed with a neighbour in
+    the same prediction (the centre map stays above the seed threshold across the gap between them), and how
+    many have no seed of their own (flooded from a neighbour's). Seeds as the watershed cuts them for a model
+    without HV maps and with no seed depth: the centre map's cores at the seed threshold. ``table``:
+    :func:`overlap_table` of ``truth`` and ``prediction``."""
+    cores = measure.label((prediction > 0) & (centre >= seed_threshold))
+    counts = {"merged sharing a seed": 0, "merged without a seed": 0}
+    for true_id in merged:
+        own = set(np.unique(cores[truth == true_id])) - {0}
+        if not own:
+            counts["merged without a seed"] += 1
+            continue
+        predicted = table[true_id, 1:].argmax() + 1
+        covered = table[1:, predicted] >= 0.3 * table[1:].sum(axis=1)
+        neighbours = [n + 1 for n in np.flatnonzero(covered) if n + 1 != true_id]
+        if any(own & set(np.unique(cores[truth == n])) for n in neighbours):
+            counts["merged sharing a seed"] += 1
+    return counts
+
+
 def summarise(
     true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.ndarray, bins: tuple[float, ...]
 ) -> dict:
@@ -113,18 +144,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     config = next(iter(segmenters.values())).model.config
     model_mpp = config.mpp or 1.0
+    seed_threshold = config.seed_threshold if args.seed_threshold is None else args.seed_threshold
+    seed_depth = config.seed_depth if args.seed_depth is None else args.seed_depth
+    plain_seeds = not config.hv_maps and seed_depth == 0  # the watershed's seeds are the centre map's cores
     records = []
     for dataset in args.datasets.split(","):
-        classes = []
+        classes, causes = [], Counter()
         for model, held in validation_sets(args, dataset):
             for sample in held:
                 result = segmenters[model].segment(sample.image, mpp=sample.mpp)
-                true_class, pred_class, true_area, _ = classify(overlap_table(sample.labels, result.labels))
+                table = overlap_table(sample.labels, result.labels)
+                true_class, pred_class, true_area, _ = classify(table)
                 classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
+                if plain_seeds:
+                    merged = np.flatnonzero(true_class == TRUE_CLASSES.index("merged")) + 1
+                    centre = result.maps[MAP_NAMES.index("centre")]
+                    causes.update(
+                        merge_causes(table, sample.labels, result.labels, centre, seed_threshold, merged)
+                    )
         true_class, pred_class, area = (np.concatenate(column) for column in zip(*classes, strict=True))
-        records.append(
-            {"dataset": dataset} | summarise(true_class, pred_class, area, AREA_BINS[config.objects])
-        )
+        summary = summarise(true_class, pred_class, area, AREA_BINS[config.objects])
+        records.append({"dataset": dataset} | summary | dict(causes))
         print(json.dumps({k: v for k, v in records[-1].items() if k != "by_area"}), flush=True)
         for row in records[-1]["by_area"]:
             print("   ", json.dumps(row), flush=True)
