@@ -3,16 +3,17 @@
 # from the same init as train_glands.sh, each holding out a third of the 85 images (val_fraction 0.34, val_fold 0-2),
 # then the working scale and the post-processing chosen on all 85 held-out images, each scored by the run that
 # never trained on it. About 75 min for the runs (three at once, one thread each, 2 cores) and 40 min after them.
-# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR]
+# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR] [CONFIG] (default benchmarks/glands.json: the shipped recipe)
 set -euo pipefail
 RUN_DIR=${1:-runs/glands_cv}
 OUT=${2:-benchmarks/results}
+CONFIG=${3:-benchmarks/glands.json}
 INIT=runs/nuclei_2d1a321
 mkdir -p "$INIT" "$RUN_DIR" "$OUT"
 for file in model.safetensors config.json; do git show "2d1a321:src/sac/models/nuclei/$file" > "$INIT/$file"; done
 for fold in 0 1 2; do
-  python -c 'import json, sys; print(json.dumps({**json.load(open("benchmarks/glands.json")),
-    "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "$INIT" "$fold" > "$RUN_DIR/fold$fold.json"
+  python -c 'import json, sys; print(json.dumps({**json.load(open(sys.argv[3])),
+    "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "$INIT" "$fold" "$CONFIG" > "$RUN_DIR/fold$fold.json"
   OMP_NUM_THREADS=1 sac train --config "$RUN_DIR/fold$fold.json" --out "$RUN_DIR/fold$fold" &
 done
 wait
