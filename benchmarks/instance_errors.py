@@ -142,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for model in fold_models(args)
     }
-    config = next(iter(segmenters.values())).model.config
+    segmenter = next(iter(segmenters.values()))  # the folds share their config and options
+    config = segmenter.model.config
     model_mpp = config.mpp or 1.0
-    seed_threshold = config.seed_threshold if args.seed_threshold is None else args.seed_threshold
-    seed_depth = config.seed_depth if args.seed_depth is None else args.seed_depth
-    plain_seeds = not config.hv_maps and seed_depth == 0  # the watershed's seeds are the centre map's cores
+    seed_threshold = segmenter.setting("seed_threshold")
+    # the watershed's seeds are the centre map's cores
+    plain_seeds = not config.hv_maps and segmenter.setting("seed_depth") == 0
     records = []
     for dataset in args.datasets.split(","):
         classes, causes = [], Counter()

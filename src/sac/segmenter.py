@@ -102,10 +102,16 @@ class Segmenter:
         """The same model with some settings changed (validated again)."""
         return type(self)(self.model, dataclasses.replace(self.options, **changes))
 
+    def setting(self, name: str):
+        """A setting both the options and the model's config hold (``seed_threshold``, ``min_size``, ``tta``, ...):
+        the options' value when given, else the model's own, chosen on its validation images."""
+        value = getattr(self.options, name)
+        return getattr(self.model.config, name) if value is None else value
+
     @property
     def tta(self) -> int:
         """Over how many views (:data:`VIEWS`) maps are averaged: the options' choice, else the model's."""
-        return tta_views(self.model.config.tta if self.options.tta is None else self.options.tta)
+        return tta_views(self.setting("tta"))
 
     # ------------------------------------------------------------------ public
     def predict(
@@ -175,10 +181,9 @@ class Segmenter:
         options = self.options
         # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
         pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
-        min_size = self.model.config.min_size if options.min_size is None else options.min_size
         return filter_instances(
             labels,
-            min_size / pixel_area,
+            self.setting("min_size") / pixel_area,
             None if options.max_size is None else options.max_size / pixel_area,
             options.exclude_edges,
         )
@@ -198,8 +203,7 @@ class Segmenter:
         -------
         (H, W) int32 labels, 0 background; the options' size filters in µm² are left to :meth:`segment`.
         """
-        options, config = self.options, self.model.config
-        hv_weight = config.hv_weight if options.hv_weight is None else options.hv_weight
+        config = self.model.config
         if config.hv_maps and len(maps) == len(MAP_NAMES):
             raise InputError(
                 "these maps lack the model's HV maps, which its instances need: make them with hv=True"
@@ -207,13 +211,11 @@ class Segmenter:
         return instances_from_maps(
             maps[0],
             maps[2],
-            options.threshold,
-            seed_threshold=config.seed_threshold
-            if options.seed_threshold is None
-            else options.seed_threshold,
-            seed_depth=config.seed_depth if options.seed_depth is None else options.seed_depth,
+            self.options.threshold,
+            seed_threshold=self.setting("seed_threshold"),
+            seed_depth=self.setting("seed_depth"),
             hv=maps[len(MAP_NAMES) :] if config.hv_maps else None,
-            hv_weight=hv_weight / zoom,
+            hv_weight=self.setting("hv_weight") / zoom,
         )
 
     def _channel(self, image: np.ndarray) -> np.ndarray:
