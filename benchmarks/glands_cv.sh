@@ -3,7 +3,8 @@
 # from the same init as train_glands.sh, each holding out a third of the 85 images (val_fraction 0.34, val_fold 0-2),
 # then the working scale and the post-processing chosen on all 85 held-out images, each scored by the run that
 # never trained on it. About 75 min for the runs (three at once, one thread each, 2 cores) and 40 min after them.
-# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR] [CONFIG] (default benchmarks/glands.json: the shipped recipe)
+# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR] [CONFIG] (default benchmarks/glands.json: the recipe shipped
+# until the seventeenth session, which the scale and post-processing figures in RESULTS.md come from)
 set -euo pipefail
 RUN_DIR=${1:-runs/glands_cv}
 OUT=${2:-benchmarks/results}

@@ -6,7 +6,9 @@ predictions each cover at least 20 % of it), *missed* (at least half its pixels 
 prediction) or *misshapen* (the rest). Each unmatched prediction is, likewise, a *merge* (it covers at least
 30 % of two or more true nuclei), *background* (at least half on true background), a *fragment* (less than half
 of the true nucleus that holds most of it) or a *near miss* (the rest). True nuclei are also broken down by area,
-since small crowded nuclei are where the watershed struggles (glands: by their own area bins).
+since small crowded nuclei are where the watershed struggles (glands: by their own area bins). The objects the
+model's size filter drops are counted apart: how many of them are true objects (covering more than half of the true
+object they overlap most, the GlaS rule) and whether their mean probability tells those from the rest.
 
     python benchmarks/instance_errors.py --json benchmarks/results/instance_errors.json   # ~2 min on 2 cores
     python benchmarks/instance_errors.py --model F0,F1,F2 --datasets glas --val-fraction 0.34 --limit 100  # CV
@@ -26,6 +28,7 @@ import numpy as np
 from skimage import measure
 
 from postprocessing import fold_models, validation_arguments, validation_sets
+from sac.instances import filter_instances
 from sac.io import write_json
 from sac.model import MAP_NAMES
 from sac.segmenter import Segmenter
@@ -35,6 +38,7 @@ AREA_BINS = {  # µm², by the model's objects
     "glands": (0.0, 1000.0, 3000.0, 10000.0, 30000.0, np.inf),
 }
 TRUE_CLASSES = ("merged", "split", "missed", "misshapen")
+CONFIDENCE_LEVELS = (0.6, 0.7, 0.8, 0.9)  # mean probabilities at which a dropped object could be kept
 PREDICTED_CLASSES = ("merge", "background", "fragment", "near miss")
 
 
@@ -102,6 +106,44 @@ def merge_causes(
     return counts
 
 
+def dropped_objects(
+    table: np.ndarray, probability: np.ndarray, labels: np.ndarray, min_area: float
+) -> np.ndarray:
+    """(K, 2) rows of the objects under ``min_area`` pixels in ``labels`` (before the size filter): whether each is
+    a true object by the GlaS rule (it covers more than half of the true object it overlaps most) and its mean
+    probability. ``table``: :func:`overlap_table` of the truth and ``labels``."""
+    area = table.sum(axis=0)[1:]
+    small = np.flatnonzero((area > 0) & (area < min_area))
+    if not len(small):
+        return np.zeros((0, 2))
+    mean_probability = (
+        np.bincount(labels.ravel(), probability.ravel(), len(area) + 1)[small + 1] / area[small]
+    )
+    true_area = table.sum(axis=1)
+    best = table[1:, small + 1].argmax(axis=0) + 1 if len(true_area) > 1 else np.zeros(len(small), int)
+    real = (best > 0) & (2 * table[best, small + 1] > true_area[best])
+    return np.column_stack([real, mean_probability])
+
+
+def summarise_dropped(rows: np.ndarray) -> dict:
+    """How many dropped objects are true ones, and how many of each kind a mean-probability floor would keep."""
+    real, confidence = rows[:, 0] > 0, rows[:, 1]
+    return {
+        "dropped": len(rows),
+        "dropped_true": int(real.sum()),
+        "dropped_mean_probability_median_true_false": [
+            float(np.median(confidence[chosen])) if chosen.any() else None for chosen in (real, ~real)
+        ],
+        "kept_true_false_at_mean_probability": {
+            str(level): [
+                int((real & (confidence >= level)).sum()),
+                int((~real & (confidence >= level)).sum()),
+            ]
+            for level in CONFIDENCE_LEVELS
+        },
+    }
+
+
 def summarise(
     true_class: np.ndarray, pred_class: np.ndarray, true_area_um2: np.ndarray, bins: tuple[float, ...]
 ) -> dict:
@@ -136,36 +178,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-depth", type=float, help="default: the model's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    segmenters = {
+    segmenters = {  # the size filter is applied here, so that what it drops can be counted
         model: Segmenter.load(
-            model, instances="fast", seed_threshold=args.seed_threshold, seed_depth=args.seed_depth
+            model,
+            instances="fast",
+            seed_threshold=args.seed_threshold,
+            seed_depth=args.seed_depth,
+            min_size=0.0,
         )
         for model in fold_models(args)
     }
     segmenter = next(iter(segmenters.values()))  # the folds share their config and options
     config = segmenter.model.config
     model_mpp = config.mpp or 1.0
+    min_size = config.min_size  # µm², the model's own filter
     seed_threshold = segmenter.setting("seed_threshold")
     # the watershed's seeds are the centre map's cores
     plain_seeds = not config.hv_maps and segmenter.setting("seed_depth") == 0
     records = []
     for dataset in args.datasets.split(","):
-        classes, causes = [], Counter()
+        classes, causes, dropped = [], Counter(), []
         for model, held in validation_sets(args, dataset):
             for sample in held:
                 result = segmenters[model].segment(sample.image, mpp=sample.mpp)
+                pixel_area = (result.mpp or model_mpp * result.zoom) ** 2
                 table = overlap_table(sample.labels, result.labels)
+                probability = result.maps[MAP_NAMES.index("nuclei")]
+                dropped.append(dropped_objects(table, probability, result.labels, min_size / pixel_area))
+                labels = filter_instances(result.labels, min_size / pixel_area)
+                table = overlap_table(sample.labels, labels)
                 true_class, pred_class, true_area, _ = classify(table)
-                classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
+                classes.append((true_class, pred_class, true_area * pixel_area))
                 if plain_seeds:
                     merged = np.flatnonzero(true_class == TRUE_CLASSES.index("merged")) + 1
                     centre = result.maps[MAP_NAMES.index("centre")]
-                    causes.update(
-                        merge_causes(table, sample.labels, result.labels, centre, seed_threshold, merged)
-                    )
+                    causes.update(merge_causes(table, sample.labels, labels, centre, seed_threshold, merged))
         true_class, pred_class, area = (np.concatenate(column) for column in zip(*classes, strict=True))
         summary = summarise(true_class, pred_class, area, AREA_BINS[config.objects])
-        records.append({"dataset": dataset} | summary | dict(causes))
+        records.append(
+            {"dataset": dataset} | summary | dict(causes) | summarise_dropped(np.concatenate(dropped))
+        )
         print(json.dumps({k: v for k, v in records[-1].items() if k != "by_area"}), flush=True)
         for row in records[-1]["by_area"]:
             print("   ", json.dumps(row), flush=True)
