@@ -3,24 +3,35 @@
 # from the same init as train_glands.sh, each holding out a third of the 85 images (val_fraction 0.34, val_fold 0-2),
 # then the working scale and the post-processing chosen on all 85 held-out images, each scored by the run that
 # never trained on it. About 75 min for the runs (three at once, one thread each, 2 cores) and 40 min after them.
-# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR] [CONFIG] (default benchmarks/glands.json: the recipe shipped
-# until the seventeenth session, which the scale and post-processing figures in RESULTS.md come from)
+# Usage: bash benchmarks/glands_cv.sh [RUN_DIR] [OUT_DIR] [CONFIG] [SECOND_CONFIG] (default benchmarks/glands.json: the
+# recipe shipped until the seventeenth session, which the scale and post-processing figures in RESULTS.md come from;
+# SECOND_CONFIG: a second training cycle from each fold's last checkpoint, whose best checkpoints are then scored)
 set -euo pipefail
 RUN_DIR=${1:-runs/glands_cv}
 OUT=${2:-benchmarks/results}
 CONFIG=${3:-benchmarks/glands.json}
+SECOND_CONFIG=${4:-}
 INIT=runs/nuclei_2d1a321
 mkdir -p "$INIT" "$RUN_DIR" "$OUT"
 for file in model.safetensors config.json; do git show "2d1a321:src/sac/models/nuclei/$file" > "$INIT/$file"; done
-for fold in 0 1 2; do
-  python -c 'import json, sys; print(json.dumps({**json.load(open(sys.argv[3])),
-    "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "$INIT" "$fold" "$CONFIG" > "$RUN_DIR/fold$fold.json"
-  OMP_NUM_THREADS=1 sac train --config "$RUN_DIR/fold$fold.json" --out "$RUN_DIR/fold$fold" &
-done
-wait
+train_folds() {  # three runs of config $2 at once, fold i from init $1 (with {fold} standing for i) into $3 (same)
+  for fold in 0 1 2; do
+    python -c 'import json, sys; print(json.dumps({**json.load(open(sys.argv[3])),
+      "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "${1//\{fold\}/$fold}" "$fold" "$2" \
+      > "${3//\{fold\}/$fold}.json"
+    OMP_NUM_THREADS=1 sac train --config "${3//\{fold\}/$fold}.json" --out "${3//\{fold\}/$fold}" &
+  done
+  wait
+}
+train_folds "$INIT" "$CONFIG" "$RUN_DIR/fold{fold}"
+SCORED=""  # the runs whose best checkpoints are scored: fold<i>, or fold<i>_cycle2 after a second cycle
+if [ -n "$SECOND_CONFIG" ]; then
+  train_folds "$RUN_DIR/fold{fold}/last" "$SECOND_CONFIG" "$RUN_DIR/fold{fold}_cycle2"
+  SCORED=_cycle2
+fi
 folds() {  # each fold's best checkpoint set up as the gland model ships, at working scale $1
   for fold in 0 1 2; do
-    python benchmarks/ship_model.py "$RUN_DIR/fold$fold/best" --name glands --objects glands --mpp "$1" --tta \
+    python benchmarks/ship_model.py "$RUN_DIR/fold$fold$SCORED/best" --name glands --objects glands --mpp "$1" --tta \
       --min-size 1000 --seed-threshold 0.2 --no-estimate-scale --out "$RUN_DIR/f${fold}_$1" > /dev/null
   done
   echo "$RUN_DIR/f0_$1,$RUN_DIR/f1_$1,$RUN_DIR/f2_$1"
