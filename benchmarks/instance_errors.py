@@ -38,8 +38,8 @@ AREA_BINS = {  # µm², by the model's objects
     "glands": (0.0, 1000.0, 3000.0, 10000.0, 30000.0, np.inf),
 }
 TRUE_CLASSES = ("merged", "split", "missed", "misshapen")
-CONFIDENCE_LEVELS = (0.6, 0.7, 0.8, 0.9)  # mean probabilities at which a dropped object could be kept
 PREDICTED_CLASSES = ("merge", "background", "fragment", "near miss")
+CONFIDENCE_LEVELS = (0.6, 0.7, 0.8, 0.9)  # mean probabilities at which a dropped object could be kept
 
 
 def overlap_table(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
