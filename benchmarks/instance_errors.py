@@ -28,7 +28,6 @@ import numpy as np
 from skimage import measure
 
 from postprocessing import fold_models, validation_arguments, validation_sets
-from sac.instances import filter_instances
 from sac.io import write_json
 from sac.model import MAP_NAMES
 from sac.segmenter import Segmenter
@@ -107,17 +106,19 @@ def merge_causes(
 
 
 def dropped_objects(
-    table: np.ndarray, probability: np.ndarray, labels: np.ndarray, min_area: float
+    truth: np.ndarray, unfiltered: np.ndarray, kept: np.ndarray, probability: np.ndarray
 ) -> np.ndarray:
-    """(K, 2) rows of the objects under ``min_area`` pixels in ``labels`` (before the size filter): whether each is
-    a true object by the GlaS rule (it covers more than half of the true object it overlaps most) and its mean
-    probability. ``table``: :func:`overlap_table` of the truth and ``labels``."""
+    """(K, 2) rows of the objects of ``unfiltered`` (the watershed's labels) that the size filter dropped, i.e. that
+    have no pixel in ``kept`` (the labels it kept): whether each is a true object by the GlaS rule (it covers more
+    than half of the true object it overlaps most) and its mean probability."""
+    table = overlap_table(truth, unfiltered)
     area = table.sum(axis=0)[1:]
-    small = np.flatnonzero((area > 0) & (area < min_area))
+    survived = np.bincount(unfiltered.ravel(), (kept > 0).ravel(), len(area) + 1)[1:] > 0
+    small = np.flatnonzero((area > 0) & ~survived)
     if not len(small):
         return np.zeros((0, 2))
     mean_probability = (
-        np.bincount(labels.ravel(), probability.ravel(), len(area) + 1)[small + 1] / area[small]
+        np.bincount(unfiltered.ravel(), probability.ravel(), len(area) + 1)[small + 1] / area[small]
     )
     true_area = table.sum(axis=1)
     best = table[1:, small + 1].argmax(axis=0) + 1 if len(true_area) > 1 else np.zeros(len(small), int)
@@ -178,20 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-depth", type=float, help="default: the model's")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    segmenters = {  # the size filter is applied here, so that what it drops can be counted
+    segmenters = {
         model: Segmenter.load(
-            model,
-            instances="fast",
-            seed_threshold=args.seed_threshold,
-            seed_depth=args.seed_depth,
-            min_size=0.0,
+            model, instances="fast", seed_threshold=args.seed_threshold, seed_depth=args.seed_depth
         )
         for model in fold_models(args)
     }
     segmenter = next(iter(segmenters.values()))  # the folds share their config and options
     config = segmenter.model.config
     model_mpp = config.mpp or 1.0
-    min_size = config.min_size  # µm², the model's own filter
     seed_threshold = segmenter.setting("seed_threshold")
     # the watershed's seeds are the centre map's cores
     plain_seeds = not config.hv_maps and segmenter.setting("seed_depth") == 0
@@ -201,18 +197,18 @@ def main(argv: list[str] | None = None) -> int:
         for model, held in validation_sets(args, dataset):
             for sample in held:
                 result = segmenters[model].segment(sample.image, mpp=sample.mpp)
-                pixel_area = (result.mpp or model_mpp * result.zoom) ** 2
-                table = overlap_table(sample.labels, result.labels)
+                unfiltered = segmenters[model].instances(result.maps, result.zoom)  # before the size filter
                 probability = result.maps[MAP_NAMES.index("nuclei")]
-                dropped.append(dropped_objects(table, probability, result.labels, min_size / pixel_area))
-                labels = filter_instances(result.labels, min_size / pixel_area)
-                table = overlap_table(sample.labels, labels)
+                dropped.append(dropped_objects(sample.labels, unfiltered, result.labels, probability))
+                table = overlap_table(sample.labels, result.labels)
                 true_class, pred_class, true_area, _ = classify(table)
-                classes.append((true_class, pred_class, true_area * pixel_area))
+                classes.append((true_class, pred_class, true_area * (sample.mpp or model_mpp) ** 2))
                 if plain_seeds:
                     merged = np.flatnonzero(true_class == TRUE_CLASSES.index("merged")) + 1
                     centre = result.maps[MAP_NAMES.index("centre")]
-                    causes.update(merge_causes(table, sample.labels, labels, centre, seed_threshold, merged))
+                    causes.update(
+                        merge_causes(table, sample.labels, result.labels, centre, seed_threshold, merged)
+                    )
         true_class, pred_class, area = (np.concatenate(column) for column in zip(*classes, strict=True))
         summary = summarise(true_class, pred_class, area, AREA_BINS[config.objects])
         records.append(
