@@ -14,19 +14,17 @@ SECOND_CONFIG=${4:-}
 INIT=runs/nuclei_2d1a321
 mkdir -p "$INIT" "$RUN_DIR" "$OUT"
 for file in model.safetensors config.json; do git show "2d1a321:src/sac/models/nuclei/$file" > "$INIT/$file"; done
-train_folds() {  # three runs of config $2 at once, fold i from init $1 (with {fold} standing for i) into $3 (same)
-  for fold in 0 1 2; do
-    python -c 'import json, sys; print(json.dumps({**json.load(open(sys.argv[3])),
-      "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "${1//\{fold\}/$fold}" "$fold" "$2" \
-      > "${3//\{fold\}/$fold}.json"
-    OMP_NUM_THREADS=1 sac train --config "${3//\{fold\}/$fold}.json" --out "${3//\{fold\}/$fold}" &
-  done
-  wait
+train_fold() {  # fold $1 of three (its third held out): config $2 from init $3 into run folder $4, in the background
+  python -c 'import json, sys; print(json.dumps({**json.load(open(sys.argv[3])),
+    "init": sys.argv[1], "val_fraction": 0.34, "val_fold": int(sys.argv[2])}))' "$3" "$1" "$2" > "$4.json"
+  OMP_NUM_THREADS=1 sac train --config "$4.json" --out "$4" &
 }
-train_folds "$INIT" "$CONFIG" "$RUN_DIR/fold{fold}"
+for fold in 0 1 2; do train_fold "$fold" "$CONFIG" "$INIT" "$RUN_DIR/fold$fold"; done
+wait
 SCORED=""  # the runs whose best checkpoints are scored: fold<i>, or fold<i>_cycle2 after a second cycle
 if [ -n "$SECOND_CONFIG" ]; then
-  train_folds "$RUN_DIR/fold{fold}/last" "$SECOND_CONFIG" "$RUN_DIR/fold{fold}_cycle2"
+  for fold in 0 1 2; do train_fold "$fold" "$SECOND_CONFIG" "$RUN_DIR/fold$fold/last" "$RUN_DIR/fold${fold}_cycle2"; done
+  wait
   SCORED=_cycle2
 fi
 folds() {  # each fold's best checkpoint set up as the gland model ships, at working scale $1
