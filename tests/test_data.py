@@ -16,7 +16,6 @@ from sac.data import (
     CropDataset,
     NucleiSample,
     default_data_root,
-    elastic_warp,
     instance_distance_map,
     load_dataset,
     pack_datasets,
@@ -236,37 +235,6 @@ def test_crop_dataset_zoom_augmentation():
     assert all(torch.equal(zoom[i]["labels"], again[i]["labels"]) for i in range(len(zoom)))
     with pytest.raises(InputError, match="max_zoom must be at least 1"):
         CropDataset([sample], max_zoom=0.5)
-
-
-def test_elastic_warp_bends_shapes_and_keeps_label_ids():
-    rng = np.random.default_rng(0)
-    labels = _nuclei((96, 96), 12, seed=3)
-    image = np.repeat((labels > 0)[..., None] * 200, 3, axis=2).astype(np.uint8)
-    warped_image, warped_labels = elastic_warp(image, labels, 3.0, rng)
-    assert warped_image.shape == image.shape and warped_image.dtype == np.uint8
-    assert warped_labels.shape == labels.shape and warped_labels.dtype == labels.dtype
-    assert set(np.unique(warped_labels)) <= set(np.unique(labels))  # nearest values: no blended ids
-    assert not np.array_equal(warped_labels, labels)
-    # image and labels move together, and a 3 px shift keeps each nucleus mostly where it was
-    assert dice(warped_image[..., 0] > 100, warped_labels > 0) > 0.95
-    assert dice(warped_labels > 0, labels > 0) > 0.6
-    unchanged, _ = elastic_warp(image, labels, 1e-9, np.random.default_rng(1))
-    assert np.array_equal(unchanged, image)
-
-
-def test_crop_dataset_elastic_augmentation(samples):
-    plain = CropDataset(samples, crop_size=32, seed=2)
-    before = [plain[i] for i in range(len(plain))]
-    bent = CropDataset(samples, crop_size=32, seed=2, elastic=4.0)
-    after = [bent[i] for i in range(len(bent))]
-    assert any(not torch.equal(a["labels"], b["labels"]) for a, b in zip(before, after, strict=True))
-    for item in after:  # targets rebuilt from the warped labels
-        assert torch.equal(item["distance"][0] > 0, item["labels"] > 0)
-        assert torch.equal(item["mask"][0], (item["labels"] > 0).float())
-    again = CropDataset(samples, crop_size=32, seed=2, elastic=4.0)
-    assert all(torch.equal(again[i]["image"], after[i]["image"]) for i in range(len(again)))
-    with pytest.raises(InputError, match="elastic must be at least 0"):
-        CropDataset(samples, elastic=-1.0)
 
 
 @pytest.fixture(scope="module")

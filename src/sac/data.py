@@ -48,7 +48,6 @@ _BRIGHTNESS, _CONTRAST, _SATURATION = 0.15, 0.15, 0.15
 _HED_SCALE, _HED_SHIFT = 0.15, 0.01
 _GREY_PROBABILITY = 0.1  # an H&E crop shown as grey now and then, so colour alone never decides
 _SCALE_PROBABILITY = 0.5  # half of the crops keep the model's scale; the rest are zoomed in [1/max, max]
-_ELASTIC_SMOOTHNESS = 16.0  # px at the model's scale: the displacement field's Gaussian width, a gland's bend
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,34 +354,6 @@ def instance_distance_map(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def elastic_warp(
-    image: np.ndarray, labels: np.ndarray, shift: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Move every pixel along one smooth random displacement field, as U-Net's training deformed its few images.
-
-    Parameters
-    ----------
-    image : (H, W, C) uint8 array.
-    labels : (H, W) instance labels, warped with their nearest value so ids stay whole numbers.
-    shift : root-mean-square displacement in pixels; the field varies over ``_ELASTIC_SMOOTHNESS`` pixels.
-    rng : the crop's own random stream.
-
-    Returns
-    -------
-    The warped image and labels, of the input shapes and types.
-    """
-    field = np.stack(
-        [ndimage.gaussian_filter(rng.standard_normal(labels.shape), _ELASTIC_SMOOTHNESS) for _ in "yx"]
-    )
-    field *= shift / max(float(np.sqrt((field**2).sum(0).mean())), 1e-12)
-    coords = np.indices(labels.shape, dtype=np.float64) + field
-    warped = [
-        ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(image.shape[2])
-    ]
-    labels = ndimage.map_coordinates(labels, coords, order=0, mode="reflect")  # as the image, at its borders
-    return np.stack(warped, axis=-1), labels
-
-
 def _stain_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Perturb haematoxylin/eosin/DAB amounts so the model sees the colour spread of different labs."""
     hed = rgb2hed(image)
@@ -419,14 +390,11 @@ class CropDataset(torch.utils.data.Dataset):
         seed: int = 0,
         target_mpp: float | None = None,
         max_zoom: float = 1.0,
-        elastic: float = 0.0,
     ) -> None:
         if not samples:
             raise ValueError("CropDataset needs at least one sample")
         if max_zoom < 1:
             raise InputError(f"max_zoom must be at least 1, got {max_zoom}")
-        if not elastic >= 0:
-            raise InputError(f"elastic must be at least 0, got {elastic}")
         self.samples = list(samples)
         self.crop_size = crop_size
         self.augment = augment
@@ -434,7 +402,6 @@ class CropDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.target_mpp = target_mpp
         self.max_zoom = max_zoom
-        self.elastic = elastic
         self._distances = [instance_distance_map(sample.labels) for sample in self.samples]
         shapes = [sample.labels.shape for sample in self.samples]
         areas = np.array([h * w for h, w in shapes], np.float64)
@@ -457,9 +424,6 @@ class CropDataset(torch.utils.data.Dataset):
         which = rng.choice(len(self.samples), p=self._probabilities)
         zoom = self._zoom(self.samples[which], rng)
         image, labels, distance = self._crop(which, rng) if zoom == 1 else self._zoomed_crop(which, zoom, rng)
-        if self.augment and self.elastic:
-            image, labels = elastic_warp(image, labels, self.elastic, rng)
-            distance = instance_distance_map(labels)
         if self.augment:
             image, labels, distance = self._augment(image, labels, distance, rng)
         else:

@@ -78,9 +78,6 @@ class TrainConfig:
     init_sha256: str | None = None  # filled in from the init checkpoint when the run starts
     device: str = "auto"  # auto: CUDA when present (bfloat16 autocast), else Apple's MPS, else the CPU
     max_zoom: float = 2.0  # random zoom in [1/max_zoom, max_zoom] for half of the crops (1: none)
-    # root-mean-square displacement (px at the model's scale) of a smooth random deformation of every training crop
-    # (0: none): glands, few and irregular, gain shapes the training images do not hold
-    elastic: float = 0.0
     instance_prompts: int = 8  # nuclei prompted one by one per crop and step (0: the semantic objective only)
     correction_clicks: int = 2  # clicks on each instance mask's errors after the first, as SAM is trained
     # train only these parts (names of the model's modules, e.g. ["click_head"]; None: all that are trainable),
@@ -590,7 +587,6 @@ class Trainer:
             seed=config.seed,
             target_mpp=config.model.mpp,
             max_zoom=config.max_zoom,
-            elastic=config.elastic,
         )
         self.val = val[: config.max_val_images]
         self.steps_per_epoch = max(1, len(self.dataset) // config.batch_size)
