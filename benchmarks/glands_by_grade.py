@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=Path, help="a sac evaluate --json file of the GlaS test split")
     parser.add_argument("--json", type=Path, help="write the table here")
     args = parser.parse_args(argv)
+    if args.datasets != "glas":
+        parser.error("--datasets: only GlaS records grades; leave it at glas")
     grade = grades(args.data_root)
     rows = (held_out_rows(args, grade) if args.model else []) + (
         test_rows(args.test, grade) if args.test else []
