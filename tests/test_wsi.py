@@ -16,7 +16,7 @@ from scipy import ndimage
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.instances import instances_from_maps
-from sac.io import InputError, to_rgb_uint8
+from sac.io import InputError, read_pixel_size, to_rgb_uint8
 from sac.model import SACConfig
 from sac.options import SegmentOptions
 from sac.pipeline import RUN_FILE, SUMMARY_FILE, RunOptions, segment_files
@@ -138,6 +138,19 @@ def test_segment_slide_with_model_writes_tiled_bigtiff_and_geojson(tiny_segmente
     features = json.loads(summary["geojson"].read_text())["features"]
     assert len(features) == summary["nuclei"] == np.unique(labels[labels > 0]).size
     assert sorted(tmp_path.joinpath("out").iterdir()) == [summary["geojson"], summary["labels"]]
+
+
+def test_slide_outputs_carry_confidence_area_and_only_a_known_pixel_size(slide, tmp_path, monkeypatch):
+    path, _ = slide
+    monkeypatch.setattr("sac.wsi._estimate_pixel_size", lambda *args: 0.5)  # as if estimated from the centre
+    summary = segment_slide(LocalSegmenter(), path, tmp_path / "out", level=0, halo=16, progress=False)
+    assert summary["mpp"] is None and read_pixel_size(summary["labels"]) is None  # an estimate is not written
+    labels = tifffile.imread(summary["labels"])
+    assert summary["area_px"] == np.count_nonzero(labels)
+    features = json.loads(summary["geojson"].read_text())["features"]
+    assert features and all(0 <= f["properties"]["measurements"]["confidence"] <= 1 for f in features)
+    given = segment_slide(LocalSegmenter(mpp=0.5), path, tmp_path / "given", level=0, progress=False)
+    assert given["mpp"] == 0.5 and read_pixel_size(given["labels"])[0] == pytest.approx(0.5)
 
 
 def test_sam_mode_is_kept_and_none_becomes_fast(tiny_segmenter, slide, tmp_path, monkeypatch):

@@ -278,9 +278,12 @@ def segment_file(
     path, out_dir = item.path, item.output_dir(out_dir)
     if item.slide:
         summary = segment_slide(segmenter, path, out_dir, run.level, clicks=item.clicks, progress=progress)
+        nuclei, (height, width) = summary["nuclei"], summary["shape"]
         return {
             "image": item.name,
-            "objects": summary["nuclei"],
+            "objects": nuclei,
+            "mean_area_px": summary["area_px"] / nuclei if nuclei else None,
+            "foreground_fraction": round(summary["area_px"] / (height * width), 6),
             "mpp": summary["mpp"],
             "scale": f"slide level {summary['level']}",
         }

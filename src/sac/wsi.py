@@ -149,7 +149,8 @@ def segment_slide(
     so memory stays bounded. GeoJSON is in level-0 pixels (QuPath's frame); the labels TIFF is at the chosen
     level and records its pixel size and downsample. Slides always get instances (``fast`` unless the
     segmenter's options ask for ``sam``). ``clicks`` (positive, negative) are (x, y) level-0 pixels; each block
-    gets those inside it. Returns a summary: nuclei count, shape, level, blocks and outputs.
+    gets those inside it. Returns a summary: nuclei count, their area in pixels, shape, level, the level's pixel
+    size (None when unknown or only estimated: it is not written either), blocks and outputs.
     """
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
@@ -173,6 +174,9 @@ def segment_slide(
             mpp, source = _estimate_pixel_size(segmenter, slide, value_range, str(path)), "estimated"
         zoom = 1.0 if mpp is None or segmenter.model.config.mpp is None else mpp / segmenter.model.config.mpp
         segmenter = segmenter.with_options(mpp=mpp if mpp is not None else "native")
+        recorded_mpp = (
+            None if source == "estimated" else mpp
+        )  # an estimate is not written as the slide's size
         # the same work per block at the model's scale, so memory stays bounded whatever the slide's pixel size
         block, halo = max(1, round(block / zoom)), round(halo / min(zoom, 1.0))
         if progress:
@@ -194,7 +198,7 @@ def segment_slide(
                 dtype="uint32",
                 fill_value=0,
             )
-            nuclei = 0
+            nuclei = area = 0
             with open(geojson_tmp, "w") as handle:
                 handle.write('{"type": "FeatureCollection", "features": [')
                 for y, x in tqdm(origins, desc=f"sac {path.name}", unit="block", disable=not progress):
@@ -202,15 +206,16 @@ def segment_slide(
                     cols = slice(max(0, x - halo), min(width, x + block + halo))
                     image = to_rgb_uint8(slide[rows, cols], str(path), value_range)
                     local = _block_clicks(clicks, (rows.start, cols.start), image.shape, slide.downsample)
-                    labels = segmenter.segment(image, local).labels
-                    central = _central(labels, (y - rows.start, x - cols.start), block)
-                    kept = _claim(store, (rows, cols), labels, central, nuclei + 1)
+                    result = segmenter.segment(image, local)
+                    central = _central(result.labels, (y - rows.start, x - cols.start), block)
+                    kept = _claim(store, (rows, cols), result.labels, central, nuclei + 1)
                     features = labels_to_geojson(
-                        kept, (cols.start, rows.start), slide.downsample, objects=objects
+                        kept, (cols.start, rows.start), slide.downsample, result.maps[0], objects=objects
                     )["features"]
                     if features:
                         handle.write((", " if nuclei else "") + ", ".join(map(json.dumps, features)))
                     nuclei += len(features)
+                    area += int(np.count_nonzero(kept))
                 handle.write("]}")
             with tifffile.TiffWriter(labels_tmp, bigtiff=True) as tif:
                 tif.write(
@@ -221,13 +226,14 @@ def segment_slide(
                     compression="zlib",
                     photometric="minisblack",
                     metadata={"level": level, "downsample": slide.downsample},
-                    **resolution_tags(mpp),
+                    **resolution_tags(recorded_mpp),
                 )
     return {
         "nuclei": nuclei,
+        "area_px": area,
         "shape": (height, width),
         "level": level,
-        "mpp": mpp,
+        "mpp": recorded_mpp,
         "blocks": len(origins),
         "labels": labels_path,
         "geojson": geojson_path,
