@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 from skimage.draw import disk
@@ -18,6 +19,7 @@ from sac.data import (
     default_data_root,
     instance_distance_map,
     load_dataset,
+    median_nucleus_area,
     pack_datasets,
 )
 from sac.io import InputError
@@ -115,7 +117,26 @@ def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_
     (tmp_path / "monuseg" / "provenance.csv").write_text(provenance)
     assert [s.mpp for s in load_dataset("monuseg", tmp_path, "test")] == [0.5]
     assert NucleiSample("x", samples[0].image, samples[0].labels).mpp is None
-    assert all(s.mpp is None for s in load_dataset("folder", tmp_path / "mine", "train"))
+    # a folder dataset reads the same provenance.csv, and a TIFF's own record for images it does not list
+    assert [s.mpp for s in load_dataset("folder", tmp_path / "mine", "train")] == [0.5, None]
+    tifffile.imwrite(
+        tmp_path / "mine" / "train" / "images" / "small.tif",
+        samples[1].image,
+        resolution=(1e4 / 0.4, 1e4 / 0.4),
+        resolutionunit="CENTIMETER",
+    )
+    (tmp_path / "mine" / "train" / "images" / "small.png").unlink()
+    assert [s.mpp for s in load_dataset("folder", tmp_path / "mine", "train")] == [0.5, pytest.approx(0.4)]
+
+
+def test_median_nucleus_area_at_the_model_scale_or_at_the_images_own():
+    labels = np.zeros((20, 20), np.int32)
+    labels[:4, :4], labels[10:12, 10:12] = 1, 2  # 16 px and 4 px nuclei
+    image = np.zeros((20, 20, 3), np.uint8)
+    known, unknown = NucleiSample("a", image, labels, 0.5), NucleiSample("b", image, labels * 0)
+    assert median_nucleus_area([known, unknown], 0.25) == 40.0  # 10 px at 0.5 µm/px is 40 px at 0.25
+    assert median_nucleus_area([NucleiSample("c", image, labels)], 0.25) == 10.0  # none known: as trained
+    assert median_nucleus_area([known], None) is None
 
 
 def test_instance_distance_map():

@@ -310,6 +310,9 @@ def test_the_estimated_scale_enlarges_small_nuclei_and_shrinks_large_ones_at_mos
         assert result.zoom == pytest.approx(zoom) and "estimated from nucleus size" in result.scale_note
     # the note gives the estimate itself (400 px nuclei: 0.25 * sqrt(50 / 400) µm/px), and that the zoom was limited
     assert "about 0.088 µm/px" in result.scale_note and "limited to 0.5-4x" in result.scale_note
+    unmeasured = Segmenter(tiny_model(mpp=0.25, min_size=0.1).eval())  # a model with no nucleus size: says so
+    monkeypatch.setattr(unmeasured, "instances", lambda maps, zoom=1.0, labels=labels: labels)
+    assert "records no nucleus size" in unmeasured.segment(image).scale_note
 
 
 def test_batch_size_does_not_change_the_maps(tiny_segmenter):

@@ -30,7 +30,16 @@ from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
 
 from sac.export import read_geojson_labels
-from sac.io import InputError, atomic_write, check_pair, list_images, read_image, read_labels, sha256sum
+from sac.io import (
+    InputError,
+    atomic_write,
+    check_pair,
+    list_images,
+    read_image,
+    read_labels,
+    read_pixel_size,
+    sha256sum,
+)
 
 # Pixel size (µm/px) of each known dataset, from its release notes. DSB 2018 mixes microscopes and magnifications
 # without recording them: None, its images are used at their native scale. A dataset's provenance.csv column
@@ -173,7 +182,8 @@ def _load_pairs(
     """Load ``folder/images`` with the same-stem masks of ``folder/masks`` (label images) or, for images without
     one, ``folder/annotations/<id>.geojson`` (QuPath's exported objects, rasterised); optionally only ``ids``.
 
-    ``mpp`` maps ids to their pixel size (``None`` key: the default for ids it does not list).
+    ``mpp`` maps ids to their pixel size (``None`` key: the default for ids it does not list); an image it gives
+    none for takes the one its file records, if any.
     """
     mpp = mpp or {}
     images_dir, masks_dir, notes_dir = folder / "images", folder / "masks", folder / "annotations"
@@ -194,7 +204,11 @@ def _load_pairs(
             check_pair(image, labels, images[stem], masks[stem])
         else:
             labels = read_geojson_labels(notes[stem], image.shape[:2])
-        samples.append(NucleiSample(stem, image, labels, mpp.get(stem, mpp.get(None))))
+        size = mpp.get(stem, mpp.get(None))
+        if size is None:  # a TIFF may record its own (OME, ImageJ, resolution tags)
+            recorded = read_pixel_size(images[stem])
+            size = recorded[0] if recorded else None
+        samples.append(NucleiSample(stem, image, labels, size))
     return samples
 
 
@@ -227,8 +241,8 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         if root is None:
             raise InputError("no data folder found: pass a root or set SAC_DATA")
     root = unpacked(Path(root)) if str(root).endswith(".zip") else Path(root)
-    if name == "folder":
-        return _load_pairs(root / split if (root / split).is_dir() else root)
+    if name == "folder":  # pixel sizes as in the shared layout: provenance.csv's id, microns_per_pixel
+        return _load_pairs(root / split if (root / split).is_dir() else root, mpp=_pixel_sizes(root, name))
     if not (root / name).is_dir():
         known = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
         raise InputError(
@@ -325,13 +339,14 @@ def rescale_sample(sample: NucleiSample, scale: float) -> NucleiSample:
 
 def median_nucleus_area(samples: Sequence[NucleiSample], mpp: float | None) -> float | None:
     """Median nucleus area in pixels at pixel size ``mpp``, over the samples whose pixel size is known: the
-    size ``--mpp auto`` compares an image's nuclei with. None when no sample has a known pixel size."""
+    size ``--mpp auto`` compares an image's nuclei with. When none is known, the model trains on every image at
+    its own scale, so their own areas are that reference. None for a model without a pixel size."""
     if mpp is None:
         return None
+    known = [sample for sample in samples if sample.mpp is not None]
     areas = [
-        np.bincount(sample.labels.ravel())[1:] * (sample.mpp / mpp) ** 2
-        for sample in samples
-        if sample.mpp is not None
+        np.bincount(sample.labels.ravel())[1:] * (1.0 if sample.mpp is None else sample.mpp / mpp) ** 2
+        for sample in known or samples
     ]
     areas = [a[a > 0] for a in areas]
     return float(np.median(np.concatenate(areas))) if areas else None

@@ -264,7 +264,9 @@ class Segmenter:
         min_area = self.model.config.min_size / model_mpp**2
         areas = np.bincount(filter_instances(self.instances(maps), min_area).ravel())[1:]
         reference = self.model.config.nucleus_area
-        if reference is None or areas.size < AUTO_MIN_NUCLEI:
+        if reference is None:
+            return 1.0, None, "native scale (this model records no nucleus size to estimate it from)", maps
+        if areas.size < AUTO_MIN_NUCLEI:
             return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
         ratio = reference / float(np.median(areas))
         if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
