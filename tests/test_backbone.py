@@ -146,6 +146,9 @@ def test_bad_sources_give_one_line_errors(tmp_path):
     other = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, other)
     cases["not sam"] = other
+    text = tmp_path / "notes.pth"  # a text file named like a checkpoint (torch's unpickler raises KeyError)
+    text.write_text("not a checkpoint\n")
+    cases["text"] = text
     for path in cases.values():
         with pytest.raises(InputError) as info:
             create_sam(path)

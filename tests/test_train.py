@@ -87,6 +87,9 @@ def test_contact_weight_raises_the_centre_loss_only_where_nuclei_touch(tmp_path)
     assert sac_loss(output, batch, 4.0, 2)[1]["centre"] == pytest.approx(plain["centre"])
     with pytest.raises(InputError, match="contact_weight"):
         TrainConfig(contact_weight=-1)
+    for bad in ({"max_steps": 0}, {"epochs": 0}, {"batch_size": 2.5}, {"lr": 0}):
+        with pytest.raises(InputError, match=f"{next(iter(bad))} must be"):
+            TrainConfig(**bad)
     for radius in (0, 2.5):
         with pytest.raises(InputError, match="contact_radius"):
             TrainConfig(contact_radius=radius)

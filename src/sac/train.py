@@ -91,6 +91,12 @@ class TrainConfig:
     contact_radius: int = 2
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs") + (("max_steps",) if self.max_steps is not None else ()):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise InputError(f"{name} must be a whole number, at least 1, got {value}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be positive, got {self.lr}")
         if not self.contact_weight >= 0:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
         if not (isinstance(self.contact_radius, int) and self.contact_radius >= 1):
@@ -802,8 +808,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     if (out / STATE_FILE).exists():
         raise InputError(f"{out}: a run already exists there; use --resume {out} or another --out")
+    trainer = Trainer(config, *load_training_data(config))  # bad data or model: fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, *load_training_data(config))
     with atomic_write(out / "train_config.json") as tmp:
         tmp.write_text(trainer.config.to_json())
     if trainer.rank == 0:
@@ -829,10 +835,12 @@ def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = T
         raise InputError(f"{config_file}: invalid JSON ({error.msg} at line {error.lineno})") from None
     config.out = str(run_dir)
     if max_steps is not None:
-        config.max_steps = max_steps
+        config = dataclasses.replace(config, max_steps=max_steps)  # checked as a new run's would be
         with atomic_write(config_file) as tmp:
             tmp.write_text(config.to_json())
     trainer = Trainer(config, *load_training_data(config))
     if (run_dir / STATE_FILE).exists():
         trainer.load_state()
+    if trainer.step >= trainer.total_steps and trainer.rank == 0:
+        tqdm.write(f"{run_dir}: finished at step {trainer.step}; nothing to do (--max-steps N extends it)")
     return _finish(trainer.run(progress))
