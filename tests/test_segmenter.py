@@ -291,6 +291,12 @@ def test_images_are_resampled_to_the_models_pixel_size():
     given = segmenter.with_options(mpp=1.0, instances="fast").segment(image, mpp=0.25)  # the option wins
     assert given.zoom == 2 and given.mpp == 1.0 and "given" in given.scale_note
     assert given.labels.shape == (96, 96)
+    with pytest.raises(InputError, match=r"20 µm/px \(given\) would enlarge the image 40x"):
+        segmenter.with_options(mpp=20)  # "20x" typed as a pixel size: refused as the option is set
+    with pytest.raises(InputError, match=r"20 µm/px \(from the file\) would enlarge"):
+        segmenter.segment(image, mpp=20)  # a file's bogus record: refused before any pass
+    with pytest.warns(UserWarning, match="enlarges the image 5.0x"):
+        segmenter.segment(image[:24, :24], mpp=2.5)
     close = segmenter.segment(image, mpp=0.505)  # within 2% of the model's: not worth resampling
     assert close.zoom == 1
     np.testing.assert_array_equal(close.maps, native.maps)

@@ -306,7 +306,8 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: checkpoint file is empty")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch's unpickler fails on foreign bytes in many ways (KeyError on text, ...)
+    # torch's unpickler fails on foreign bytes in many ways (a KeyError on a text file, ...)
+    except Exception as error:
         raise InputError(
             f"{path}: cannot read checkpoint (truncated or not a PyTorch file): {first_line(error, 160)}"
         ) from None

@@ -39,6 +39,8 @@ AUTO_AREA_TOLERANCE = 1.25**2
 # (zoom augmentation 0.5-2x), and shrinking further only blurs large nuclei's outlines (benchmarks/RESULTS.md)
 AUTO_ZOOM_RANGE = (0.5, 4.0)
 AUTO_MIN_NUCLEI = 10
+# a given or recorded pixel size that would enlarge the image more than this is refused as a mistake
+MAX_ENLARGEMENT = 8.0
 ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
 
 
@@ -91,6 +93,8 @@ class Segmenter:
                 f"tile overlap must be smaller than the model's {model.config.image_size} px tiles, "
                 f"got {self.options.overlap}"
             )
+        if not isinstance(self.options.mpp, str) and model.config.mpp is not None:
+            _zoom_to_model(self.options.mpp, "given", model.config.mpp)  # a mistaken --mpp fails at once
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **settings) -> Segmenter:
@@ -245,7 +249,13 @@ class Segmenter:
             return 1.0, known, f"native scale ({why})", None
         if known is not None:
             source = "given" if known is option else "from the file"
-            zoom = _snap(known / model_mpp)
+            zoom = _zoom_to_model(known, source, model_mpp)
+            if zoom > AUTO_ZOOM_RANGE[1]:
+                warnings.warn(
+                    f"{known:g} µm/px ({source}) enlarges the image {zoom:.1f}x: at this pixel size nuclei are a"
+                    " few pixels across, so outlines are coarse (is --mpp in micrometres per pixel?)",
+                    stacklevel=3,
+                )
             return (
                 zoom,
                 known,
@@ -373,6 +383,18 @@ class Segmenter:
         empty_labels = torch.zeros(1, 1, 0, dtype=torch.long)
         points, labels = combine_points(empty_points, empty_labels, positive or None, negative or None)
         return self.model(tensor, points.to(tensor.device), labels.to(tensor.device), generate_points, hv)
+
+
+def _zoom_to_model(mpp: float, source: str, model_mpp: float) -> float:
+    """The model's pixels per input pixel for an input of ``mpp``; refused beyond ``MAX_ENLARGEMENT`` (someone
+    who types 20 for "20x" would get nuclei under a pixel across, and an image 20 times as large in memory)."""
+    zoom = _snap(mpp / model_mpp)
+    if zoom > MAX_ENLARGEMENT:
+        raise InputError(
+            f"{mpp:g} µm/px ({source}) would enlarge the image {zoom:.0f}x to the model's {model_mpp:g} µm/px;"
+            " --mpp is micrometres per pixel (a 40x scan is about 0.25, 20x about 0.5)"
+        )
+    return zoom
 
 
 def _snap(zoom: float) -> float:
