@@ -167,7 +167,7 @@ def test_evaluate_prints_its_header_and_the_metric_legend(tiny_checkpoint, capsy
     out = capsys.readouterr().out
     assert (
         out.startswith("sac evaluate: model")
-        and "dataset samples, split test, 1 images, instances fast" in out
+        and "dataset samples, split test, 1 image, instances fast" in out
         and "TTA off" in out
     )
     assert "PQ = DQ x SQ" in out and "IoU exceeds 0.5" in out

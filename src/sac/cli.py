@@ -295,7 +295,7 @@ def _predict(args: argparse.Namespace) -> int:
         failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
-        print(f"sac: {len(failures)} of {count} images failed:", file=sys.stderr)
+        print(f"sac: {len(failures)} of {count} image{'s' * (count != 1)} failed:", file=sys.stderr)
         for _, message in failures:
             print(f"sac:   {message}", file=sys.stderr)
         return 1
@@ -398,7 +398,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
         f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}"
         f"{f' ({args.data_root})' if args.dataset == 'folder' else f', split {args.split}'}, "
-        f"{len(samples)} images, instances {options.instances}, pixel size {options.mpp}, "
+        f"{len(samples)} image{'s' * (len(samples) != 1)}, instances {options.instances}, pixel size {options.mpp}, "
         f"TTA {f'{segmenter.tta} views' if segmenter.tta > 1 else 'off'}"
     )
     result = evaluate_model(segmenter, samples, glands=glands)

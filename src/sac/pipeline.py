@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,6 +149,7 @@ def find_inputs(
     work, on a missing path or two inputs whose outputs would collide.
     """
     subfolders: dict[Path, Path] = {}  # each file once, in the output subfolder it was first found for
+    left_out: list[Path] = []
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:  # one path, or several
         path = Path(item)
         # list_images knows only whole-image formats, not SVS
@@ -155,6 +157,14 @@ def find_inputs(
         for file in [path] if is_svs else list_images([path], recursive):
             if file == path or not file.name.lower().endswith(_OUTPUT_IMAGE_ENDINGS):
                 subfolders.setdefault(file, file.parent.relative_to(path) if path.is_dir() else Path())
+            else:
+                left_out.append(file)
+    if left_out:
+        warnings.warn(
+            f"{left_out[0]}{f' and {len(left_out) - 1} more' if len(left_out) > 1 else ''}: named like SAC's "
+            "outputs, so not segmented (give such a file by its own path to segment it)",
+            stacklevel=2,
+        )
     counts = Counter((subfolder, output_stem(file)) for file, subfolder in subfolders.items())
     clashing = [str(file) for file, sub in subfolders.items() if counts[sub, output_stem(file)] > 1]
     if clashing:
@@ -200,7 +210,7 @@ def check_run(
     needing_instances = run.instance_outputs()
     if not options.instances and needing_instances and len(slides) < len(found):
         raise InputError(  # slides always get instances
-            f"{', '.join(needing_instances)}: needs instances; add --instances (instances=True)"
+            f"{', '.join(needing_instances)}: needs instances; add --instances (in Python: instances=True)"
         )
     if run.level is not None and not slides:
         raise InputError(

@@ -265,7 +265,7 @@ class Segmenter:
         if not self.model.config.estimate_scale:
             warnings.warn(
                 f"no pixel size known, and this model cannot estimate it: assuming {model_mpp:g} µm/px; "
-                "give --mpp (mpp=) for a reliable result",
+                "give --mpp (in Python: mpp=) for a reliable result",
                 stacklevel=3,
             )
             return 1.0, None, f"native scale (assumed {model_mpp:g} µm/px: no pixel size known)", None
