@@ -201,6 +201,9 @@ def test_corrupted_or_mismatched_checkpoints_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a SAC checkpoint"):
         SegmentAnyCell.load(tmp_path / "empty")
+    tiny_model().save(tmp_path / "run" / "best")  # a training run's folder: the error names its checkpoint
+    with pytest.raises(InputError, match=r"it is a training run: give .*run/best"):
+        SegmentAnyCell.load(tmp_path / "run")
     (other / "config.json").write_text("{not json")
     with pytest.raises(InputError, match="invalid SAC checkpoint"):
         SegmentAnyCell.load(other)

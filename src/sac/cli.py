@@ -94,9 +94,13 @@ def _add_train_parser(commands) -> None:
     parser.add_argument(
         "--backbone", help="preset (tiny, small, vit_b, ...), official .pth, folder or hub id"
     )
-    parser.add_argument("--encoder-mode", choices=["frozen", "lora", "full"])
+    parser.add_argument(
+        "--encoder-mode",
+        choices=["frozen", "lora", "full"],
+        help="how the SAM encoder trains: LoRA adapters (the paper), frozen (decoder-only) or every weight",
+    )
     parser.add_argument("--image-size", type=int, help="SAM input size = training crop size")
-    parser.add_argument("--lora-rank", type=int)
+    parser.add_argument("--lora-rank", type=int, help="rank of the LoRA update B·A")
     parser.add_argument(
         "--init",
         metavar="MODEL",
@@ -109,11 +113,11 @@ def _add_train_parser(commands) -> None:
         help="pixel size (µm/px) the trained model works at, to which training images are resampled (their own "
         "pixel sizes come from the dataset)",
     )
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int, help="training crops per optimiser step")
+    parser.add_argument("--epochs", type=int, help="passes over the training images")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate (lower by default with --init)")
+    parser.add_argument("--seed", type=int, help="random seed; it also draws the validation split")
     parser.add_argument(
         "--train-only",
         type=lambda text: text.split(","),
@@ -211,7 +215,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="tiles per forward pass")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps", help="where the model runs")
-    parser.add_argument(
+    views = parser.add_mutually_exclusive_group()
+    views.add_argument(
         "--tta",
         nargs="?",
         const=8,
@@ -220,7 +225,7 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         help="average the maps over this many views of the image, each as costly as one: 2 (with its mirror), "
         "4 or 8 (every flip and quarter turn; the flag alone); default: the model's",
     )
-    parser.add_argument("--no-tta", dest="tta", action="store_const", const=1, help="one view: no averaging")
+    views.add_argument("--no-tta", dest="tta", action="store_const", const=1, help="one view: no averaging")
 
 
 def _segment_options(args: argparse.Namespace) -> SegmentOptions:

@@ -665,7 +665,9 @@ def read_checkpoint_meta(directory: Path) -> dict:
             f"{directory}: no such model; shipped models: {', '.join(SHIPPED_MODELS)}, or a checkpoint folder"
         )
     if not config_file.is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise InputError(f"{directory}: not a SAC checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        runs = [name for name in ("best", "last") if (directory / name / CONFIG_FILE).is_file()]
+        hint = f"; it is a training run: give {directory / runs[0]}" if runs else ""
+        raise InputError(f"{directory}: not a SAC checkpoint (needs {CONFIG_FILE} and {WEIGHTS_FILE}){hint}")
     try:
         meta = json.loads(config_file.read_text())
         _ = meta["model"], meta["weights_sha256"]
