@@ -93,6 +93,10 @@ def test_options_given_whole_or_by_keyword(tiny_segmenter):
 def test_load(tiny_checkpoint, tmp_path):
     segmenter = Segmenter.load(tiny_checkpoint, device="cpu", instances="fast", threshold=0.4)
     assert segmenter.options == SegmentOptions(instances="fast", threshold=0.4)
+    sha = segmenter.model.meta["weights_sha256"][:12]
+    assert repr(segmenter).startswith(
+        f"Segmenter(nuclei model at None µm/px, weights sha256 {sha}, SegmentOptions("
+    )
     assert not segmenter.model.training and segmenter.model.pixel_mean.device.type == "cpu"
     with pytest.raises(InputError, match="missing: no such model; shipped models: nuclei"):
         Segmenter.load(tiny_checkpoint / "missing")

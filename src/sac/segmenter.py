@@ -96,6 +96,11 @@ class Segmenter:
         if not isinstance(self.options.mpp, str) and model.config.mpp is not None:
             _zoom_to_model(self.options.mpp, "given", model.config.mpp)  # a mistaken --mpp fails at once
 
+    def __repr__(self) -> str:
+        config, meta = self.model.config, getattr(self.model, "meta", {})
+        weights = f", weights sha256 {meta['weights_sha256'][:12]}" if "weights_sha256" in meta else ""
+        return f"Segmenter({config.objects} model at {config.mpp} µm/px{weights}, {self.options!r})"
+
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", **settings) -> Segmenter:
         """The checkpoint folder at ``path`` (None: the model shipped with the package) on ``device``."""
