@@ -45,15 +45,17 @@ def one_thread():
 
 
 def test_two_worker_processes_match_single_process_bytes(
-    tiny_checkpoint, tiny_segmenter, images, tmp_path, one_thread
+    tiny_checkpoint, tiny_segmenter, images, tmp_path, one_thread, capsys
 ):
     options = SegmentOptions(instances="fast")
     local = segment_files(
         tiny_segmenter.with_options(instances="fast"), [images], tmp_path / "local", progress=False
     )
     failures = predict_many(
-        tiny_checkpoint, [images], tmp_path / "dask", options, workers=2, device="cpu", progress=False
+        tiny_checkpoint, [images], tmp_path / "dask", options, workers=2, device="cpu", progress=True
     )
+    scale_lines = [line for line in capsys.readouterr().err.splitlines() if "scale" in line]
+    assert len(scale_lines) == 4 and all(line.startswith("sac: ") for line in scale_lines)  # one per image
     assert [path for path, _ in failures] == [path for path, _ in local] == [images / "corrupt.png"]
     assert "corrupt.png" in failures[0][1]
     written = sorted(p.name for p in (tmp_path / "local").iterdir())

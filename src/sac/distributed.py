@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -77,8 +78,11 @@ def predict_many(
             )
             for item in found
         ]
-        for _ in tqdm(as_completed(futures), total=len(futures), desc="sac predict", disable=not progress):
-            pass
+        names = {future.key: item.path.name for future, item in zip(futures, found, strict=True)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="sac predict", disable=not progress):
+            row, _ = future.result()
+            if progress and row is not None:  # each image's scale line, as a local run prints it
+                tqdm.write(f"sac: {names[future.key]}: {row['scale']}", file=sys.stderr)
         results = [future.result() for future in futures]
     # failures name the path as given, like a local run, rather than the absolute one the workers saw
     failures = [(item.path, message) for item, (_, message) in zip(found, results, strict=True) if message]
