@@ -170,7 +170,7 @@ def test_evaluate_prints_its_header_and_the_metric_legend(tiny_checkpoint, capsy
         and "dataset samples, split test, 1 image, instances fast" in out
         and "TTA off" in out
     )
-    assert "PQ = DQ x SQ" in out and "IoU exceeds 0.5" in out
+    assert "PQ = DQ x SQ" in out and "IoU above 0.5 (PQ's rule)" in out
 
 
 def test_binary_mask_is_split_with_a_warning_for_evaluation(tiny_checkpoint, tmp_path, capsys):

@@ -203,6 +203,14 @@ def test_geojson_round_trip_of_tiny_and_diagonal_objects():
     np.testing.assert_array_equal(geojson_to_labels(labels_to_geojson(labels), labels.shape), labels)
 
 
+def test_an_object_in_pieces_is_one_multipolygon():
+    labels = np.zeros((10, 10), dtype=np.uint8)
+    labels[1:3, 1:3] = labels[6:9, 6:9] = 1  # one id, two pieces (labels drawn by hand, say)
+    feature = labels_to_geojson(labels)["features"][0]
+    assert feature["geometry"]["type"] == "MultiPolygon" and len(feature["geometry"]["coordinates"]) == 2
+    np.testing.assert_array_equal(geojson_to_labels([feature], labels.shape), labels)
+
+
 def test_geojson_to_labels_bad_input():
     with pytest.raises(InputError, match="FeatureCollection"):
         geojson_to_labels({"type": "Feature"}, (4, 4))

@@ -162,6 +162,7 @@ def test_stack_with_many_channels_is_rejected(tmp_path):
         (np.array([[0, 128, 255]], np.uint8), [0, 128, 255]),
         (np.array([[False, True, True]]), [0, 255, 255]),
         (np.array([[0.0, 0.25, 1.0]], np.float64), [0, 64, 255]),
+        (np.array([[0.0, 0.01, 0.02]], np.float32), [0, 128, 255]),  # dim floats: stretched, not x255
         (np.array([[-5.0, 0.0, 5.0]], np.float32), [0, 128, 255]),
         (np.array([[1000, 1500, 2000]], np.uint16), [0, 128, 255]),
         (np.array([[-70000, 0, 70000]], np.int32), [0, 128, 255]),

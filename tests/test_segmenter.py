@@ -289,7 +289,7 @@ def test_images_are_resampled_to_the_models_pixel_size():
     native = segmenter.with_options(mpp="native").segment(image)
     assert native.zoom == 1 and "native" in native.scale_note
     from_file = segmenter.segment(image, mpp=0.25)  # 0.25 µm pixels, shown to the model at 0.5: half size
-    assert from_file.zoom == 0.5 and from_file.mpp == 0.25 and "from the file" in from_file.scale_note
+    assert from_file.zoom == 0.5 and from_file.mpp == 0.25 and "the image's own" in from_file.scale_note
     # maps and mask come back at the input's size
     assert from_file.maps.shape == (4, 96, 96) and from_file.mask.shape == (96, 96)
     given = segmenter.with_options(mpp=1.0, instances="fast").segment(image, mpp=0.25)  # the option wins
@@ -297,8 +297,16 @@ def test_images_are_resampled_to_the_models_pixel_size():
     assert given.labels.shape == (96, 96)
     with pytest.raises(InputError, match=r"20 µm/px \(given\) would enlarge the image 40x"):
         segmenter.with_options(mpp=20)  # "20x" typed as a pixel size: refused as the option is set
-    with pytest.raises(InputError, match=r"20 µm/px \(from the file\) would enlarge"):
+    with pytest.raises(InputError, match=r"20 µm/px \(the image's own\) would enlarge"):
         segmenter.segment(image, mpp=20)  # a file's bogus record: refused before any pass
+    for bad in (
+        0,
+        -0.25,
+        float("nan"),
+        "0.25",
+    ):  # a pixel size given with the image is checked as the option is
+        with pytest.raises(InputError, match="mpp"):
+            segmenter.segment(image, mpp=bad)
     with pytest.warns(UserWarning, match="enlarges the image 5.0x"):
         segmenter.segment(image[:24, :24], mpp=2.5)
     close = segmenter.segment(image, mpp=0.505)  # within 2% of the model's: not worth resampling
@@ -435,6 +443,21 @@ def test_nothing_is_segmented_where_an_rgba_image_is_transparent(tiny_segmenter)
     np.testing.assert_array_equal(mask, alpha > 0)
     labels = everywhere.predict(rgba, instances=True)
     assert not labels[:, :24].any() and labels[:, 24:].all()
+    alpha[40, :] = 0  # a transparent line: what it cuts apart become separate nuclei
+    labels = everywhere.predict(np.dstack([rgb, alpha]), instances=True)
+    assert not labels[40].any() and all(
+        ndimage.label(labels == i)[1] == 1 for i in np.unique(labels[labels > 0])
+    )
     np.testing.assert_array_equal(everywhere.predict(rgb), np.ones(rgb.shape[:2], bool))  # RGB: no alpha
     opaque = np.dstack([rgb, np.zeros_like(alpha)])  # alpha 0 everywhere means nothing: ignored
     np.testing.assert_array_equal(everywhere.predict(opaque), everywhere.predict(rgb))
+
+
+def test_the_channel_option_picks_a_channel_of_channels_first_arrays_too(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    image[..., 0] = 255  # channel 1 is the one that holds the nuclei
+    pick = tiny_segmenter.with_options(channel=1, mpp="native")
+    last, first = pick.predict(image), pick.predict(np.moveaxis(image, -1, 0))
+    assert first.shape == last.shape == (64, 64)
+    np.testing.assert_array_equal(first, last)
+    np.testing.assert_array_equal(last, tiny_segmenter.with_options(mpp="native").predict(image[..., 1]))

@@ -390,6 +390,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sac.data import load_dataset
     from sac.evaluate import evaluate_model
     from sac.io import check_output_file, write_json
+    from sac.pipeline import model_record, provenance
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
@@ -417,9 +418,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         report = {
             "model": args.model or "shipped",
             "dataset": args.dataset,
+            "data_root": args.data_root,
             "split": args.split,
             "instances": options.instances,
             "tta": segmenter.tta,
+            "run": provenance(model_record(segmenter.model), options),
             **result,
         }
         write_json(args.json, report)
@@ -428,9 +431,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 METRICS_LEGEND = """\
 Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per image (pooled_*: over all pixels).
-AJI: aggregated Jaccard index of the instances. A prediction matches a true nucleus when their IoU exceeds 0.5;
-precision, recall and F1 count those matches; DQ (detection quality) is that F1, SQ (segmentation quality) the
-mean IoU of the matched pairs, and PQ = DQ x SQ (panoptic quality)."""
+AJI: aggregated Jaccard index of the instances. Precision, recall and F1 count a prediction as matching a true
+nucleus at IoU 0.5 or more; DQ (detection quality) is the same F1 with IoU above 0.5 (PQ's rule), SQ (segmentation
+quality) the mean IoU of DQ's matched pairs, and PQ = DQ x SQ (panoptic quality)."""
 GLAND_METRICS_LEGEND = """\
 Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per image. GlaS challenge metrics
 (Sirinukunwattana et al. 2017): a predicted gland is a true positive when it covers more than half of the true gland

@@ -79,7 +79,9 @@ def predict_many(
             for item in found
         ]
         names = {future.key: item.path.name for future, item in zip(futures, found, strict=True)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="sac predict", disable=not progress):
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc="sac predict", disable=not progress
+        ):
             row, _ = future.result()
             if progress and row is not None:  # each image's scale line, as a local run prints it
                 tqdm.write(f"sac: {names[future.key]}: {row['scale']}", file=sys.stderr)

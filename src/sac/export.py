@@ -205,12 +205,11 @@ def _probe(options: dict) -> dict:
     return {**options, "probability": None if probability is None else probability[:1, :1]}
 
 
-def _outer_ring(mask: np.ndarray) -> np.ndarray:
-    """Closed (row, col) outline of the largest piece of ``mask``, ignoring holes, in pixel-centre units."""
+def _outer_rings(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed (row, col) outlines of the pieces of ``mask``, holes filled, in pixel-centre units."""
     padded = np.pad(ndi.binary_fill_holes(mask), 1).astype(np.float64)
     # fully_connected="high" keeps pixels that touch only at a corner in one outline
-    contour = max(measure.find_contours(padded, 0.5, fully_connected="high"), key=len) - 1
-    return _drop_collinear(contour)
+    return [_drop_collinear(c - 1) for c in measure.find_contours(padded, 0.5, fully_connected="high")]
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -263,10 +262,19 @@ def labels_to_geojson(
 
 
 def _polygon(mask: np.ndarray, corner: tuple[int, int], offset_xy: tuple[float, float], scale: float) -> dict:
-    """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column)."""
-    ring = _outer_ring(mask) + np.asarray(corner) + 0.5
-    xy = (ring[:, ::-1] + np.asarray(offset_xy, dtype=np.float64)) * scale
-    return {"type": "Polygon", "coordinates": [xy.tolist()]}
+    """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column); a MultiPolygon when the
+    mask is in pieces (labels drawn by hand, or cut by a tool), so no piece is lost from the outline."""
+    polygons = [
+        [
+            (
+                (ring[:, ::-1] + np.asarray(corner[::-1]) + 0.5 + np.asarray(offset_xy, np.float64)) * scale
+            ).tolist()
+        ]
+        for ring in _outer_rings(mask)
+    ]
+    if len(polygons) == 1:
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
 
 
 def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> None:

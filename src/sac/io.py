@@ -141,7 +141,11 @@ def is_channel_first(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[0] <= 4 < shape[2]
 
 
-def _channels_last(array: np.ndarray) -> np.ndarray:
+# floats within [0, 1] whose 99.9th percentile lies below this are stretched like 16-bit data, not scaled by 255
+DIM_FLOAT_LIMIT = 1 / 16
+
+
+def channels_last(array: np.ndarray) -> np.ndarray:
     """Drop leading singleton axes (TIFF stacks of one) and move a channel-first axis (C<=4) to the end."""
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
@@ -183,8 +187,9 @@ def to_rgb_uint8(
 
     Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
     an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first
-    (C<=4, H, W) and leading singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255 and any other
-    data is stretched between its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so
+    (C<=4, H, W) and leading singleton axes. uint8 is kept, bool becomes 0/255, floats within [0, 1] are scaled by 255
+    (unless nearly all of them lie below ``DIM_FLOAT_LIMIT``, as a 12-bit camera's counts over 65535 do: 8 bits
+    would keep under 16 grey levels of them) and any other data is stretched between its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so
     all of its blocks get the same contrast). ``name`` appears in error messages. This is the one place where
     inputs are normalised for the model.
     """
@@ -193,7 +198,7 @@ def to_rgb_uint8(
         raise InputError(f"{name}: unsupported data type {array.dtype}")
     if array.size == 0:
         raise InputError(f"{name}: empty image of shape {array.shape}")
-    array = _channels_last(array)
+    array = channels_last(array)
     if array.ndim == 3 and array.shape[2] <= 4:
         array = array[..., :1] if array.shape[2] <= 2 else array[..., :3]
     elif array.ndim != 2:
@@ -207,7 +212,13 @@ def to_rgb_uint8(
         out = array
     elif array.dtype == np.bool_:
         out = array.astype(np.uint8) * 255
-    elif value_range is None and array.dtype.kind == "f" and array.min() >= 0.0 and array.max() <= 1.0:
+    elif (
+        value_range is None
+        and array.dtype.kind == "f"
+        and array.min() >= 0.0
+        and array.max() <= 1.0
+        and np.percentile(array, ROBUST_PERCENTILES[1]) >= DIM_FLOAT_LIMIT
+    ):
         out = np.round(array * 255.0).astype(np.uint8)
     else:
         out = np.round(stretch(array, value_range) * 255.0).astype(np.uint8)
@@ -222,7 +233,7 @@ def transparent_pixels(array: np.ndarray) -> np.ndarray | None:
     """Where an RGBA image is fully transparent (alpha 0): no tissue was exported there, whatever colour its
     pixels hold, so nothing is segmented there. None without an alpha channel, or when alpha is 0 everywhere (an
     alpha channel that means nothing)."""
-    array = _channels_last(np.asarray(array))
+    array = channels_last(np.asarray(array))
     if array.ndim != 3 or array.shape[2] != 4:
         return None
     clear = array[..., 3] == 0

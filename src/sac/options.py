@@ -6,6 +6,7 @@ libraries; :class:`sac.segmenter.Segmenter` applies the options.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from sac.io import MPP_RANGE, InputError
@@ -100,11 +101,8 @@ class SegmentOptions:
                     raise InputError(
                         f"mpp must be a pixel size in µm, auto or native; got {self.mpp!r}"
                     ) from None
-        if not isinstance(self.mpp, str) and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
-            raise InputError(
-                f"mpp {self.mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
-                "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
-            )
+        if not isinstance(self.mpp, str):
+            check_pixel_size(self.mpp)
         if isinstance(self.channel, str) and self.channel.isdigit():
             object.__setattr__(self, "channel", int(self.channel))
         if isinstance(self.channel, int) and self.channel < 0:
@@ -129,3 +127,15 @@ def tta_views(value: int | float | str | bool) -> int:
     if views not in TTA_VIEWS:
         raise InputError(f"test-time augmentation takes {', '.join(map(str, TTA_VIEWS))} views; got {value}")
     return int(views)
+
+
+def check_pixel_size(mpp: object) -> float:
+    """A pixel size in µm, refused with a one-line error unless it is a number within ``MPP_RANGE``."""
+    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real):
+        raise InputError(f"mpp must be a pixel size in µm (a number), got {mpp!r}")
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # NaN fails this too
+        raise InputError(
+            f"mpp {mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
+            "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
+        )
+    return float(mpp)

@@ -241,7 +241,16 @@ def write_run_record(
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    record = {
+    record = provenance(model_meta, options) | {
+        "images": len(rows),
+        "failures": [message for _, message in failures],
+    }
+    write_json(out_dir / RUN_FILE, record, default=str)
+
+
+def provenance(model_meta: dict, options: SegmentOptions) -> dict:
+    """What produced a result: the model (sha256, config, metrics), every setting, the versions and the command."""
+    return {
         "sac": sac.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -252,10 +261,7 @@ def write_run_record(
             "torch": torch.__version__,
             "numpy": np.__version__,
         },
-        "images": len(rows),
-        "failures": [message for _, message in failures],
     }
-    write_json(out_dir / RUN_FILE, record, default=str)
 
 
 def model_record(model: SegmentAnyCell) -> dict:
@@ -300,7 +306,7 @@ def segment_file(
     found = read_input(path, segmenter.options.channel)
     recorded = read_pixel_size(path)
     result = segmenter.segment(found.data, item.clicks, recorded[0] if recorded else None)
-    note = result.scale_note.replace("from the file", recorded[1]) if recorded else result.scale_note
+    note = result.scale_note.replace("the image's own", recorded[1]) if recorded else result.scale_note
     if recorded and result.mpp is not None and abs(result.mpp - recorded[0]) > 1e-3 * recorded[0]:
         note += f" (the file records {recorded[0]:g} µm/px)"
     if progress:
