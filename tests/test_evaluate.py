@@ -64,7 +64,9 @@ def test_cli_evaluate_writes_json(tiny_checkpoint, dataset, tmp_path, capsys):
     assert written["summary"]["n_images"] == 1 and written["dataset"] == "folder"
     assert written["instances"] == "fast" and written["data_root"] == str(dataset)
     sha = json.loads((tiny_checkpoint / "config.json").read_text())["weights_sha256"]
-    assert written["run"]["model"]["weights_sha256"] == sha and written["run"]["options"]["instances"] == "fast"
+    assert (
+        written["run"]["model"]["weights_sha256"] == sha and written["run"]["options"]["instances"] == "fast"
+    )
     assert main([*argv, "--limit", "0"]) == 2
     assert main([*argv, "--instances", "exact"]) == 2
     assert "unknown instance mode" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from sac.export import (
     write_nuclei_csv,
     write_overlay,
 )
-from sac.io import InputError
+from sac.io import InputError, read_pixel_size
 
 
 def _random_disks(seed: int, shape: tuple[int, int] = (96, 128), count: int = 12) -> np.ndarray:
@@ -87,6 +87,19 @@ def test_write_labels_tif_dtype(tmp_path, max_id, dtype):
         saved = tif.asarray()
     assert saved.dtype == dtype
     np.testing.assert_array_equal(saved, labels)
+
+
+@pytest.mark.parametrize(("max_id", "imagej"), [(7, True), (70000, False)])
+def test_labels_tif_records_the_pixel_size_for_fiji_or_as_resolution_tags(tmp_path, max_id, imagej):
+    labels = np.zeros((4, 4), dtype=np.int64)
+    labels[1, 1] = max_id
+    write_labels_tif(tmp_path / "labels.tif", labels, mpp=0.25)
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:  # uint16: calibrated in µm as ImageJ writes it
+        assert tif.is_imagej == imagej and (tif.imagej_metadata or {}).get("unit") == (
+            "um" if imagej else None
+        )
+        np.testing.assert_array_equal(tif.asarray(), labels)
+    assert read_pixel_size(tmp_path / "labels.tif")[0] == pytest.approx(0.25)
 
 
 def test_write_labels_tif_rejects_huge_and_float_ids(tmp_path):

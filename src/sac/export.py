@@ -90,16 +90,20 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
 def write_labels_tif(path: str | os.PathLike, labels: np.ndarray, mpp: float | None = None) -> None:
     """Save labels as zlib TIFF in the smallest unsigned type napari and QuPath read (uint16 or uint32).
 
-    With the pixel size ``mpp`` (µm), resolution tags in pixels per centimetre let QuPath, Fiji and napari
-    plugins show microns.
+    With the pixel size ``mpp`` (µm), uint16 labels are written as an ImageJ TIFF calibrated in µm, which Fiji
+    shows as such (ImageJ reads resolution tags in centimetres as cm unless told to convert) and QuPath reads;
+    uint32 labels, which ImageJ's format cannot hold, get resolution tags in pixels per centimetre.
     """
     labels = check_labels(labels)
     max_id = int(labels.max()) if labels.size else 0
     if max_id > np.iinfo(np.uint32).max:
         raise InputError(f"label id {max_id} does not fit in uint32")
     dtype = np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32
+    calibration = resolution_tags(mpp)
+    if mpp is not None and dtype == np.uint16:
+        calibration = {"imagej": True, "resolution": (1 / mpp, 1 / mpp), "metadata": {"unit": "um"}}
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", **resolution_tags(mpp))
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib", **calibration)
 
 
 def write_probability_tif(path: str | os.PathLike, probability: np.ndarray, mpp: float | None = None) -> None:
