@@ -268,14 +268,8 @@ def labels_to_geojson(
 def _polygon(mask: np.ndarray, corner: tuple[int, int], offset_xy: tuple[float, float], scale: float) -> dict:
     """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column); a MultiPolygon when the
     mask is in pieces (labels drawn by hand, or cut by a tool), so no piece is lost from the outline."""
-    polygons = [
-        [
-            (
-                (ring[:, ::-1] + np.asarray(corner[::-1]) + 0.5 + np.asarray(offset_xy, np.float64)) * scale
-            ).tolist()
-        ]
-        for ring in _outer_rings(mask)
-    ]
+    shift = np.asarray(corner[::-1], np.float64) + 0.5 + np.asarray(offset_xy, np.float64)  # (x, y)
+    polygons = [[((ring[:, ::-1] + shift) * scale).tolist()] for ring in _outer_rings(mask)]
     if len(polygons) == 1:
         return {"type": "Polygon", "coordinates": polygons[0]}
     return {"type": "MultiPolygon", "coordinates": polygons}
