@@ -117,7 +117,8 @@ def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_
     (tmp_path / "monuseg" / "provenance.csv").write_text(provenance)
     assert [s.mpp for s in load_dataset("monuseg", tmp_path, "test")] == [0.5]
     assert NucleiSample("x", samples[0].image, samples[0].labels).mpp is None
-    # a folder dataset reads the same provenance.csv, and a TIFF's own record for images it does not list
+    # a folder dataset reads the same provenance.csv (numbers only), and a TIFF's own record for images it omits
+    (tmp_path / "mine" / "provenance.csv").write_text("id,microns_per_pixel\nbig,0.5\n")
     assert [s.mpp for s in load_dataset("folder", tmp_path / "mine", "train")] == [0.5, None]
     tifffile.imwrite(
         tmp_path / "mine" / "train" / "images" / "small.tif",
@@ -127,6 +128,22 @@ def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_
     )
     (tmp_path / "mine" / "train" / "images" / "small.png").unlink()
     assert [s.mpp for s in load_dataset("folder", tmp_path / "mine", "train")] == [0.5, pytest.approx(0.4)]
+
+
+@pytest.mark.parametrize(
+    ("provenance", "error"),
+    [
+        ("id,microns_per_pixel\nbig,abc\n", r"line 2: 'abc' is not a pixel size"),
+        ("id,microns_per_pixel\nbig,-0.3\n", r"line 2: -0.3 µm/px is outside"),
+        ("id,microns_per_pixel\nbgi,0.5\n", r"id bgi names no image"),
+        ("image,mpp\nbig,0.5\n", r"needs the columns id and microns_per_pixel"),
+    ],
+)
+def test_a_folders_pixel_sizes_are_checked(tmp_path, samples, provenance, error):
+    _write_folder(tmp_path, samples)
+    (tmp_path / "provenance.csv").write_text(provenance)
+    with pytest.raises(InputError, match=error):
+        load_dataset("folder", tmp_path)
 
 
 def test_median_nucleus_area_at_the_model_scale_or_at_the_images_own():

@@ -7,7 +7,6 @@ and takes its split from ``split.json``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -31,6 +30,7 @@ from skimage.transform import resize
 
 from sac.export import read_geojson_labels
 from sac.io import (
+    MPP_RANGE,
     InputError,
     atomic_write,
     check_pair,
@@ -213,14 +213,35 @@ def _load_pairs(
 
 
 def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
-    """Per-id pixel sizes from ``provenance.csv`` where it has them, else the dataset's documented one."""
+    """Per-id pixel sizes from ``provenance.csv`` where it has them, else the dataset's documented one.
+
+    The shared datasets' files hold notes such as "~0.25 (not in files)", which are skipped; a user's folder
+    holds only what its owner wrote for SAC, so there every row must be a plausible number."""
     sizes: dict[str, float | None] = {None: DATASET_MPP.get(name)}
     provenance = dataset / "provenance.csv"
-    if provenance.is_file():
-        with open(provenance, newline="") as handle:
-            for row in csv.DictReader(handle):
-                with contextlib.suppress(TypeError, ValueError):  # notes such as "~0.25 (not in files)"
-                    sizes[row["id"]] = float(row.get("microns_per_pixel"))
+    if not provenance.is_file():
+        return sizes
+    with open(provenance, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    strict = name == "folder"
+    if strict and rows and not {"id", "microns_per_pixel"} <= set(rows[0]):
+        raise InputError(
+            f"{provenance}: needs the columns id and microns_per_pixel, got {', '.join(rows[0])}"
+        )
+    for line, row in enumerate(rows, start=2):
+        try:
+            size = float(row.get("microns_per_pixel"))
+        except (TypeError, ValueError):
+            if strict:
+                raise InputError(
+                    f"{provenance}, line {line}: {row.get('microns_per_pixel')!r} is not a pixel size in µm"
+                ) from None
+            continue
+        if strict and not MPP_RANGE[0] <= size <= MPP_RANGE[1]:
+            raise InputError(
+                f"{provenance}, line {line}: {size:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}"
+            )
+        sizes[row["id"]] = size
     return sizes
 
 
@@ -242,7 +263,15 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
             raise InputError("no data folder found: pass a root or set SAC_DATA")
     root = unpacked(Path(root)) if str(root).endswith(".zip") else Path(root)
     if name == "folder":  # pixel sizes as in the shared layout: provenance.csv's id, microns_per_pixel
-        return _load_pairs(root / split if (root / split).is_dir() else root, mpp=_pixel_sizes(root, name))
+        sizes = _pixel_sizes(root, name)
+        samples = _load_pairs(root / split if (root / split).is_dir() else root, mpp=sizes)
+        images = [
+            root / part / "images" for part in ("", "train", "test") if (root / part / "images").is_dir()
+        ]
+        unknown = sorted(set(sizes) - {None} - {path.stem for path in list_images(images)})
+        if unknown:  # a typo would leave that image's pixel size unknown without a word
+            raise InputError(f"{root / 'provenance.csv'}: id {unknown[0]} names no image of {root}")
+        return samples
     if not (root / name).is_dir():
         known = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
         raise InputError(

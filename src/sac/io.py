@@ -375,15 +375,15 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     return split_binary_mask(labels, path)
 
 
-BINARY_MASK_PARTS = 10  # one label in this many disconnected pieces is a binary mask, not one object
+BINARY_MASK_PARTS = 2  # one label in this many disconnected pieces is a binary mask, not one object
 
 
 def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarray:
-    """A mask with a single label in many disconnected pieces (a 0/255 mask, the most common home-made format)
-    as one instance per connected piece, with a warning; any other mask unchanged.
+    """A mask with a single label in disconnected pieces (a 0/255 mask, the most common home-made format) as one
+    instance per connected piece, with a warning; any other mask unchanged.
 
-    One object is one piece, or a few where an overlapping annotation cut it; taking a binary mask of hundreds
-    of nuclei as one instance would make every instance metric and the training targets silently wrong.
+    A label image of one object in pieces is rare, a binary mask of a few nuclei in a small crop is not; taking
+    it as one instance would make every instance metric and the training targets silently wrong.
     """
     if labels.max() != 1:
         return labels
