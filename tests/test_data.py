@@ -345,6 +345,10 @@ def test_packed_training_splits_load_from_the_zip(tmp_path):
     with pytest.raises(InputError, match="dataset split not found"):
         load_dataset("mine", archive, "test")
     assert load_dataset("dsb2018", archive, "test") == []
+    # a folder dataset packs and trains from its zip too, with its pixel sizes (unknown ones left empty)
+    folder_zip = tmp_path / "folder.zip"
+    pack_datasets(["folder"], folder_zip, tmp_path / "data" / "mine")
+    assert [(s.name, s.mpp) for s in load_dataset("folder", folder_zip)] == [("big", 0.5), ("small", None)]
     (tmp_path / "broken.zip").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a data archive"):
         load_dataset("mine", tmp_path / "broken.zip")

@@ -229,6 +229,8 @@ def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
             f"{provenance}: needs the columns id and microns_per_pixel, got {', '.join(rows[0])}"
         )
     for line, row in enumerate(rows, start=2):
+        if not row.get("microns_per_pixel"):  # an empty cell: unknown (as sac pack writes it)
+            continue
         try:
             size = float(row.get("microns_per_pixel"))
         except (TypeError, ValueError):
@@ -261,7 +263,10 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         root = default_data_root()
         if root is None:
             raise InputError("no data folder found: pass a root or set SAC_DATA")
-    root = unpacked(Path(root)) if str(root).endswith(".zip") else Path(root)
+    packed = str(root).endswith(".zip")
+    root = unpacked(Path(root)) if packed else Path(root)
+    if name == "folder" and packed:  # sac pack stores a folder dataset under its name, as any other
+        root = root / name
     if name == "folder":  # pixel sizes as in the shared layout: provenance.csv's id, microns_per_pixel
         sizes = _pixel_sizes(root, name)
         samples = _load_pairs(root / split if (root / split).is_dir() else root, mpp=sizes)
