@@ -16,6 +16,7 @@ from sac.segmenter import Segmenter
 from sac.train import (
     TrainConfig,
     Trainer,
+    _lr_factor,
     contact_map,
     hv_loss,
     hv_targets,
@@ -224,6 +225,22 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     for key, value in straight.model.trainable_state_dict().items():
         torch.testing.assert_close(resumed.model.trainable_state_dict()[key], value, rtol=1e-5, atol=1e-6)
     assert [r["step"] for r in read_log(tmp_path / "b" / "log.csv")] == ["6"]
+
+
+def test_resuming_a_finished_run_keeps_its_log(tmp_path):
+    samples = synthetic_samples()
+    finished = Trainer(tiny_config(tmp_path, max_steps=4), samples, samples[:1])
+    assert 4 % finished.steps_per_epoch  # the last epoch is partial: logged at step 4, mid-epoch
+    finished.run(progress=False)
+    rows = read_log(tmp_path / "log.csv")
+    again = Trainer(tiny_config(tmp_path, max_steps=4), samples, samples[:1])
+    again.load_state()
+    assert again.step == 4 and read_log(tmp_path / "log.csv") == rows and rows[-1]["step"] == "4"
+
+
+def test_a_short_runs_warm_up_is_a_tenth_of_it():
+    assert _lr_factor(0, 10, 50) == 1.0  # 10 steps: no warm-up, the full rate at once
+    assert _lr_factor(0, 1000, 50) == pytest.approx(1 / 50) and _lr_factor(50, 1000, 50) == 1.0
 
 
 def test_run_folder_has_checkpoints_log_and_plot(tmp_path):

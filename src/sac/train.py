@@ -533,6 +533,9 @@ def validation_click_iou(model: SegmentAnyCell, samples: list[NucleiSample], see
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then a cosine decay to 0 at ``total``; the warm-up takes at most a tenth of the run, so a
+    short fine-tune reaches its learning rate."""
+    warmup = min(warmup, total // 10)
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
@@ -646,7 +649,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-        self._truncate_log(self.step // self.steps_per_epoch)
+        self._truncate_log(self.step)
 
     # --------------------------------------------------------------- loop
     def batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -746,9 +749,11 @@ class Trainer:
     def _append_log(self, row: dict) -> None:
         write_log(self.out / LOG_FILE, [*read_log(self.out / LOG_FILE), row])
 
-    def _truncate_log(self, completed_epochs: int) -> None:
+    def _truncate_log(self, step: int) -> None:
+        """Drop the rows logged after ``step`` (an interrupted run's, which resuming from ``step`` redoes); a
+        finished run's last, partial epoch was logged at its final step and stays."""
         rows = read_log(self.out / LOG_FILE)
-        write_log(self.out / LOG_FILE, [r for r in rows if int(r["epoch"]) <= completed_epochs])
+        write_log(self.out / LOG_FILE, [r for r in rows if int(r["step"]) <= step])
 
 
 def write_log(path: Path, rows: list[dict]) -> None:
