@@ -131,6 +131,18 @@ def test_evaluate_json_into_a_folder_and_train_out_a_file_are_refused(tmp_path, 
     assert "not a folder" in capsys.readouterr().err
 
 
+def test_an_interrupted_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(config, progress=True):
+        raise KeyboardInterrupt  # Ctrl-C
+
+    monkeypatch.setattr("sac.train.train", interrupted)
+    assert (
+        main(["train", "--dataset", "folder", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")])
+        == 130
+    )
+    assert f"sac train --resume {tmp_path / 'r'}` continues" in capsys.readouterr().err
+
+
 def test_resume_says_which_flags_it_ignores(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path), "--lr", "0.1", "--dataset", "monuseg"]) == 2
     err = capsys.readouterr().err

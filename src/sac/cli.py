@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
                 "--" + flag.replace("_", "-").replace("datasets", "dataset") for flag in ignored
             )
             print(f"sac: --resume continues the run as it was configured; ignoring {flags}", file=sys.stderr)
-        result = resume(args.resume, args.max_steps)
+        run_dir, start = args.resume, lambda: resume(args.resume, args.max_steps)
     else:
         settings: dict = {}
         if args.config:
@@ -48,7 +48,16 @@ def _train(args: argparse.Namespace) -> int:
         flags = {k: v for k, v in vars(args).items() if k in TRAIN_FLAGS and v is not None}
         if isinstance(flags.get("datasets"), str):
             flags["datasets"] = flags["datasets"].split(",")
-        result = train(TrainConfig.from_dict({**settings, **flags}, "command line"))
+        config = TrainConfig.from_dict({**settings, **flags}, "command line")
+        run_dir, start = config.out, lambda: train(config)
+    try:
+        result = start()
+    except KeyboardInterrupt:  # the run keeps its last checkpoint: say how to go on instead of a traceback
+        print(
+            f"sac train: interrupted; `sac train --resume {run_dir}` continues from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     print(json.dumps(result))
     return 0
 
