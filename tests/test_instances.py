@@ -206,6 +206,11 @@ def test_a_click_on_a_merge_gets_the_other_nucleus_as_its_negative():
     assert (click_negatives(truth, click, none, config, centre) == -1).all()  # not on a merge: no negatives
     user = np.array([[24, 40], [90, 90]])  # the user's negatives: the one within the click's window is kept
     assert click_negatives(merged, click, user, config, centre)[0, :2].tolist() == [[24, 40], [24, 36]]
+    # a user's two positive clicks mark two nuclei: each is the other's negative (user clicks only)
+    both = np.array([[24, 18], [24, 36]])
+    apart = click_negatives(merged, both, none, config, positives_apart=True)
+    assert apart[:, 0].tolist() == [[24, 36], [24, 18]]
+    assert (click_negatives(merged, both, none, config) == -1).all()
 
 
 def test_what_an_answer_leaves_of_the_objects_it_covered():

@@ -161,6 +161,16 @@ def test_as_points():
         as_points([(1, np.inf)], "clicks")
 
 
+def test_a_repeated_click_counts_once_and_a_contradicting_one_is_refused():
+    positive, negative = as_clicks(([[10.2, 5], [30, 30], [10.7, 5.9]], [[1, 1], [1.5, 1.5]]))
+    np.testing.assert_allclose(
+        positive, [[10.2, 5], [30, 30]]
+    )  # the second click in (10, 5)'s pixel: dropped
+    assert negative.tolist() == [[1, 1]]
+    with pytest.raises(InputError, match=r"pixel \(30, 30\) is clicked both positive and negative"):
+        as_clicks(([[30, 30]], [[30.5, 30.2]]))
+
+
 def test_as_clicks_takes_positive_and_negative_lists():
     positive, negative = as_clicks(([[120, 120], [5.5, 6]], None))
     assert positive.dtype == np.float32 and positive.tolist() == [[120, 120], [5.5, 6]]

@@ -387,7 +387,10 @@ def apply_clicks(
         )
         clicks, negatives = clicks_pixels((seen_positive, seen_negative), seen_labels.shape)
         answers = segment_at_points(
-            model, seen, clicks, click_negatives(seen_labels, clicks, negatives, model.config, seen_centre)
+            model,
+            seen,
+            clicks,
+            click_negatives(seen_labels, clicks, negatives, model.config, seen_centre, positives_apart=True),
         )
         for (row, col), answer in zip(positive_pixels, answers, strict=True):
             if answer is None:
@@ -443,16 +446,21 @@ def click_negatives(
     negative: np.ndarray,
     config: SACConfig,
     centre: np.ndarray | None = None,
+    positives_apart: bool = False,
 ) -> np.ndarray:
     """(N, MAX_CLICK_NEGATIVES, 2) (row, column) negatives for each positive click (-1: unused): the user's
-    negative clicks within its window, then the peaks of other nuclei ``centre`` shows in the object under it
-    (see :func:`merged_neighbours`).
+    negative clicks within its window (with ``positives_apart``, the user's other positive clicks there too: two
+    clicks mark two nuclei), then the peaks of other nuclei ``centre`` shows in the object under it (see
+    :func:`merged_neighbours`).
 
     Not the centres of the nearest other objects: on validation they lowered both the IoU of a click's answer
     and the share of missed nuclei a click recovers (benchmarks/RESULTS.md)."""
     negatives = np.full((len(positive), MAX_CLICK_NEGATIVES, 2), -1)
     for index, (row, col) in enumerate(positive):
-        near = negative[np.abs(negative - (row, col)).max(axis=1) < config.instance_window // 2]
+        others = (
+            np.concatenate([negative, np.delete(positive, index, axis=0)]) if positives_apart else negative
+        )
+        near = others[np.abs(others - (row, col)).max(axis=1) < config.instance_window // 2]
         merged = (
             merged_neighbours(labels, centre, row, col)
             if centre is not None and labels[row, col]

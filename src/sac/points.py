@@ -236,16 +236,27 @@ def clicks_pixels(clicks: Points, shape: tuple[int, int]) -> tuple[np.ndarray, .
 def as_clicks(points: object, what: str = "points") -> Points:
     """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
     kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as
-    one positive and one negative click."""
+    one positive and one negative click. A repeated click counts once; a pixel clicked both ways is refused,
+    since the two contradict each other."""
     if not isinstance(points, (tuple, list)) or len(points) != 2 or not all(map(_is_pairs, points)):
         raise InputError(
             f"{what}: expected (positive, negative), each a list of [x, y] pairs, e.g. ([[120, 120]], [])"
         )
     positive, negative = (
-        as_points(side, f"{what}: {kind} clicks")
+        _first_per_pixel(as_points(side, f"{what}: {kind} clicks"))
         for side, kind in zip(points, ("positive", "negative"), strict=True)
     )
+    both = {tuple(pixel) for pixel in np.floor(positive)} & {tuple(pixel) for pixel in np.floor(negative)}
+    if both:
+        x, y = min(both)
+        raise InputError(f"{what}: pixel ({x:g}, {y:g}) is clicked both positive and negative")
     return positive, negative
+
+
+def _first_per_pixel(points: np.ndarray) -> np.ndarray:
+    """The points in their order, without those that fall in the pixel of an earlier one."""
+    _, first = np.unique(np.floor(points), axis=0, return_index=True)
+    return points[np.sort(first)]
 
 
 def _is_pairs(values: object) -> bool:
