@@ -216,6 +216,27 @@ def test_geojson_round_trip_of_tiny_and_diagonal_objects():
     np.testing.assert_array_equal(geojson_to_labels(labels_to_geojson(labels), labels.shape), labels)
 
 
+@pytest.mark.parametrize("region_first", [True, False])
+def test_a_region_around_the_nuclei_and_point_annotations_are_skipped(region_first):
+    labels = _random_disks(3)
+    nuclei = labels_to_geojson(labels)["features"]
+    side = labels.shape[1]
+    region = {
+        "type": "Feature",
+        "properties": {"classification": {"name": "Tissue"}},
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[0, 0], [side, 0], [side, side], [0, side], [0, 0]]],
+        },
+    }
+    point = {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[5, 5], [9, 9]]}}
+    features = [region, *nuclei, point] if region_first else [*nuclei, region, point]
+    with pytest.warns(UserWarning, match="1 annotation\\(s\\) skipped as regions") as caught:
+        back = geojson_to_labels(features, labels.shape, "a.geojson")
+    assert any("a.geojson: 1 point or line annotation(s) skipped" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(back > 0, geojson_to_labels(nuclei, labels.shape) > 0)
+
+
 def test_an_object_in_pieces_is_one_multipolygon():
     labels = np.zeros((10, 10), dtype=np.uint8)
     labels[1:3, 1:3] = labels[6:9, 6:9] = 1  # one id, two pieces (labels drawn by hand, say)
@@ -227,9 +248,9 @@ def test_an_object_in_pieces_is_one_multipolygon():
 def test_geojson_to_labels_bad_input():
     with pytest.raises(InputError, match="FeatureCollection"):
         geojson_to_labels({"type": "Feature"}, (4, 4))
-    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 1]}, "properties": {}}
-    with pytest.raises(InputError, match="feature 0"):
-        geojson_to_labels({"type": "FeatureCollection", "features": [point]}, (4, 4))
+    ellipse = {"type": "Feature", "geometry": {"type": "Ellipse", "coordinates": [1, 1]}, "properties": {}}
+    with pytest.raises(InputError, match="feature 0: geometry type 'Ellipse' is not a Polygon"):
+        geojson_to_labels({"type": "FeatureCollection", "features": [ellipse]}, (4, 4))
 
 
 def test_write_geojson(tmp_path):

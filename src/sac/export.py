@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -282,34 +283,77 @@ def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> Non
         json.dump(collection, handle)
 
 
-def geojson_to_labels(feature_collection: dict | list, shape: tuple[int, int]) -> np.ndarray:
+def geojson_to_labels(
+    feature_collection: dict | list, shape: tuple[int, int], source: str = "GeoJSON"
+) -> np.ndarray:
     """Rasterise polygon outlines (a FeatureCollection or a list of features, as QuPath exports them; Polygon or
-    MultiPolygon; cells by their nucleus when they have one) into labels: ids from ``properties.id``, else 1, 2..."""
+    MultiPolygon; cells by their nucleus when they have one) into labels: ids from ``properties.id``, else 1, 2...
+
+    Points and lines (counts, rulers) outline nothing and are skipped, and so is a region drawn around objects
+    (a tissue or tumour annotation holding two or more of the other outlines), each with a warning: taken as
+    one object, a region would become a giant nucleus or, drawn first, the background around its nuclei."""
     if isinstance(feature_collection, dict) and feature_collection.get("type") == "FeatureCollection":
         features = feature_collection.get("features", [])
     elif isinstance(feature_collection, list):
         features = feature_collection
     else:
         raise InputError("expected a GeoJSON FeatureCollection or a list of features")
-    labels = np.zeros(shape, dtype=np.uint32)
+    outlines, skipped = [], 0
     for index, feature in enumerate(features):
         geometry = (
             (feature.get("nucleusGeometry") or feature.get("geometry") or {})
             if isinstance(feature, dict)
             else {}
         )
+        kind = geometry.get("type")
+        if kind in ("Point", "MultiPoint", "LineString", "MultiLineString"):
+            skipped += 1
+            continue
         polygons = {
             "Polygon": [geometry.get("coordinates")],
             "MultiPolygon": geometry.get("coordinates"),
-        }.get(geometry.get("type"))
+        }.get(kind)
         if not polygons or not all(polygons):
-            raise InputError(f"feature {index}: geometry type {geometry.get('type')!r} is not a Polygon")
-        label = (feature.get("properties") or {}).get("id", index + 1)
-        for polygon in polygons:
-            xy = np.asarray(polygon[0], dtype=np.float64)
+            raise InputError(f"feature {index}: geometry type {kind!r} is not a Polygon")
+        rings = [np.asarray(polygon[0], dtype=np.float64) for polygon in polygons]
+        outlines.append(((feature.get("properties") or {}).get("id", index + 1), rings))
+    if skipped:
+        warnings.warn(
+            f"{source}: {skipped} point or line annotation(s) skipped: they outline no object", stacklevel=2
+        )
+    regions = _regions(outlines)
+    if regions:
+        warnings.warn(
+            f"{source}: {len(regions)} annotation(s) skipped as regions: each holds two or more of the other outlines",
+            stacklevel=2,
+        )
+    labels = np.zeros(shape, dtype=np.uint32)
+    for index, (label, rings) in enumerate(outlines):
+        if index in regions:
+            continue
+        for xy in rings:
             rows, cols = draw.polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
             labels[rows, cols] = label
     return labels
+
+
+def _regions(outlines: list[tuple[object, list[np.ndarray]]]) -> set[int]:
+    """Indices of the outlines that hold the vertex means of two or more of the others."""
+    if len(outlines) < 3:
+        return set()
+    centres = np.array([np.concatenate(rings).mean(axis=0) for _, rings in outlines])
+    found = set()
+    for index, (_, rings) in enumerate(outlines):
+        inside = np.zeros(len(centres), bool)
+        for xy in rings:
+            low, high = xy.min(axis=0), xy.max(axis=0)
+            near = np.flatnonzero(((centres >= low) & (centres <= high)).all(axis=1))
+            if near.size:
+                inside[near] |= measure.points_in_poly(centres[near], xy)
+        inside[index] = False
+        if inside.sum() >= 2:
+            found.add(index)
+    return found
 
 
 def read_geojson_labels(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
@@ -317,7 +361,7 @@ def read_geojson_labels(path: str | os.PathLike, shape: tuple[int, int]) -> np.n
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        labels = geojson_to_labels(data, shape)
+        labels = geojson_to_labels(data, shape, str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: cannot read GeoJSON annotations ({first_line(error)})") from None
     except InputError as error:
