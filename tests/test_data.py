@@ -82,6 +82,11 @@ def test_load_folder_errors(tmp_path, samples):
     Image.fromarray(np.zeros((5, 5), np.uint16)).save(tmp_path / "masks" / "small.png")
     with pytest.raises(InputError, match=r"mask size 5x5 differs from image size 40x50 .*small\.png"):
         load_dataset("folder", tmp_path, "train")
+    (tmp_path / "masks" / "small.png").unlink()
+    (tmp_path / "images" / "small.png").rename(tmp_path / "images" / "small.jpg.bak")  # an image gone
+    Image.fromarray(np.zeros((40, 50), np.uint16)).save(tmp_path / "masks" / "renamed.png")
+    with pytest.warns(UserWarning, match="1 mask\\(s\\) with no image of the same name, e.g. renamed"):
+        assert [s.name for s in load_dataset("folder", tmp_path, "train")] == ["big"]
 
 
 def test_load_dataset_unknown_and_missing(tmp_path):

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,6 +193,12 @@ def _load_pairs(
     images = {path.stem: path for path in list_images([images_dir])}
     masks = {path.stem: path for path in list_images([masks_dir])} if masks_dir.is_dir() else {}
     notes = {path.stem: path for path in notes_dir.glob("*.geojson")} if notes_dir.is_dir() else {}
+    orphans = sorted(set(masks) - set(images))
+    if orphans and ids is None:  # a renamed or deleted image would drop its annotation without a word
+        warnings.warn(
+            f"{masks_dir}: {len(orphans)} mask(s) with no image of the same name, e.g. {orphans[0]}: not used",
+            stacklevel=2,
+        )
     wanted = sorted(images) if ids is None else list(ids)
     missing = [stem for stem in wanted if stem not in images or (stem not in masks and stem not in notes)]
     if missing:
