@@ -533,9 +533,9 @@ def validation_click_iou(model: SegmentAnyCell, samples: list[NucleiSample], see
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then a cosine decay to 0 at ``total``; the warm-up takes at most a tenth of the run, so a
-    short fine-tune reaches its learning rate."""
-    warmup = min(warmup, total // 10)
+    """Linear warm-up, then a cosine decay to 0 at ``total``; the warm-up takes at most a third of the run, so a
+    short fine-tune reaches its learning rate (runs of 150 steps and more keep the configured warm-up)."""
+    warmup = min(warmup, total // 3)
     if step < warmup:
         return (step + 1) / warmup
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
