@@ -102,6 +102,12 @@ def test_recursive_folders(tiny_checkpoint, image, tmp_path):
     assert all((tmp_path / "out" / sub / "cell_labels.tif").is_file() for sub in ("deeper", "other"))
     with open(tmp_path / "out" / "sac_summary.csv", newline="") as handle:
         assert [row["image"] for row in csv.DictReader(handle)] == ["deeper/cell.png", "other/cell.png"]
+    for sub in (
+        "deeper",
+        "other",
+    ):  # the nuclei tables name the image as the summary does, so they can be joined
+        with open(tmp_path / "out" / sub / "cell_nuclei.csv", newline="") as handle:
+            assert {row["image"] for row in csv.DictReader(handle)} <= {f"{sub}/cell.png"}
 
 
 @pytest.mark.parametrize("kind", ["file", "unwritable"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,6 +150,11 @@ def test_slide_outputs_carry_confidence_area_and_only_a_known_pixel_size(slide, 
     assert summary["area_px"] == np.count_nonzero(labels)
     features = json.loads(summary["geojson"].read_text())["features"]
     assert features and all(0 <= f["properties"]["measurements"]["confidence"] <= 1 for f in features)
+    # areas in level-0 pixels, as the outlines: level 1 is half the size a side
+    coarse = segment_slide(LocalSegmenter(), path, tmp_path / "level1", level=1, halo=16, progress=False)
+    features = json.loads(coarse["geojson"].read_text())["features"]
+    areas = sum(feature["properties"]["measurements"]["area"] for feature in features)
+    assert features and areas == 4 * np.count_nonzero(tifffile.imread(coarse["labels"]))
     given = segment_slide(LocalSegmenter(mpp=0.5), path, tmp_path / "given", level=0, progress=False)
     assert given["mpp"] == 0.5 and read_pixel_size(given["labels"])[0] == pytest.approx(0.5)
 
@@ -214,5 +220,23 @@ def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):
     assert "segmented 1 image " in capsys.readouterr().out
     assert tifffile.imread(out / "slide_labels.tif").shape == (100, 100)
     assert (out / "slide.geojson").is_file()
-    assert main([*argv, "--level", "4"]) == 1
+    assert main([*argv, "--level", "4"]) == 2  # refused before any work
     assert "available levels: 0, 1" in capsys.readouterr().err
+    assert main([*argv, "--level", "1", "--expand-cells", "3"]) == 2  # slides get no cells: said, not ignored
+    assert "not cells (--expand-cells)" in capsys.readouterr().err
+
+
+def test_what_every_block_would_warn_is_said_once(slide, tmp_path, monkeypatch):
+    path, _ = slide
+    segment = LocalSegmenter.segment
+
+    def warning(self, image, points=None):  # as a coarse level's enlargement warning comes from every block
+        warnings.warn("enlarges the image 8.0x", UserWarning, stacklevel=2)
+        return segment(self, image, points)
+
+    monkeypatch.setattr(LocalSegmenter, "segment", warning)
+    with pytest.warns(UserWarning, match="enlarges the image") as caught:
+        summary = segment_slide(
+            LocalSegmenter(mpp="native"), path, tmp_path / "out", block=64, progress=False
+        )
+    assert summary["blocks"] > 1 and len(caught) == 1

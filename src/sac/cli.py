@@ -537,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"sac: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so nothing half-written is left
+        print("\nsac: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -251,7 +251,8 @@ def labels_to_geojson(
                 "id": int(region.label),
                 "objectType": "detection",
                 "classification": {"name": class_name, "color": list(color)},
-                "measurements": {"area": int(region.area)}
+                # in level-0 pixels, as the outline
+                "measurements": {"area": round(float(region.area) * scale * scale)}
                 | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
             },
         }

@@ -55,7 +55,7 @@ from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
 from sac.points import Points
 from sac.segmenter import Segmenter
-from sac.wsi import is_slide, segment_slide
+from sac.wsi import check_level, is_slide, segment_slide
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
 SLIDE_OUTPUTS = ("labels", "geojson")  # what sac.wsi.segment_slide writes
@@ -217,11 +217,14 @@ def check_run(
             "a pyramid level applies to slides, and no input is one (--wsi streams any as a slide)"
         )
     unwritten = [name for name in run.save or () if name not in SLIDE_OUTPUTS]
-    if slides and unwritten:
+    if slides and (unwritten or run.expand_cells):
         raise InputError(
             f"{', '.join(slides[:3])}: slides are written as {' and '.join(SLIDE_OUTPUTS)} only, not "
-            f"{', '.join(unwritten)}"
+            f"{', '.join(unwritten or ['cells (--expand-cells)'])}"
         )
+    for item in found if run.level is not None else []:
+        if item.slide:
+            check_level(item.path, run.level)
     clicks = load_clicks(run.points_file, [item.path for item in found])
     found = [item._replace(clicks=clicks_for(clicks, item.path)) for item in found]
     for item in found:
@@ -340,7 +343,7 @@ def segment_file(
             mpp=result.mpp,
             channel_names=found.channel_names,
             probability=result.maps[0],
-            name=path.name,
+            name=item.name,
         ),
         "cells": lambda target: write_labels_tif(target, cells, result.mpp),
         "geojson": lambda target: write_geojson(

@@ -261,9 +261,10 @@ class Segmenter:
             source = "given" if known is option else "the image's own"
             zoom = _zoom_to_model(known, source, model_mpp)
             if zoom > AUTO_ZOOM_RANGE[1]:
+                check = " (is --mpp in micrometres per pixel?)" if source == "given" else ""
                 warnings.warn(
                     f"{known:g} µm/px ({source}) enlarges the image {zoom:.1f}x: at this pixel size nuclei are a"
-                    " few pixels across, so outlines are coarse (is --mpp in micrometres per pixel?)",
+                    f" few pixels across, so outlines are coarse{check}",
                     stacklevel=3,
                 )
             return (

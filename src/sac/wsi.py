@@ -12,7 +12,8 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -118,6 +119,16 @@ def level_downsamples(path: str | os.PathLike) -> list[float]:
     return downsamples
 
 
+def check_level(path: str | os.PathLike, level: int) -> None:
+    """Refuse a pyramid level the slide does not have, before any work; a slide that cannot be opened is left
+    for its own run to report (and skip)."""
+    try:
+        open_slide(path).close()
+    except InputError:
+        return
+    open_slide(path, level).close()  # the level error, naming the levels there are
+
+
 def is_slide(path: Path) -> bool:
     """SVS files, and TIFFs too large to read whole (more than ``SLIDE_MIN_SIDE`` pixels on a side)."""
     suffix = path.suffix.lower()
@@ -199,7 +210,10 @@ def segment_slide(
                 fill_value=0,
             )
             nuclei = area = 0
-            with open(geojson_tmp, "w") as handle:
+            with open(geojson_tmp, "w") as handle, warnings.catch_warnings():
+                warnings.showwarning = _once(
+                    warnings.showwarning
+                )  # what every block says (a coarse level, ...)
                 handle.write('{"type": "FeatureCollection", "features": [')
                 for y, x in tqdm(origins, desc=f"sac {path.name}", unit="block", disable=not progress):
                     rows = slice(max(0, y - halo), min(height, y + block + halo))
@@ -238,6 +252,19 @@ def segment_slide(
         "labels": labels_path,
         "geojson": geojson_path,
     }
+
+
+def _once(show: Callable) -> Callable:
+    """``warnings.showwarning`` that passes each message on once (the "once" filter is not enough: any library
+    that changes the warning filters resets what it remembers)."""
+    seen: set[tuple[str, type]] = set()
+
+    def show_once(message: Warning | str, category: type, *details) -> None:
+        if (str(message), category) not in seen:
+            seen.add((str(message), category))
+            show(message, category, *details)
+
+    return show_once
 
 
 def _block_clicks(
