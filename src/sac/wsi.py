@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -197,6 +199,7 @@ def segment_slide(
             )
         origins = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
         out_dir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out_dir, path.stem, (labels_path, geojson_path))
         with (
             tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as scratch,
             atomic_write(geojson_path) as geojson_tmp,
@@ -252,6 +255,20 @@ def segment_slide(
         "labels": labels_path,
         "geojson": geojson_path,
     }
+
+
+def _remove_leftovers(out_dir: Path, stem: str, outputs: tuple[Path, ...]) -> None:
+    """Delete what a killed run on the same slide left in ``out_dir``: its scratch label store (as large as the
+    slide's labels) and the temporary files of its outputs. A finished or interrupted run leaves none."""
+    scratch = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}")  # tempfile.TemporaryDirectory's names
+    partial = [
+        re.compile(rf"\.{re.escape(o.name)}\.[0-9a-f]{{12}}\.tmp{re.escape(o.suffix)}") for o in outputs
+    ]
+    for entry in out_dir.iterdir():
+        if entry.is_dir() and scratch.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file() and any(pattern.fullmatch(entry.name) for pattern in partial):
+            entry.unlink(missing_ok=True)
 
 
 def _once(show: Callable) -> Callable:
