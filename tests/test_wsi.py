@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 from scipy import ndimage
 
 from conftest import synthetic_nuclei
@@ -22,7 +23,7 @@ from sac.model import SACConfig
 from sac.options import SegmentOptions
 from sac.pipeline import RUN_FILE, SUMMARY_FILE, RunOptions, segment_files
 from sac.segmenter import Segmenter
-from sac.wsi import open_slide, segment_slide
+from sac.wsi import _claim, open_slide, segment_slide
 
 
 class LocalSegmenter(Segmenter):
@@ -224,6 +225,17 @@ def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):
     assert "available levels: 0, 1" in capsys.readouterr().err
     assert main([*argv, "--level", "1", "--expand-cells", "3"]) == 2  # slides get no cells: said, not ignored
     assert "not cells (--expand-cells)" in capsys.readouterr().err
+
+
+def test_a_block_keeps_a_trimmed_nucleus_but_not_a_sliver():
+    store = zarr.create_array(store={}, shape=(8, 8), dtype="uint32", fill_value=0)
+    store[:, :3] = 7  # an earlier block's nucleus
+    labels = np.zeros((8, 8), np.int32)
+    labels[0:4, 2:6] = 1  # a quarter of it already claimed: trimmed, kept
+    labels[4:8, 0:4] = 2  # three quarters claimed: the earlier block's, dropped
+    kept = _claim(store, (slice(0, 8), slice(0, 8)), labels, np.array([False, True, True]), first_id=8)
+    assert np.unique(kept).tolist() == [0, 8] and (kept == 8).sum() == 12
+    assert (store[:, :3] == 7).all() and (store[4:, 3] == 0).all()
 
 
 def test_a_rerun_removes_what_a_killed_run_left(slide, tmp_path):

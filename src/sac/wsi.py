@@ -365,10 +365,16 @@ def _claim(
     """Write this block's central nuclei to ``store`` with global ids from ``first_id``; returns what was kept.
 
     Pixels an earlier block already claimed stay with it, so a model that disagrees with itself across blocks
-    can trim a nucleus but never overwrite one.
+    can trim a nucleus but never overwrite one; a nucleus the earlier block holds most of is that block's, and
+    the sliver left of it is dropped rather than reported as a nucleus.
     """
     current = store[region]
-    keep = central[labels] & (current == 0)
+    free = central[labels] & (current == 0)
+    whole, left = (
+        np.bincount(labels.ravel(), minlength=len(central)),
+        np.bincount(labels[free], minlength=len(central)),
+    )
+    keep = free & (2 * left >= whole)[labels]
     ids = np.unique(labels[keep])
     lookup = np.zeros(len(central), np.uint32)
     lookup[ids] = np.arange(first_id, first_id + ids.size, dtype=np.uint32)
