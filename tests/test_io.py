@@ -13,10 +13,12 @@ from PIL import Image
 
 from sac.io import (
     InputError,
+    atomic_write,
     check_pair,
     check_state_dict,
     first_line,
     is_channel_first,
+    leftover_temporaries,
     list_images,
     read_image,
     read_input,
@@ -394,3 +396,11 @@ def test_write_json_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
         write_json(path, {"where": tmp_path})  # no default: a value JSON cannot hold is an error ...
     assert json.loads(path.read_text()) == {"where": str(tmp_path)}  # ... and the file is untouched
     assert [f.name for f in path.parent.iterdir()] == ["run.json"]
+
+
+def test_the_temporary_file_a_killed_write_leaves_is_found(tmp_path):
+    target = tmp_path / "out.tif"
+    killed = atomic_write(target)
+    temporary = killed.__enter__()  # never left: as if the process died while writing
+    (tmp_path / ".out.tif.notes").write_text("not ours")
+    assert leftover_temporaries(target) == [temporary] and not target.exists()

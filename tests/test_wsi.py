@@ -241,19 +241,19 @@ def test_a_block_keeps_a_trimmed_nucleus_but_not_a_sliver():
 def test_a_rerun_removes_what_a_killed_run_left(slide, tmp_path):
     path, _ = slide
     out = tmp_path / "out"
-    (out / ".slide.k3x9_q2a").mkdir(parents=True)  # a killed run's scratch label store
-    (out / ".slide.k3x9_q2a" / "zarr.json").write_text("{}")
+    (out / ".slide.k3x9_q2a.sac-labels").mkdir(parents=True)  # a killed run's scratch label store
+    (out / ".slide.k3x9_q2a.sac-labels" / "zarr.json").write_text("{}")
     leftovers = [
         out / ".slide_labels.tif.0123456789ab.tmp.tif",
         out / ".slide.geojson.0123456789ab.tmp.geojson",
     ]
     for leftover in leftovers:
         leftover.write_bytes(b"")
-    unrelated = [out / ".other.k3x9_q2a", out / "notes.txt"]  # another slide's, and the user's own
+    unrelated = [out / ".other.k3x9_q2a.sac-labels", out / "notes.txt"]  # another slide's, and the user's own
     unrelated[0].mkdir()
     unrelated[1].write_text("mine")
     segment_slide(LocalSegmenter(mpp="native"), path, out, progress=False)
-    assert not (out / ".slide.k3x9_q2a").exists() and not any(p.exists() for p in leftovers)
+    assert not (out / ".slide.k3x9_q2a.sac-labels").exists() and not any(p.exists() for p in leftovers)
     assert all(p.exists() for p in unrelated) and (out / "slide_labels.tif").is_file()
 
 

@@ -57,6 +57,9 @@ def check_state_dict(loaded: dict, expected: dict, source: str) -> None:
         )
 
 
+_TOKEN_BYTES = 6  # random bytes in atomic_write's temporary names
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -66,7 +69,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp{path.suffix}")
+    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp{path.suffix}")
     os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     mode = tmp_path.stat().st_mode
     try:
@@ -75,6 +78,15 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_write` left beside ``path`` when a process writing it was killed."""
+    path = Path(path)
+    name = re.compile(
+        rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp{re.escape(path.suffix)}"
+    )
+    return [entry for entry in path.parent.glob(f".{path.name}.*") if name.fullmatch(entry.name)]
 
 
 def write_json(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from sac.io import (
     check_file,
     first_line,
     is_channel_first,
+    leftover_temporaries,
     read_pixel_size,
     to_rgb_uint8,
 )
@@ -44,6 +44,8 @@ SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
 BLOCK, HALO = 2048, 64  # pixels a side: ~0.4 GB of working memory per block, context for 60-pixel nuclei
 OUTPUT_TILE = 256
+# the scratch label store in the output folder ends so, so a rerun finds what a killed run left
+SCRATCH_SUFFIX = ".sac-labels"
 _RANGE_SAMPLE_SIDE = 1024  # pixels a side sampled to fix one intensity range for a whole non-8-bit slide
 ESTIMATE_SIDE = 1024  # pixels a side of the central region that sets an unknown slide pixel size
 
@@ -187,9 +189,8 @@ def segment_slide(
             mpp, source = _estimate_pixel_size(segmenter, slide, value_range, str(path)), "estimated"
         zoom = 1.0 if mpp is None or segmenter.model.config.mpp is None else mpp / segmenter.model.config.mpp
         segmenter = segmenter.with_options(mpp=mpp if mpp is not None else "native")
-        recorded_mpp = (
-            None if source == "estimated" else mpp
-        )  # an estimate is not written as the slide's size
+        # an estimate is not written as the slide's size
+        recorded_mpp = None if source == "estimated" else mpp
         # the same work per block at the model's scale, so memory stays bounded whatever the slide's pixel size
         block, halo = max(1, round(block / zoom)), round(halo / min(zoom, 1.0))
         if progress:
@@ -201,7 +202,9 @@ def segment_slide(
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(out_dir, path.stem, (labels_path, geojson_path))
         with (
-            tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=out_dir) as scratch,
+            tempfile.TemporaryDirectory(
+                prefix=f".{path.stem}.", suffix=SCRATCH_SUFFIX, dir=out_dir
+            ) as scratch,
             atomic_write(geojson_path) as geojson_tmp,
             atomic_write(labels_path) as labels_tmp,
         ):
@@ -214,9 +217,8 @@ def segment_slide(
             )
             nuclei = area = 0
             with open(geojson_tmp, "w") as handle, warnings.catch_warnings():
-                warnings.showwarning = _once(
-                    warnings.showwarning
-                )  # what every block says (a coarse level, ...)
+                # what every block says (a coarse level's enlargement, ...) is said once
+                warnings.showwarning = _once(warnings.showwarning)
                 handle.write('{"type": "FeatureCollection", "features": [')
                 for y, x in tqdm(origins, desc=f"sac {path.name}", unit="block", disable=not progress):
                     rows = slice(max(0, y - halo), min(height, y + block + halo))
@@ -260,15 +262,10 @@ def segment_slide(
 def _remove_leftovers(out_dir: Path, stem: str, outputs: tuple[Path, ...]) -> None:
     """Delete what a killed run on the same slide left in ``out_dir``: its scratch label store (as large as the
     slide's labels) and the temporary files of its outputs. A finished or interrupted run leaves none."""
-    scratch = re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}")  # tempfile.TemporaryDirectory's names
-    partial = [
-        re.compile(rf"\.{re.escape(o.name)}\.[0-9a-f]{{12}}\.tmp{re.escape(o.suffix)}") for o in outputs
-    ]
-    for entry in out_dir.iterdir():
-        if entry.is_dir() and scratch.fullmatch(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.is_file() and any(pattern.fullmatch(entry.name) for pattern in partial):
-            entry.unlink(missing_ok=True)
+    for scratch in out_dir.glob(f".{stem}.*{SCRATCH_SUFFIX}"):
+        shutil.rmtree(scratch, ignore_errors=True)
+    for leftover in (entry for output in outputs for entry in leftover_temporaries(output)):
+        leftover.unlink(missing_ok=True)
 
 
 def _once(show: Callable) -> Callable:
