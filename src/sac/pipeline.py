@@ -222,9 +222,9 @@ def check_run(
             f"{', '.join(slides[:3])}: slides are written as {' and '.join(SLIDE_OUTPUTS)} only, not "
             f"{', '.join(unwritten or ['cells (--expand-cells)'])}"
         )
-    for item in found if run.level is not None else []:
-        if item.slide:
-            check_level(item.path, run.level)
+    if run.level is not None:
+        for slide in (item.path for item in found if item.slide):
+            check_level(slide, run.level)
     clicks = load_clicks(run.points_file, [item.path for item in found])
     found = [item._replace(clicks=clicks_for(clicks, item.path)) for item in found]
     for item in found:
