@@ -92,6 +92,12 @@ def test_scheduler_address_and_one_model_load_per_worker(tiny_checkpoint, images
         options = SegmentOptions()  # a mask only, except for slides
         run = dict(scheduler=address, progress=False)
         assert predict_many(tiny_checkpoint, inputs, tmp_path / "out", options, **run) == []
+        masks = {path: path.stat().st_mtime_ns for path in (tmp_path / "out").glob("*_mask.png")}
+        resumed = predict_many(
+            tiny_checkpoint, inputs, tmp_path / "out", options, RunOptions(resume=True), **run
+        )
+        assert resumed == [] and len(masks) == 3  # every image was finished: none segmented again
+        assert masks == {path: path.stat().st_mtime_ns for path in (tmp_path / "out").glob("*_mask.png")}
         monkeypatch.setattr("sac.wsi.SLIDE_MIN_SIDE", 64)  # the TIFF now counts as a slide
         assert predict_many(tiny_checkpoint, [slide], tmp_path / "wsi", options, **run) == []
     assert len(loads) == 1

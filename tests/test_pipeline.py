@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import tifffile
 from PIL import Image
 
 import sac.model
+import sac.pipeline
 from conftest import synthetic_nuclei
 from sac.cli import main
 from sac.io import InputError, read_image
@@ -19,6 +21,7 @@ from sac.pipeline import (
     SUMMARY_FILE,
     FoundInput,
     RunOptions,
+    RunRecord,
     find_inputs,
     report_skipped,
     segment_file,
@@ -297,3 +300,86 @@ def test_run_options_are_checked_once():
         RunOptions(expand_cells=-1)
     with pytest.raises(InputError, match="pyramid level"):
         RunOptions(level=-2)
+
+
+def _summary_images(out: Path) -> list[str]:
+    with open(out / SUMMARY_FILE, newline="") as handle:
+        return [row["image"] for row in csv.DictReader(handle)]
+
+
+def test_an_interrupted_batch_records_what_it_finished_and_resume_does_the_rest(
+    tiny_segmenter, images, tmp_path, monkeypatch
+):
+    out, segmented = tmp_path / "out", []
+    real_segment_file = sac.pipeline.segment_file
+
+    def interrupted_at_the_third(segmenter, item, *args, **kwargs):
+        if len(segmented) == 2:
+            assert _summary_images(out) == sorted(segmented)  # what a killed run leaves (flushed every row)
+            raise KeyboardInterrupt  # Ctrl-C
+        row = real_segment_file(segmenter, item, *args, **kwargs)
+        segmented.append(item.name)  # after its outputs: a corrupt file raises and is not counted
+        return row
+
+    monkeypatch.setattr(sac.pipeline, "segment_file", interrupted_at_the_third)
+    monkeypatch.setattr(RunRecord, "FLUSH_SECONDS", 0.0)
+    segmenter = tiny_segmenter.with_options(instances=True)
+    with pytest.raises(KeyboardInterrupt):
+        segment_files(segmenter, [images], out, progress=False)
+    record = json.loads((out / RUN_FILE).read_text())
+    assert not record["finished"] and record["images"] == 2
+    assert _summary_images(out) == sorted(segmented)
+    monkeypatch.setattr(sac.pipeline, "segment_file", real_segment_file)
+    first_outputs = {name: (out / f"{Path(name).stem}_labels.tif").stat().st_mtime_ns for name in segmented}
+
+    failures = segment_files(segmenter, [images], out, RunOptions(resume=True), progress=False)
+    assert [path.name for path, _ in failures] == ["corrupt.png"]  # failures are retried, not kept
+    assert _summary_images(out) == sorted(GOOD)
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["finished"] and record["images"] == len(GOOD)
+    for name, written in first_outputs.items():  # the finished images were not segmented again
+        assert (out / f"{Path(name).stem}_labels.tif").stat().st_mtime_ns == written
+    # without --resume, a run starts over and its summary holds its own images only
+    segment_files(segmenter, [images / "good.png"], out, progress=False)
+    assert _summary_images(out) == ["good.png"]
+
+
+def test_resume_refuses_another_model_or_settings_but_not_a_batch_size(tiny_segmenter, images, tmp_path):
+    out = tmp_path / "out"
+    segment_files(tiny_segmenter, [images / "good.png"], out, progress=False)
+    resume = RunOptions(resume=True)
+    with pytest.raises(InputError, match=r"sac_run.json: the earlier run differs \(threshold 0.5 -> 0.6\)"):
+        segment_files(tiny_segmenter.with_options(threshold=0.6), [images], out, resume, progress=False)
+    with pytest.raises(InputError, match=r"differs \(instances None -> fast\)"):
+        segment_files(tiny_segmenter.with_options(instances=True), [images], out, resume, progress=False)
+    with pytest.raises(InputError, match=r"differs \(save None -> \['mask', 'prob'\]\)"):
+        segment_files(tiny_segmenter, [images], out, RunOptions(save=["mask", "prob"], resume=True))
+    assert _summary_images(out) == ["good.png"]  # a refused run leaves the record as it was
+    segment_files(tiny_segmenter.with_options(batch_size=1), [images], out, resume, progress=False)
+    assert _summary_images(out) == sorted(GOOD)
+    retrained = tiny_segmenter.model.meta | {"weights_sha256": "0" * 64}
+    tiny_segmenter.model.meta, original = retrained, tiny_segmenter.model.meta
+    try:
+        with pytest.raises(InputError, match=r"differs \(the model\)"):
+            segment_files(tiny_segmenter, [images], out, resume, progress=False)
+    finally:
+        tiny_segmenter.model.meta = original
+
+
+def test_cli_resume_after_ctrl_c(tiny_checkpoint, images, tmp_path, monkeypatch, capsys):
+    argv = ["predict", str(images), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint)]
+    real_segment_file = sac.pipeline.segment_file
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sac.pipeline, "segment_file", interrupted)
+    assert main(argv) == 130
+    assert "the same command with --resume segments the images it did not finish" in capsys.readouterr().err
+    monkeypatch.setattr(sac.pipeline, "segment_file", real_segment_file)
+    assert main([*argv, "--resume"]) == 1  # the corrupt file
+    assert "0 of 5 images were finished by the earlier run" not in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 1
+    assert "4 of 5 images were finished by the earlier run" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--threshold", "0.7"]) == 2
+    assert "threshold 0.5 -> 0.7" in capsys.readouterr().err

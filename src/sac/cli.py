@@ -296,17 +296,25 @@ def _predict(args: argparse.Namespace) -> int:
         recursive=args.recursive,
         save=None if args.save is None else [name.strip() for name in args.save.split(",") if name.strip()],
         expand_cells=args.expand_cells,
+        resume=args.resume,
     )
     # before loading the model, so a mistyped path or an unwritable output fails at once
     count = len(check_run(args.inputs, args.output, run, options))
-    if args.workers is not None or args.dask is not None:
-        from sac.distributed import predict_many
+    try:
+        if args.workers is not None or args.dask is not None:
+            from sac.distributed import predict_many
 
-        failures = predict_many(
-            args.model, args.inputs, args.output, options, run, args.workers, args.dask, args.device
+            failures = predict_many(
+                args.model, args.inputs, args.output, options, run, args.workers, args.dask, args.device
+            )
+        else:
+            failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
+    except KeyboardInterrupt:
+        print(
+            "\nsac predict: interrupted; the same command with --resume segments the images it did not finish",
+            file=sys.stderr,
         )
-    else:
-        failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
+        return 130
     if failures:
         # listed again at the end, where they cannot scroll away behind a long batch's progress output
         print(f"sac: {len(failures)} of {count} image{'s' * (count != 1)} failed:", file=sys.stderr)
@@ -390,6 +398,12 @@ def _add_predict_parser(commands) -> None:
         type=int,
         help="slide pyramid level (default: the level closest to the model's pixel size, else 0)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same -o: the images it finished (listed in its sac_summary.csv) "
+        "are not segmented again; refused if the model or a setting changed",
+    )
     parser.add_argument("--workers", type=int, metavar="N", help="run on N local dask worker processes")
     parser.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="run on a dask.distributed cluster")
     parser.set_defaults(run=_predict)
@@ -421,7 +435,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if "parts" in result:
             print(f"-- {name}")
         for key, value in summary.items():
-            print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
+            print(f"{key:<24} {value:.4f}" if isinstance(value, float) else f"{key:<24} {value}")
     print(GLAND_METRICS_LEGEND if glands else METRICS_LEGEND)
     if args.json:
         report = {
@@ -447,7 +461,8 @@ GLAND_METRICS_LEGEND = """\
 Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per image. GlaS challenge metrics
 (Sirinukunwattana et al. 2017): a predicted gland is a true positive when it covers more than half of the true gland
 it overlaps most; object precision, recall and F1 count those. Object Dice and object Hausdorff (pixels) pair each
-gland, on both sides, with its largest-overlap partner, weighted by its share of the image's glands."""
+gland, on both sides, with its largest-overlap partner, weighted by its area. object_*: mean of the images' values;
+pooled_object_*: as the challenge computes them, every gland of the set counting once (the published figures)."""
 
 
 def _add_evaluate_parser(commands) -> None:

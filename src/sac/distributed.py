@@ -19,7 +19,7 @@ from tqdm import tqdm
 from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
-from sac.pipeline import FoundInput, RunOptions, check_run, report_skipped, segment_file, write_run_record
+from sac.pipeline import FoundInput, RunOptions, RunRecord, check_run, report_skipped, segment_file
 from sac.segmenter import Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -57,7 +57,10 @@ def predict_many(
     model_dir = model_path(model)
     meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
     out_dir = Path(out_dir).absolute()
+    record = RunRecord(out_dir, meta, options, run)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(record)
+        found = record.left(found, progress)
         cluster = scheduler or stack.enter_context(
             # silenced: shutdown races print tracebacks; task errors still reach us through the futures
             LocalCluster(
@@ -78,18 +81,21 @@ def predict_many(
             )
             for item in found
         ]
-        names = {future.key: item.path.name for future, item in zip(futures, found, strict=True)}
+        items = {future.key: item for future, item in zip(futures, found, strict=True)}
         for future in tqdm(
             as_completed(futures), total=len(futures), desc="sac predict", disable=not progress
         ):
-            row, _ = future.result()
-            if progress and row is not None:  # each image's scale line, as a local run prints it
-                tqdm.write(f"sac: {names[future.key]}: {row['scale']}", file=sys.stderr)
-        results = [future.result() for future in futures]
-    # failures name the path as given, like a local run, rather than the absolute one the workers saw
-    failures = [(item.path, message) for item, (_, message) in zip(found, results, strict=True) if message]
-    write_run_record(out_dir, meta, options, [row for row, _ in results if row is not None], failures)
-    return failures
+            row, message = future.result()
+            item = items[future.key]
+            if row is None:  # named by the path as given, like a local run, not the absolute one workers saw
+                record.failures.append((item.path, message))
+                continue
+            record.add(row)
+            if progress:  # each image's scale line, as a local run prints it
+                tqdm.write(f"sac: {item.path.name}: {row['scale']}", file=sys.stderr)
+        order = {item.path: index for index, item in enumerate(found)}
+        record.failures.sort(key=lambda failure: order[failure[0]])
+    return record.failures
 
 
 def _segment_path(

@@ -3,7 +3,8 @@ overlays out.
 
 One loop serves every input: an image is read whole and segmented; an SVS file or a TIFF too large to read whole
 is streamed block by block (``sac.wsi``). A batch keeps going past unreadable inputs: each is reported in one
-line and returned as a failure, so one corrupt file does not cost the rest of a night's run.
+line and returned as a failure, so one corrupt file does not cost the rest of a night's run; and it records what
+it finished as it goes (:class:`RunRecord`), so an interrupted run can be resumed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import json
 import os
 import platform
 import sys
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -48,6 +51,7 @@ from sac.io import (
     list_images,
     read_input,
     read_pixel_size,
+    sha256sum,
     to_rgb_uint8,
     write_json,
 )
@@ -82,6 +86,9 @@ class RunOptions:
     expand_cells : float, optional
         Grow each nucleus by this distance (µm when the pixel size is known, else pixels) into a cell:
         ``<stem>_cells.tif``, and QuPath cell objects in the GeoJSON.
+    resume : bool
+        Continue an interrupted run into the same output folder: the images its ``sac_summary.csv`` lists as
+        finished are not segmented again. Refused when the model or a setting that changes outputs differs.
     """
 
     points_file: str | os.PathLike | None = None
@@ -90,6 +97,7 @@ class RunOptions:
     recursive: bool = False
     save: tuple[str, ...] | None = None
     expand_cells: float | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.save is not None:
@@ -186,14 +194,14 @@ def segment_files(
     with a one-line reason."""
     run = run or RunOptions()
     found = check_run(inputs, out_dir, run, segmenter.options)
-    failures, rows = [], []
-    for item in tqdm(found, desc="sac predict", unit="file", disable=not progress):
-        try:
-            rows.append(segment_file(segmenter, item, out_dir, run, progress))
-        except InputError as error:
-            failures.append(report_skipped(item.path, error))
-    write_run_record(out_dir, model_record(segmenter.model), segmenter.options, rows, failures)
-    return failures
+    record = RunRecord(out_dir, model_record(segmenter.model), segmenter.options, run)
+    with record:
+        for item in tqdm(record.left(found, progress), desc="sac predict", unit="file", disable=not progress):
+            try:
+                record.add(segment_file(segmenter, item, out_dir, run, progress))
+            except InputError as error:
+                record.failures.append(report_skipped(item.path, error))
+    return record.failures
 
 
 def check_run(
@@ -233,22 +241,119 @@ def check_run(
     return found
 
 
-def write_run_record(
-    out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, rows: list[dict], failures: list
-) -> None:
-    """``sac_summary.csv`` (per image: objects found, their mean area, the mask's share, pixel size) and
-    ``sac_run.json`` (the model, its sha256, every setting, the versions, the command): what a run did, next to
-    what it wrote."""
-    out_dir = Path(out_dir)
-    with atomic_write(out_dir / SUMMARY_FILE) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    record = provenance(model_meta, options) | {
-        "images": len(rows),
-        "failures": [message for _, message in failures],
-    }
-    write_json(out_dir / RUN_FILE, record, default=str)
+class RunRecord:
+    """A run's ``sac_summary.csv`` (per image: objects found, their mean area, the mask's share, pixel size) and
+    ``sac_run.json`` (the model, its sha256, every setting, the versions, the command, whether it finished): what
+    a run did, next to what it wrote.
+
+    Both are rewritten while the run goes on (at most every ``FLUSH_SECONDS``, and when it stops, however it
+    stops), so a run that is killed loses at most those seconds' rows; with ``RunOptions.resume`` a new run keeps
+    the rows of an earlier one made with the same model and settings, and segments only the other images. Use it
+    as a context manager around the loop over the inputs.
+    """
+
+    FLUSH_SECONDS = 2.0
+    # settings that change no output, so a resumed run may differ in them
+    _NEUTRAL = frozenset({"progress", "batch_size", "recursive", "resume", "points_file"})
+
+    def __init__(
+        self, out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, run: RunOptions
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        clicks = run.points_file and Path(run.points_file)
+        self.settings = _as_json(
+            {
+                "model": model_meta.get("weights_sha256"),
+                "options": _changing(dataclasses.asdict(options), self._NEUTRAL),
+                "run": _changing(dataclasses.asdict(run), self._NEUTRAL)
+                | {"points_sha256": sha256sum(clicks) if clicks and clicks.is_file() else None},
+            }
+        )
+        self.header = provenance(model_meta, options)
+        self.rows: dict[str, dict] = self._previous_rows() if run.resume else {}
+        self.failures: list[tuple[Path, str]] = []
+        self._flushed = 0.0
+
+    def left(self, found: list[FoundInput], progress: bool = True) -> list[FoundInput]:
+        """The inputs an earlier run of a resumed one did not finish."""
+        left = [item for item in found if item.name not in self.rows]
+        if progress and len(left) < len(found):
+            tqdm.write(
+                f"sac: resuming: {len(found) - len(left)} of {len(found)} images were finished by the earlier run",
+                file=sys.stderr,
+            )
+        return left
+
+    def add(self, row: dict) -> None:
+        """An image's summary row, once all its outputs are written."""
+        self.rows[row["image"]] = row
+        if time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
+            self.write(finished=False)
+
+    def write(self, finished: bool) -> None:
+        with atomic_write(self.out_dir / SUMMARY_FILE) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+            writer.writeheader()
+            writer.writerows(sorted(self.rows.values(), key=lambda row: row["image"]))
+        record = self.header | {
+            "finished": finished,
+            "images": len(self.rows),
+            "failures": [message for _, message in self.failures],
+            "settings": self.settings,
+        }
+        write_json(self.out_dir / RUN_FILE, record, default=str)
+        self._flushed = time.monotonic()
+
+    def __enter__(self) -> RunRecord:
+        self.write(finished=False)
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        self.write(finished=error_type is None)
+
+    def _previous_rows(self) -> dict[str, dict]:
+        """The rows of the run recorded in the output folder, refused unless it used this run's settings."""
+        record_path = self.out_dir / RUN_FILE
+        if not record_path.is_file():
+            return {}
+        try:
+            previous = json.loads(record_path.read_text()).get("settings")
+            with open(self.out_dir / SUMMARY_FILE, newline="") as handle:
+                rows = {row["image"]: row for row in csv.DictReader(handle)}
+        except (OSError, ValueError, KeyError, AttributeError) as error:
+            raise InputError(f"{record_path}: cannot resume from it ({error})") from None
+        if previous != self.settings:
+            changed = _differences(previous or {}, self.settings)
+            raise InputError(
+                f"{record_path}: the earlier run differs ({', '.join(changed[:4]) or 'settings not recorded'}); "
+                "resuming would mix the two in one folder: leave out "
+                "--resume, or write to another folder"
+            )
+        return rows
+
+
+_UNSHOWN = {"model": "the model", "points_sha256": "the clicks"}  # differences named, not shown
+
+
+def _changing(settings: dict, neutral: frozenset[str]) -> dict:
+    return {name: value for name, value in settings.items() if name not in neutral}
+
+
+def _as_json(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples as lists), so a recorded and a new one compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _differences(before: dict, now: dict) -> list[str]:
+    """What differs between two runs' settings, e.g. ``threshold 0.5 -> 0.6``."""
+    changed = []
+    for name in sorted(before.keys() | now.keys()):
+        old, new = before.get(name), now.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _differences(old, new)
+        elif old != new:
+            changed.append(_UNSHOWN.get(name) or f"{name} {old} -> {new}")
+    return changed
 
 
 def provenance(model_meta: dict, options: SegmentOptions) -> dict:
