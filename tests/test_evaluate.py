@@ -37,6 +37,15 @@ def test_evaluate_model_metrics_in_unit_range(tiny_segmenter, dataset):
         assert all(0.0 <= entry[key] <= 1.0 for key in METRICS)
 
 
+def test_gland_figures_are_per_image_means_and_pooled_as_the_challenge_counts(tiny_segmenter, dataset):
+    result = evaluate_model(tiny_segmenter, load_dataset("folder", dataset), progress=False, glands=True)
+    rows, summary = result["per_image"], result["summary"]
+    assert summary["object_f1"] == pytest.approx(np.mean([row["object_f1"] for row in rows]))
+    true_positives = sum(row["true_positives"] for row in rows)
+    objects = sum(row["n_true"] + row["n_pred"] for row in rows)
+    assert summary["pooled_object_f1"] == pytest.approx(2 * true_positives / objects)
+
+
 def test_evaluate_model_rejects_bad_requests(tiny_segmenter, dataset):
     with pytest.raises(InputError, match="no samples"):
         evaluate_model(tiny_segmenter, [], progress=False)

@@ -17,10 +17,12 @@ from sac.metrics import (
     aggregated_jaccard_index,
     dice,
     evaluate_image,
+    gland_counts,
     gland_metrics,
     iou,
     object_f1,
     panoptic_quality,
+    pool_glands,
     summarize,
 )
 
@@ -322,6 +324,29 @@ def test_glands_empty_conventions():
     assert gland_metrics(empty, empty) == _glands(1, 1, 1, 1, 0, 1, 1)
     assert gland_metrics(gland, empty) == _glands(0, 0, 0, 0, math.inf, 0, 0)
     assert gland_metrics(empty, gland) == _glands(0, 0, 0, 0, math.inf, 0, 0)
+
+
+def test_glands_pooled_over_a_set_as_the_challenge_counts_them():
+    # Image 1: one 2x2 gland found exactly. Image 2: glands of 4, 9 and 6 pixels, only the first found exactly.
+    # Per image F1 1 and 1/2 (mean 3/4); pooled: 2 TP of 4 true and 2 predicted glands, 4/6.
+    # Pooled object Dice: truth side (4 + 4) of 23 pixels, prediction side 1: (8/23 + 1)/2. Per-image mean:
+    # image 2's truth side 4/19, so ((1 + 1)/2 + (4/19 + 1)/2)/2.
+    found = _image((1, 0, 2, 0, 2))
+    true_two = _image((1, 0, 2, 0, 2), (2, 3, 6, 5, 8), (3, 4, 6, 0, 3))
+    pairs = [(found, found), (true_two, found)]
+    pooled = pool_glands([gland_counts(true, pred) for true, pred in pairs])
+    per_image = [gland_metrics(true, pred) for true, pred in pairs]
+    assert pooled["object_f1"] == pytest.approx(4 / 6)
+    assert np.mean([scores["object_f1"] for scores in per_image]) == pytest.approx(3 / 4)
+    assert pooled["object_dice"] == pytest.approx((8 / 23 + 1) / 2)
+    assert np.mean([scores["object_dice"] for scores in per_image]) == pytest.approx(
+        (1 + (4 / 19 + 1) / 2) / 2
+    )
+    assert pooled["object_recall"] == pytest.approx(2 / 4) and pooled["object_precision"] == 1
+    # one image pooled is that image's own score
+    assert pool_glands([gland_counts(true_two, found)]) == pytest.approx(
+        {key: value for key, value in per_image[1].items() if key not in ("dice", "iou")}
+    )
 
 
 def test_glands_bad_input():

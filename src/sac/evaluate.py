@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from sac.data import NucleiSample
 from sac.io import InputError
-from sac.metrics import evaluate_image, gland_metrics, summarize
+from sac.metrics import GLAND_COUNTS, evaluate_image, gland_counts, pool_glands, summarize
 from sac.segmenter import Segmenter
 
 # Pixel metrics of the mask, which is labels > 0: what was written is what is scored.
@@ -24,8 +24,9 @@ def evaluate_model(
 
     Every metric scores the instance labels (the segmenter's instance mode; ``fast`` when it has none); Dice
     and IoU their foreground, which is the mask ``sac predict`` writes. A sample's known pixel size plays the
-    part of a file's record. ``glands`` adds the GlaS challenge's object F1, Dice and Hausdorff (per-image
-    means), and summaries per test part (``testA``/``testB``: the part of the name before ``_``).
+    part of a file's record. ``glands`` adds the GlaS challenge's object F1, Dice and Hausdorff, as per-image
+    means and as the challenge defines them (``pooled_*``: every object of the set counts once), and summaries
+    per test part (``testA``/``testB``: the part of the name before ``_``).
     """
     if not samples:
         raise InputError("no samples to evaluate")
@@ -39,13 +40,8 @@ def evaluate_model(
         semantic = evaluate_image(sample.labels, mask)
         row = {"name": sample.name, **metrics, **{key: semantic[key] for key in SEMANTIC_KEYS}}
         if glands:
-            row.update(
-                {
-                    key: value
-                    for key, value in gland_metrics(sample.labels, labels).items()
-                    if key in GLAND_KEYS
-                }
-            )
+            counts = gland_counts(sample.labels, labels)
+            row.update(pool_glands([counts]) | counts)  # one image pooled: its own scores
         per_image.append(row)
     result = {"summary": summarize_evaluation(per_image, glands), "per_image": per_image}
     parts = sorted({row["name"].split("_")[0] for row in per_image})
@@ -60,8 +56,11 @@ def evaluate_model(
 
 
 def summarize_evaluation(per_image: list[dict], glands: bool) -> dict:
-    """Per-image means of :func:`evaluate_model`'s rows (with the GlaS object metrics' means for ``glands``)."""
+    """Per-image means of :func:`evaluate_model`'s rows; for ``glands`` also the GlaS object metrics' means and
+    their values pooled over the set as the challenge computes them (``pooled_object_f1``...)."""
     summary = summarize(per_image)
     if glands:
         summary.update({key: float(np.mean([row[key] for row in per_image])) for key in GLAND_KEYS})
+        pooled = pool_glands([{key: row[key] for key in GLAND_COUNTS} for row in per_image])
+        summary.update({f"pooled_{key}": value for key, value in pooled.items()})
     return summary

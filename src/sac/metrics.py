@@ -235,12 +235,12 @@ def _best_pairs(owner: np.ndarray, partner: np.ndarray, inter: np.ndarray, n_own
 def _weighted_dice(
     best: np.ndarray, area: np.ndarray, other_area: np.ndarray, pair_other: np.ndarray, inter: np.ndarray
 ) -> float:
-    """Area-weighted Dice of each object with its largest-overlap partner (0 without one)."""
+    """Sum over objects of area times Dice with the largest-overlap partner (0 without one)."""
     found = best >= 0
     dice_per_object = np.zeros(area.size)
     rows = best[found]
     dice_per_object[found] = 2 * inter[rows] / (area[found] + other_area[pair_other[rows]])
-    return float(np.sum(area * dice_per_object) / area.sum())
+    return float(np.sum(area * dice_per_object))
 
 
 def _object_hausdorff(
@@ -249,8 +249,9 @@ def _object_hausdorff(
     ov: _Overlap,
     true_best: np.ndarray,
     pred_best: np.ndarray,
-) -> float:
-    """GlaS object Hausdorff: each object against its largest-overlap partner, else its nearest one.
+) -> tuple[float, float]:
+    """GlaS object Hausdorff: each object against its largest-overlap partner, else its nearest one; the
+    area-weighted sums of the ground truth's side and of the segmentation's.
 
     Distances are exact, between all pixels of the two objects, cropped to the pair's bounding box (which
     holds every pixel of both, so nothing changes). Restricting to boundary pixels is not exact: the pixel
@@ -279,24 +280,35 @@ def _object_hausdorff(
             dist(i, pair_other[row]) if row >= 0 else min(dist(i, j) for j in range(n_other))
             for i, row in enumerate(best)
         ]
-        return float(np.sum(area * np.array(per_object)) / area.sum())
+        return float(np.sum(area * np.array(per_object)))
 
     n_true, n_pred = ov.true_area.size, ov.pred_area.size
     from_true = side(true_best, ov.pair_pred, ov.true_area, n_pred, distance)
     from_pred = side(pred_best, ov.pair_true, ov.pred_area, n_true, lambda p, t: distance(t, p))
-    return (from_true + from_pred) / 2
+    return from_true, from_pred
 
 
-def gland_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """GlaS challenge metrics (Sirinukunwattana et al. 2017) for one image, plus pixel dice and IoU.
+GLAND_COUNTS = (
+    "true_positives",
+    "n_true",
+    "n_pred",
+    "true_area",
+    "pred_area",
+    "true_dice_sum",
+    "pred_dice_sum",
+    "true_hausdorff_sum",
+    "pred_hausdorff_sum",
+)
 
-    Follows the challenge's evaluation code: a segmented gland is a true positive when it covers more
-    than half of the ground-truth gland it overlaps most, which also makes matches one-to-one (two
-    disjoint objects cannot both cover more than half). Object Dice and Hausdorff pair each object, on
-    both sides, with its largest-overlap partner and weight it by its share of its image's foreground;
-    a Hausdorff partner without overlap is the nearest object instead. With no objects on either side
-    every score is perfect (Hausdorff 0); with objects on one side only, F1 and Dice are 0 and the
-    Hausdorff distance is infinite, since there is nothing to measure a distance to.
+
+def gland_counts(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """What the GlaS challenge's object metrics sum over the objects of one image (``GLAND_COUNTS``).
+
+    A segmented gland is a true positive when it covers more than half of the ground-truth gland it overlaps
+    most, which also makes matches one-to-one (two disjoint objects cannot both cover more than half). Each
+    object, on both sides, is paired with its largest-overlap partner; its Dice and Hausdorff distance to it
+    are summed weighted by its area (a Hausdorff partner without overlap is the nearest object instead; with
+    no object on the other side the distance is infinite). :func:`pool_glands` turns sums into metrics.
     """
     truth, prediction = _check_pair(truth, prediction)
     ov = _overlap(truth, prediction)
@@ -304,14 +316,42 @@ def gland_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
     true_best = _best_pairs(ov.pair_true, ov.pair_pred, ov.pair_inter, n_true)
     pred_best = _best_pairs(ov.pair_pred, ov.pair_true, ov.pair_inter, n_pred)
     rows = pred_best[pred_best >= 0]
-    tp = int(np.count_nonzero(2 * ov.pair_inter[rows] > ov.true_area[ov.pair_true[rows]]))
+    if n_true and n_pred:
+        hausdorff = _object_hausdorff(truth, prediction, ov, true_best, pred_best)
+    else:  # nothing on the other side to measure a distance to
+        hausdorff = (float("inf") if n_true else 0.0, float("inf") if n_pred else 0.0)
+    return {
+        "true_positives": int(np.count_nonzero(2 * ov.pair_inter[rows] > ov.true_area[ov.pair_true[rows]])),
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "true_area": int(ov.true_area.sum()),
+        "pred_area": int(ov.pred_area.sum()),
+        "true_dice_sum": _weighted_dice(true_best, ov.true_area, ov.pred_area, ov.pair_pred, ov.pair_inter),
+        "pred_dice_sum": _weighted_dice(pred_best, ov.pred_area, ov.true_area, ov.pair_true, ov.pair_inter),
+        "true_hausdorff_sum": hausdorff[0],
+        "pred_hausdorff_sum": hausdorff[1],
+    }
+
+
+def pool_glands(counts: list[dict]) -> dict[str, float]:
+    """The GlaS challenge's object F1, precision, recall, Dice and Hausdorff of a set of images, from their
+    :func:`gland_counts`.
+
+    As the challenge defines them, the object metrics pool every object of the set: true positives are counted
+    over all images, and each object's Dice and Hausdorff distance weigh by its share of the area of all
+    objects of its side. With no objects on either side every score is perfect (Hausdorff 0); with objects on
+    one side only, F1 and Dice are 0 and the Hausdorff distance is infinite.
+    """
+    sums = {key: sum(count[key] for count in counts) for key in GLAND_COUNTS}
+    tp, n_true, n_pred = sums["true_positives"], sums["n_true"], sums["n_pred"]
     if n_true and n_pred:
         object_dice = (
-            _weighted_dice(true_best, ov.true_area, ov.pred_area, ov.pair_pred, ov.pair_inter)
-            + _weighted_dice(pred_best, ov.pred_area, ov.true_area, ov.pair_true, ov.pair_inter)
+            sums["true_dice_sum"] / sums["true_area"] + sums["pred_dice_sum"] / sums["pred_area"]
         ) / 2
-        hausdorff = _object_hausdorff(truth, prediction, ov, true_best, pred_best)
-    else:  # at least one side has no objects
+        hausdorff = (
+            sums["true_hausdorff_sum"] / sums["true_area"] + sums["pred_hausdorff_sum"] / sums["pred_area"]
+        ) / 2
+    else:
         object_dice, hausdorff = (1.0, 0.0) if n_true == n_pred else (0.0, float("inf"))
     return {
         "object_f1": _ratio(2 * tp, n_true + n_pred),
@@ -319,6 +359,17 @@ def gland_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
         "object_recall": _ratio(tp, n_true, empty=float(n_pred == 0)),
         "object_dice": object_dice,
         "object_hausdorff": hausdorff,
+    }
+
+
+def gland_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """GlaS challenge metrics (Sirinukunwattana et al. 2017) for one image, plus pixel Dice and IoU.
+
+    Follows the challenge's evaluation code (see :func:`gland_counts`); a test set's figures pool its images'
+    counts (:func:`pool_glands`), which is not the mean of the images' figures.
+    """
+    truth, prediction = _check_pair(truth, prediction)
+    return pool_glands([gland_counts(truth, prediction)]) | {
         "dice": dice(prediction, truth),
         "iou": iou(prediction, truth),
     }
