@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from skimage import measure
 from skimage.draw import disk
 
 from conftest import synthetic_nuclei
@@ -105,6 +106,19 @@ def test_load_dataset_unknown_and_missing(tmp_path):
         load_dataset("dsb2018", tmp_path, "train")
     with pytest.raises(InputError, match="expected images/ with masks/ or annotations/"):
         load_dataset("folder", tmp_path, "train")
+
+
+def test_one_label_in_pieces_is_split_in_a_users_folder_and_kept_in_a_shared_dataset(tmp_path, samples):
+    # GlaS's testB_3 gives 7 separate regions one label, as its source annotates them; its figures must score that
+    pieces = NucleiSample("pieces", samples[0].image, (samples[0].labels > 0).astype(np.int32))
+    _write_folder(tmp_path / "glas" / "test", [pieces])
+    (shared,) = load_dataset("glas", tmp_path, "test")
+    assert shared.labels.max() == 1
+    count = measure.label(pieces.labels).max()  # touching nuclei make one piece
+    with pytest.warns(UserWarning, match=f"one label in {count} separate pieces: taken as a binary mask"):
+        (folder,) = load_dataset("folder", tmp_path / "glas", "test")
+    assert folder.labels.max() == count > 1
+    np.testing.assert_array_equal(folder.labels > 0, shared.labels > 0)
 
 
 def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_path, samples):

@@ -178,13 +178,17 @@ class NucleiSample:
 
 
 def _load_pairs(
-    folder: Path, ids: Sequence[str] | None = None, mpp: dict[str | None, float | None] | None = None
+    folder: Path,
+    ids: Sequence[str] | None = None,
+    mpp: dict[str | None, float | None] | None = None,
+    user_folder: bool = False,
 ) -> list[NucleiSample]:
     """Load ``folder/images`` with the same-stem masks of ``folder/masks`` (label images) or, for images without
     one, ``folder/annotations/<id>.geojson`` (QuPath's exported objects, rasterised); optionally only ``ids``.
 
     ``mpp`` maps ids to their pixel size (``None`` key: the default for ids it does not list); an image it gives
-    none for takes the one its file records, if any.
+    none for takes the one its file records, if any. A ``user_folder``'s masks of one label in pieces are taken
+    as binary masks; a shared dataset's labels are its source's instances, kept as they are.
     """
     mpp = mpp or {}
     images_dir, masks_dir, notes_dir = folder / "images", folder / "masks", folder / "annotations"
@@ -207,7 +211,7 @@ def _load_pairs(
     for stem in wanted:
         image = read_image(images[stem])
         if stem in masks:
-            labels = read_labels(masks[stem])
+            labels = read_labels(masks[stem], split_binary=user_folder)
             check_pair(image, labels, images[stem], masks[stem])
         else:
             labels = read_geojson_labels(notes[stem], image.shape[:2])
@@ -276,7 +280,7 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         root = root / name
     if name == "folder":  # pixel sizes as in the shared layout: provenance.csv's id, microns_per_pixel
         sizes = _pixel_sizes(root, name)
-        samples = _load_pairs(root / split if (root / split).is_dir() else root, mpp=sizes)
+        samples = _load_pairs(root / split if (root / split).is_dir() else root, mpp=sizes, user_folder=True)
         images = [
             root / part / "images" for part in ("", "train", "test") if (root / part / "images").is_dir()
         ]

@@ -362,8 +362,12 @@ def read_image(path: str | os.PathLike, channel: int | str | None = None) -> np.
     return to_rgb_uint8(read_input(path, channel).data, name=str(path))
 
 
-def read_labels(path: str | os.PathLike) -> np.ndarray:
-    """Read an instance mask as int32 labels renumbered 1..N (0 = background), so ids can index arrays."""
+def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarray:
+    """Read an instance mask as int32 labels renumbered 1..N (0 = background), so ids can index arrays.
+
+    ``split_binary``: a single label in separate pieces is taken as a binary mask (:func:`split_binary_mask`);
+    off for curated instance labels, whose source may give one object in pieces (GlaS's testB_3 is one).
+    """
     path = Path(path)
     labels = _decode(path, palette_as_rgb=False)
     while labels.ndim > 2 and labels.shape[0] == 1:
@@ -384,7 +388,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         labels = labels.astype(np.int32)
     else:
         labels = relabel_sequential(labels)[0].astype(np.int32)
-    return split_binary_mask(labels, path)
+    return split_binary_mask(labels, path) if split_binary else labels
 
 
 BINARY_MASK_PARTS = 2  # one label in this many disconnected pieces is a binary mask, not one object
