@@ -13,6 +13,7 @@ from PIL import Image
 from skimage.draw import disk
 
 from sac.export import (
+    BOUNDARY_COLOR,
     OUTPUT_SUFFIXES,
     TABLE_COLUMNS,
     geojson_to_labels,
@@ -75,6 +76,17 @@ def test_write_mask_png(tmp_path):
     saved = np.asarray(Image.open(tmp_path / "mask.png"))
     assert saved.dtype == np.uint8
     np.testing.assert_array_equal(saved, mask * 255)
+
+
+def test_a_boolean_mask_is_refused_where_objects_are_counted(tmp_path):
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[1:3, 1:3] = mask[5:7, 5:7] = True  # two nuclei, which as labels would be one
+    for export in (nuclei_table, labels_to_geojson):
+        with pytest.raises(InputError, match="boolean mask, which would count as one object"):
+            export(mask)
+    with pytest.raises(InputError, match="boolean mask"):
+        write_labels_tif(tmp_path / "labels.tif", mask)
+    assert overlay(np.zeros((8, 8), np.uint8), mask)[1, 1].tolist() == list(BOUNDARY_COLOR)  # outlines drawn
 
 
 @pytest.mark.parametrize(("max_id", "dtype"), [(1, np.uint16), (65535, np.uint16), (65536, np.uint32)])

@@ -110,12 +110,17 @@ def test_id_gaps_and_dtypes_do_not_matter():
     assert evaluate_image(gappy_true, gappy_pred) == pytest.approx(evaluate_image(true, pred))
 
 
-def test_boolean_masks():
+def test_boolean_masks_have_pixel_scores_but_no_objects():
     true = np.zeros((4, 4), dtype=bool)
     true[:2, :2] = True
     pred = np.roll(true, 1, axis=1)
-    assert dice(pred, true) == 0.5
-    assert aggregated_jaccard_index(true, pred) == pytest.approx(1 / 3)
+    assert dice(pred, true) == 0.5 and iou(pred, true) == pytest.approx(1 / 3)
+    # a mask of many nuclei would be scored as one object: AJI near 0 and PQ 0, with no word of why
+    for score in (aggregated_jaccard_index, panoptic_quality, object_f1, evaluate_image, gland_metrics):
+        with pytest.raises(InputError, match="boolean mask, which would count as one object"):
+            score(true.astype(int), pred)
+    with pytest.raises(InputError, match="true labels are a boolean mask"):
+        evaluate_image(true, pred.astype(int))
 
 
 @pytest.mark.parametrize(

@@ -56,9 +56,9 @@ def output_path(
     return Path(out_dir) / f"{output_stem(source)}{OUTPUT_SUFFIXES[kind].format(objects=objects)}"
 
 
-def _check_label_image(labels: np.ndarray) -> np.ndarray:
-    """Return 2-D labels with booleans as uint8, which regionprops rejects as ambiguous."""
-    labels = check_labels(labels)
+def _check_label_image(labels: np.ndarray, mask: bool = False) -> np.ndarray:
+    """Return 2-D labels; a boolean ``mask``, where allowed, as uint8 (regionprops rejects booleans)."""
+    labels = check_labels(labels, mask=mask)
     if labels.ndim != 2:
         raise InputError(f"labels must be a 2-D image, got shape {labels.shape}")
     return labels.astype(np.uint8) if labels.dtype == bool else labels
@@ -377,8 +377,9 @@ OUTLINE_WIDTH_PER_DIAMETER = 40
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Draw object outlines (inside each object, so touching ones stay distinct) over a uint8 image: green, which
-    stands out on H&E's pinks and purples and on fluorescence's dark background; wider for large objects."""
-    labels = _check_label_image(labels)
+    stands out on H&E's pinks and purples and on fluorescence's dark background; wider for large objects.
+    ``labels`` may be a boolean mask: its outlines are drawn."""
+    labels = _check_label_image(labels, mask=True)
     image = _check_image(image, labels.shape)
     if image.dtype != np.uint8:
         raise InputError(f"overlay needs a uint8 image, got dtype {image.dtype}")

@@ -22,9 +22,15 @@ METRICS = ("dice", "iou", "aji", "dq", "sq", "pq", "precision", "recall", "f1")
 COUNTS = ("fg_intersection", "fg_total", "fg_union", "n_true", "n_pred")
 
 
-def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as an array, rejecting float or negative ids that would corrupt id bookkeeping."""
+def check_labels(labels: np.ndarray, name: str = "labels", mask: bool = False) -> np.ndarray:
+    """Return ``labels`` as an array, rejecting float or negative ids that would corrupt id bookkeeping, and a
+    boolean mask where objects are counted (unless ``mask``): as labels it would be a single object."""
     labels = np.asarray(labels)
+    if labels.dtype == bool and not mask:
+        raise InputError(
+            f"{name} are a boolean mask, which would count as one object: give instance labels "
+            "(predict with instances=True, or skimage.measure.label the mask)"
+        )
     if labels.dtype != bool and not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"{name} must be an integer label image or boolean mask, got dtype {labels.dtype}")
     if labels.dtype != bool and labels.size and labels.min() < 0:
@@ -32,9 +38,11 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return labels
 
 
-def _check_pair(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    true_labels = check_labels(true_labels, "true labels")
-    pred_labels = check_labels(pred_labels, "predicted labels")
+def _check_pair(
+    true_labels: np.ndarray, pred_labels: np.ndarray, masks: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    true_labels = check_labels(true_labels, "true labels", masks)
+    pred_labels = check_labels(pred_labels, "predicted labels", masks)
     if true_labels.shape != pred_labels.shape:
         raise InputError(f"shape mismatch: true labels {true_labels.shape} vs predicted {pred_labels.shape}")
     return true_labels, pred_labels
@@ -53,14 +61,14 @@ def _foreground_counts(true_labels: np.ndarray, pred_labels: np.ndarray) -> tupl
 
 
 def dice(pred: np.ndarray, target: np.ndarray) -> float:
-    """Dice coefficient of the foregrounds (any id > 0)."""
-    inter, total = _foreground_counts(*_check_pair(target, pred))
+    """Dice coefficient of the foregrounds (any id > 0; masks or labels)."""
+    inter, total = _foreground_counts(*_check_pair(target, pred, masks=True))
     return _ratio(2 * inter, total)
 
 
 def iou(pred: np.ndarray, target: np.ndarray) -> float:
-    """Intersection over union of the foregrounds (any id > 0)."""
-    inter, total = _foreground_counts(*_check_pair(target, pred))
+    """Intersection over union of the foregrounds (any id > 0; masks or labels)."""
+    inter, total = _foreground_counts(*_check_pair(target, pred, masks=True))
     return _ratio(inter, total - inter)
 
 
