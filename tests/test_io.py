@@ -27,6 +27,7 @@ from sac.io import (
     sha256sum,
     stretch,
     to_rgb_uint8,
+    transparent_pixels,
     write_json,
 )
 
@@ -385,6 +386,35 @@ def test_read_input_axes_channels_and_names(tmp_path):
         read_input(tmp_path / "z.tif")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.png")
     assert read_input(tmp_path / "rgb.png").note == "colour (RGB)"
+
+
+@pytest.mark.parametrize(
+    ("samples", "tags", "model_sees", "names"),
+    [
+        # a grey TIFF of 4 samples is 4 channels: the 4th a marker, not alpha (0 would blank the image there)
+        (4, {"photometric": "minisblack"}, "warn", ["0", "1", "2", "3"]),
+        (3, {"photometric": "minisblack"}, "warn", ["0", "1", "2"]),
+        (2, {"photometric": "minisblack"}, "warn", ["0", "1"]),  # GFP + DAPI, not grey + alpha
+        (4, {"photometric": "rgb", "extrasamples": ["unspecified"]}, "rgb", ["red", "green", "blue", "3"]),
+        (4, {"photometric": "rgb"}, "rgba", ["red", "green", "blue", "alpha"]),  # tifffile's default: alpha
+        (3, {"photometric": "rgb"}, "rgb", ["red", "green", "blue"]),
+    ],
+)
+def test_tiff_samples_are_colour_and_alpha_only_as_its_tags_say(tmp_path, samples, tags, model_sees, names):
+    pixels = np.stack([np.full((8, 9), 10 * (i + 1), np.uint8) for i in range(samples)], axis=-1)
+    pixels[:, :4, -1] = 0  # the last sample: 0 over the left half
+    tifffile.imwrite(tmp_path / "s.tif", pixels, planarconfig="contig", **tags)
+    if model_sees == "warn":
+        with pytest.warns(
+            UserWarning, match=rf"{samples} channels \(0, 1.*\) and no --channel: using channel 0$"
+        ):
+            found = read_input(tmp_path / "s.tif")
+        assert found.data.shape == (8, 9) and found.note == f"channel 0 of {samples}"
+    else:
+        found = read_input(tmp_path / "s.tif")
+        assert found.data.shape == (8, 9, 4 if model_sees == "rgba" else 3) and found.note == "colour (RGB)"
+    assert found.channel_names == names and found.raw.shape == (8, 9, samples)
+    assert (transparent_pixels(found.data) is not None) == (model_sees == "rgba")
 
 
 def test_write_json_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):

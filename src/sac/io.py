@@ -271,9 +271,12 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
     """Read an image file, deciding each axis from its metadata (OME, ImageJ, TIFF samples), and pick the
     channel the model sees: ``channel`` by index or by name (OME channel names), else colour as colour and, for
     several non-colour channels, the first one with a warning. Z stacks and time series are refused.
+
+    A TIFF's samples are colour only when its photometric tag says RGB, and a last sample is alpha only when
+    its extra-samples tag says so; a four-channel grey (``minisblack``) TIFF is four channels, not RGBA.
     """
     path = Path(path)
-    array, axes, names = _decode_with_axes(path)
+    array, axes, names, samples = _decode_with_axes(path)
     keep = [
         i for i, (axis, size) in enumerate(zip(axes, array.shape, strict=True)) if size > 1 or axis in "YX"
     ]
@@ -294,25 +297,31 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
         return InputImage(array, array, [], "single channel")
     raw = np.moveaxis(array, axes.index(extra[0]), -1)
     count = raw.shape[-1]
-    colour = extra[0] == "S" and count in (3, 4)
-    names = (
-        names
-        if len(names) == count
-        else list(_RGB_NAMES[:count])
-        if colour
-        else [str(i) for i in range(count)]
-    )
-    if channel is None:
+    colour = extra[0] == "S" and samples.colour and count >= 3
+    alpha = extra[0] == "S" and samples.alpha and count in (2, 4)  # grey + alpha, or RGB + alpha
+    if len(names) != count:
+        names = [str(i) for i in range(count)]
         if colour:
-            return InputImage(raw, raw, names, "colour (RGB)")
-        if extra[0] != "S" or count != 2:  # grey with alpha needs no warning
+            names[:3] = _RGB_NAMES[:3]
+        if alpha:
+            names[-1] = "alpha"
+    if channel is None:
+        if colour:  # RGBA keeps its alpha for the model (nothing is segmented where it is 0); other extras go
+            return InputImage(raw[..., : 4 if alpha else 3], raw, names, "colour (RGB)")
+        if not (alpha and count == 2):  # grey with alpha needs no warning
             warnings.warn(
-                f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0 ({names[0]})",
+                f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0"
+                + (f" ({names[0]})" if names[0] != "0" else ""),
                 stacklevel=2,
             )
-        return InputImage(raw[..., 0], raw, names, f"channel 0 ({names[0]}) of {count}")
+        return InputImage(raw[..., 0], raw, names, _channel_note(0, names))
     index = _channel_index(channel, names, path)
-    return InputImage(raw[..., index], raw, names, f"channel {index} ({names[index]}) of {count}")
+    return InputImage(raw[..., index], raw, names, _channel_note(index, names))
+
+
+def _channel_note(index: int, names: list[str]) -> str:
+    named = f" ({names[index]})" if names[index] != str(index) else ""
+    return f"channel {index}{named} of {len(names)}"
 
 
 def _channel_index(channel: int | str, names: list[str], path: Path) -> int:
@@ -330,24 +339,38 @@ def _channel_index(channel: int | str, names: list[str], path: Path) -> int:
     return index
 
 
-def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str]]:
-    """The file's pixels, the axis of each dimension (tifffile's letters) and OME channel names if any."""
+class _Samples(NamedTuple):
+    """What a file's samples axis (``S``) holds: colour (RGB first), and an alpha sample last."""
+
+    colour: bool
+    alpha: bool
+
+
+def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], _Samples]:
+    """The file's pixels, the axis of each dimension (tifffile's letters), OME channel names if any, and what
+    its samples are."""
     if path.suffix.lower() not in _TIFF_SUFFIXES:
-        array = _decode(path, palette_as_rgb=True)
-        return array, "YX" if array.ndim == 2 else "YXS", []
+        array = _decode(path, palette_as_rgb=True)  # PIL modes: L, LA, RGB, RGBA (others become RGB)
+        channels = 1 if array.ndim == 2 else array.shape[2]
+        return array, "YX" if array.ndim == 2 else "YXS", [], _Samples(channels >= 3, channels in (2, 4))
     check_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
             names = _ome_channel_names(tif) if tif.is_ome else []
+            page = series.keyframe
+            samples = _Samples(
+                page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR),
+                any(kind in (1, 2) for kind in page.extrasamples),  # associated or unassociated alpha
+            )
     except Exception as exc:  # decoders raise many unrelated types (OSError, codec errors, ValueError)
         raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
     if array.size == 0:
         raise InputError(f"{path}: cannot decode image (no image data)")
     if "Q" in axes:  # tifffile could not tell: the old rule, a short first axis holds channels
         axes = axes.replace("Q", "C" if is_channel_first(array.shape) else "I")
-    return array, axes, names
+    return array, axes, names, samples
 
 
 def _ome_channel_names(tif: tifffile.TiffFile) -> list[str]:
