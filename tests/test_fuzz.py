@@ -117,8 +117,8 @@ def test_any_supported_array_becomes_uint8_rgb(case):
 
 @st.composite
 def two_level_images(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
-    """An image of two values in a dtype that is stretched (not uint8, bool or floats in [0, 1]), and the mask
-    of its higher value."""
+    """An image of two values in a dtype that is stretched (not uint8, bool, integers within 0-255 or floats in
+    [0, 1]), and the mask of its higher value."""
     dtype = np.dtype(draw(st.sampled_from(STRETCHED_DTYPES)))
     if dtype.kind == "f":
         values = st.floats(allow_nan=False, allow_infinity=False, width=8 * dtype.itemsize)
@@ -127,6 +127,8 @@ def two_level_images(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     low, high = sorted(draw(st.lists(values, min_size=2, max_size=2, unique=True)))
     if dtype.kind == "f" and low >= 0 and high <= 1:
         high = 2.0
+    if dtype.kind in "iu" and low >= 0 and high <= 255:  # 8-bit values in a wider type are taken as they are
+        low, high = (low, 256) if dtype.kind == "u" else (-1, high)
     order, count = draw(st.permutations(range(15))), draw(st.integers(1, 14))
     pattern = np.isin(np.arange(15), order[:count]).reshape(3, 5)
     return np.where(pattern, np.array(high, dtype), np.array(low, dtype)), pattern

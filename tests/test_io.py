@@ -169,7 +169,9 @@ def test_stack_with_many_channels_is_rejected(tmp_path):
         (np.array([[-5.0, 0.0, 5.0]], np.float32), [0, 128, 255]),
         (np.array([[1000, 1500, 2000]], np.uint16), [0, 128, 255]),
         (np.array([[-70000, 0, 70000]], np.int32), [0, 128, 255]),
-        (np.array([[7, 7, 7]], np.uint16), [0, 0, 0]),
+        (np.array([[700, 700, 700]], np.uint16), [0, 0, 0]),
+        (np.array([[0, 7, 39]], np.uint16), [0, 7, 39]),  # 8-bit values in 16 bits: as the 8-bit image
+        (np.array([[0, 128, 255]], np.int64), [0, 128, 255]),  # a Python list's ints
     ],
 )
 def test_to_rgb_uint8_dtypes(array, expected):
