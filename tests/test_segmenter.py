@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 import warnings
 
 import numpy as np
@@ -48,6 +49,15 @@ def test_instance_modes_are_normalised(given, mode):
         ({"mpp": 0}, "outside"),
         ({"tta": 3}, "test-time augmentation takes 1, 2, 4, 8 views; got 3"),
         ({"tta": "many"}, "test-time augmentation takes 1, 2, 4, 8 views; got many"),
+        ({"min_size": float("nan")}, "min size must be a number, got nan"),  # would switch the filter off
+        ({"max_size": float("nan")}, "max size must be a number"),
+        ({"threshold": "0.5"}, "threshold must be a number, got '0.5'"),
+        ({"seed_threshold": True}, "seed threshold must be a number"),
+        ({"exclude_edges": "no"}, "exclude edges must be True or False, got 'no'"),  # "no" is truthy
+        ({"progress": 1}, "progress must be True or False"),
+        ({"batch_size": 2.5}, "batch size must be a whole number, got 2.5"),
+        ({"overlap": 2.5}, "overlap must be a whole number"),
+        ({"channel": 1.0}, "channel must be an index or a channel name, got 1.0"),
     ],
 )
 def test_bad_options_rejected(options, message):
@@ -177,6 +187,53 @@ def test_instances_resplit_maps_with_the_options_seed_settings(tiny_segmenter):
         for depth in (0.0, 0.2)
     }
     assert counts == {0.0: 1, 0.2: 2}
+
+
+def test_relabel_gives_what_segment_gives_with_the_same_options(tiny_segmenter):
+    rgb, _ = synthetic_nuclei(size=96, count=14, seed=4)
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[50, :] = 0  # a transparent line cuts nuclei: relabel cuts them as segment does
+    image = np.dstack([rgb, alpha])
+    result = tiny_segmenter.with_options(instances=True).segment(image)
+    for changes in ({}, {"seed_threshold": 0.3, "min_size": 40.0}, {"exclude_edges": True, "threshold": 0.4}):
+        other = tiny_segmenter.with_options(instances=True, **changes)
+        np.testing.assert_array_equal(other.relabel(result), other.segment(image).labels)
+    mask_only = tiny_segmenter.segment(rgb, mpp=0.25)  # no watershed ran: no HV maps to relabel with
+    if tiny_segmenter.model.config.hv_maps:
+        with pytest.raises(InputError, match="segment with instances"):
+            tiny_segmenter.relabel(mask_only)
+
+
+def test_threads_sharing_a_model_get_what_a_serial_run_gets(tiny_segmenter, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [synthetic_nuclei(size=96, count=10, seed=seed)[0] for seed in range(4)]
+    segmenter = tiny_segmenter.with_options(instances=True, batch_size=1)
+
+    def maps(image: np.ndarray) -> np.ndarray:  # the maps: prompts move them even where labels do not change
+        return segmenter.segment(image).maps
+
+    serial = [maps(image) for image in images]
+    model, sample_prompts = segmenter.model, segmenter.model._prompts
+
+    def slow_prompts(*args, **kwargs):  # the model reads its tile's point stream after another thread could
+        time.sleep(0.002)  # have set its own (each image's tiles draw generated points from their streams)
+        return sample_prompts(*args, **kwargs)
+
+    monkeypatch.setattr(model, "_prompts", slow_prompts)
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(maps, images * 2))
+    for expected, got in zip(serial * 2, threaded, strict=True):
+        np.testing.assert_array_equal(expected, got)
+
+
+def test_segment_takes_option_changes_for_one_call(tiny_segmenter):
+    rgb, _ = synthetic_nuclei(size=64, count=6)
+    changed = tiny_segmenter.segment(rgb, instances=True, threshold=0.4)
+    np.testing.assert_array_equal(
+        changed.labels, tiny_segmenter.with_options(instances=True, threshold=0.4).segment(rgb).labels
+    )
+    assert tiny_segmenter.options.instances is None  # the segmenter itself is unchanged
 
 
 def test_segment_with_clicks(tiny_segmenter):

@@ -6,8 +6,11 @@ libraries; :class:`sac.segmenter.Segmenter` applies the options.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 from sac.io import MPP_RANGE, InputError
 from sac.tiling import DEFAULT_OVERLAP
@@ -77,6 +80,7 @@ class SegmentOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         mode = {True: "fast", False: None}.get(self.instances, self.instances)  # type: ignore[arg-type]
         if mode is not None and mode not in INSTANCE_MODES:
             raise InputError(
@@ -113,6 +117,31 @@ class SegmentOptions:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
         if self.overlap < 0:
             raise InputError(f"tile overlap must not be negative, got {self.overlap}")
+
+    def _check_types(self) -> None:
+        """Refuse values of the wrong kind in one line, before a comparison raises a TypeError or a NaN slips
+        through every range check (``min_size=nan`` would switch the size filter off)."""
+        optional_numbers = ("seed_threshold", "seed_depth", "hv_weight", "min_size", "max_size")
+        for name in ("threshold", *optional_numbers):
+            value = getattr(self, name)
+            if value is None and name in optional_numbers:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+                raise InputError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
+        for name in ("batch_size", "overlap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{name.replace('_', ' ')} must be a whole number, got {value!r}")
+        for name in ("exclude_edges", "progress"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(
+                    f"{name.replace('_', ' ')} must be True or False, got {getattr(self, name)!r}"
+                )
+        channel = self.channel
+        if channel is not None and (
+            isinstance(channel, bool) or not isinstance(channel, (numbers.Integral, str))
+        ):
+            raise InputError(f"channel must be an index or a channel name, got {channel!r}")
 
 
 def tta_views(value: int | float | str | bool) -> int:

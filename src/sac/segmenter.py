@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -46,15 +47,34 @@ ZOOM_TOLERANCE = 0.02  # zooms closer to 1 than this run at the native scale
 
 
 class Segmentation(NamedTuple):
-    """What one image gives: the mask, the labels (None without instances) and the maps behind both, with the
-    scale the model saw it at."""
+    """What one image gives (:meth:`Segmenter.segment`).
 
-    mask: np.ndarray  # (H, W) bool
-    labels: np.ndarray | None  # (H, W) int32 nuclei ids
-    maps: np.ndarray  # (C, H, W) float32, named by the model's SACConfig.map_names (HV ones with labels only)
-    mpp: float | None  # the input's pixel size in µm, given or recorded in its file; None when unknown
-    zoom: float  # model pixels per input pixel
-    scale_note: str  # where the scale came from, in words
+    Attributes
+    ----------
+    mask : (H, W) bool
+        The nuclei; with labels, exactly ``labels > 0``.
+    labels : (H, W) int32 or None
+        Nucleus ids, 0 background (None without instances); ids may have gaps after clicks.
+    maps : (C, H, W) float32
+        The maps behind both, named by the model's ``SACConfig.map_names``: nuclei probability, generator
+        probability, centre map, SAM's own probability, and the two HV maps when a watershed ran.
+    mpp : float or None
+        The input's pixel size in µm, given or recorded in its file; None when unknown (estimated or assumed).
+    zoom : float
+        Model pixels per input pixel: the scale the model saw the image at.
+    scale_note : str
+        Where the scale came from, in words.
+    transparent : (H, W) bool or None
+        Where an RGBA input is fully transparent (nothing segmented there).
+    """
+
+    mask: np.ndarray
+    labels: np.ndarray | None
+    maps: np.ndarray
+    mpp: float | None
+    zoom: float
+    scale_note: str
+    transparent: np.ndarray | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,17 +147,24 @@ class Segmenter:
     def predict(
         self, image: np.ndarray, points: Points | None = None, mpp: float | None = None, **changes
     ) -> np.ndarray:
-        """A boolean nuclei mask, or with ``instances`` int32 labels, for one (H, W) or (H, W, C) image.
+        """A boolean nuclei mask, or with ``instances`` int32 labels, for one image.
 
-        ``points`` = (positive, negative), each a list of [x, y] clicks or None, e.g. ``([[120, 120]], [])``;
-        ``mpp`` the image's pixel size if known; ``changes`` override options for this call.
+        Parameters
+        ----------
+        image, points, mpp
+            As for :meth:`segment`.
+        **changes
+            Options for this call only (any field of :class:`SegmentOptions`, e.g. ``instances=True``).
+
+        Returns
+        -------
+        (H, W) bool mask, or (H, W) int32 labels (0 background; ids may have gaps after clicks).
         """
-        segmenter = self.with_options(**changes) if changes else self
-        result = segmenter.segment(image, points, mpp)
+        result = self.segment(image, points, mpp, **changes)
         return result.mask if result.labels is None else result.labels
 
     def segment(
-        self, image: np.ndarray, points: Points | None = None, mpp: float | None = None
+        self, image: np.ndarray, points: Points | None = None, mpp: float | None = None, **changes
     ) -> Segmentation:
         """Mask, labels and maps from a single pass of the model; the mask is ``labels > 0`` whenever labels
         are made, so written masks, labels and evaluated Dice always agree.
@@ -152,9 +179,18 @@ class Segmenter:
             object under it. With clicks, labels are made (fast mode) even when only a mask is asked for.
         mpp : float, optional
             The image's pixel size as its file records it (the ``mpp`` option, when a number, overrides it).
+        **changes
+            Options for this call only (fields of :class:`SegmentOptions`).
 
-        On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss.
+        Returns
+        -------
+        :class:`Segmentation`
+
+        On CUDA the model runs under bfloat16 autocast, which halves memory and time with no visible loss. One
+        model serves one image at a time: threads sharing it (or Segmenters made from it) take turns.
         """
+        if changes:
+            return self.with_options(**changes).segment(image, points, mpp)
         image = self._channel(channels_last(np.asarray(image)))
         mpp = None if mpp is None else check_pixel_size(mpp)
         rgb, transparent = to_rgb_uint8(image), transparent_pixels(image)
@@ -169,18 +205,15 @@ class Segmenter:
         )
         options = self.options
         mode = options.instances or ("fast" if points is not None else None)
-        with precision:
+        with _lock(self.model), precision:
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
                 maps = self._maps_at(rgb, zoom, hv=mode is not None)
             labels = None if mode is None else self.instances(maps, zoom)
             if mode == "sam":
                 labels = self._sam_instances(rgb, labels, maps[2], zoom)
-            if labels is not None and transparent is not None:  # each piece a transparent area cuts off is
-                # a nucleus of its own, and faces the size filter as one
-                labels = measure.label(labels * ~transparent, connectivity=2).astype(labels.dtype)
             if labels is not None:
-                labels = self._filtered(labels, mpp, zoom)
+                labels = self._finished(labels, transparent, mpp, zoom)
             if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
                 labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom)
         if labels is None:
@@ -188,10 +221,23 @@ class Segmenter:
             mask = mask if transparent is None else mask & ~transparent
         else:
             mask = labels > 0
-        return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note)
+        return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note, transparent)
 
-    def _filtered(self, labels: np.ndarray, mpp: float | None, zoom: float) -> np.ndarray:
-        """The size and edge filters of the options; sizes are µm², so pixel areas follow the pixel size."""
+    def relabel(self, result: Segmentation) -> np.ndarray:
+        """The watershed labels :meth:`segment` would give ``result``'s image with this segmenter's settings
+        (seeds, threshold, size and edge filters), made from ``result``'s maps without another pass of the
+        network: for trying settings, e.g. ``segmenter.with_options(seed_threshold=0.3).relabel(result)``.
+        ``result`` must come from a segmentation with instances (its maps then hold the HV maps they need)."""
+        labels = self.instances(result.maps, result.zoom)
+        return self._finished(labels, result.transparent, result.mpp, result.zoom)
+
+    def _finished(
+        self, labels: np.ndarray, transparent: np.ndarray | None, mpp: float | None, zoom: float
+    ) -> np.ndarray:
+        """Labels as :meth:`segment` returns them: each piece a transparent area cuts off is a nucleus of its
+        own, and faces the options' size and edge filters (µm², so pixel areas follow the pixel size) as one."""
+        if transparent is not None:
+            labels = measure.label(labels * ~transparent, connectivity=2).astype(labels.dtype)
         options = self.options
         # µm² per pixel: known, else what the zoom implies (the model's pixel size times it)
         pixel_area = (mpp or (self.model.config.mpp or 1.0) * zoom) ** 2
@@ -215,12 +261,14 @@ class Segmenter:
 
         Returns
         -------
-        (H, W) int32 labels, 0 background; the options' size filters in µm² are left to :meth:`segment`.
+        (H, W) int32 labels, 0 background, before the options' size and edge filters (:meth:`relabel` applies
+        them, as :meth:`segment` does).
         """
         config = self.model.config
         if config.hv_maps and len(maps) == len(MAP_NAMES):
             raise InputError(
-                "these maps lack the model's HV maps, which its instances need: make them with hv=True"
+                "these maps lack the model's HV maps, which its instances need: segment with instances "
+                "(with_options(instances=True)), or call maps() with hv=True"
             )
         return instances_from_maps(
             maps[0],
@@ -341,8 +389,6 @@ class Segmenter:
         rgb = to_rgb_uint8(image)
         size = model.config.image_size
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         use_manual = points is not None or not generate_points
         given = as_clicks(points) if points is not None else (None, None)
 
@@ -368,18 +414,21 @@ class Segmenter:
             done = 0
             return predict_tiled(run, view, size, options.overlap, options.batch_size, options.progress)
 
-        try:
-            views = VIEWS[: self.tta]
-            if len(views) == 1:
-                return tiled(rgb)
-            if use_manual:
-                raise InputError("test-time augmentation does not combine with whole-mask point prompts")
-            total = 0  # each view's maps turned back and averaged
-            for view in views:
-                total = total + maps_of_view(tiled(view_of(rgb, view)), view)
-            return total / len(views)
-        finally:
-            model.train(was_training)
+        with _lock(model):  # the model's mode and point streams are state: one image at a time
+            was_training = model.training
+            model.eval()
+            try:
+                views = VIEWS[: self.tta]
+                if len(views) == 1:
+                    return tiled(rgb)
+                if use_manual:
+                    raise InputError("test-time augmentation does not combine with whole-mask point prompts")
+                total = 0  # each view's maps turned back and averaged
+                for view in views:
+                    total = total + maps_of_view(tiled(view_of(rgb, view)), view)
+                return total / len(views)
+            finally:
+                model.train(was_training)
 
     def _forward_with_manual(
         self, tensor: torch.Tensor, manual: list, generate_points: bool, hv: bool
@@ -426,3 +475,14 @@ def _tile_points(points: Points, origin: tuple[int, int], size: int) -> list:
         coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array([origin[1], origin[0]], np.float32)
         chosen += [(xy, label) for xy in coords[(coords >= 0).all(1) & (coords < size).all(1)]]
     return chosen
+
+
+_LOCKS: dict[int, threading.RLock] = {}  # by the model's id: a lock per model ever used, a few bytes each
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(model: SegmentAnyCell) -> threading.RLock:
+    """The lock of ``model``: its mode (eval/train) and its point streams (``point_offset``) are state that one
+    image's tiles set, so threads sharing a model take turns (each pass already uses all of torch's threads)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(id(model), threading.RLock())
