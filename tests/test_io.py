@@ -388,6 +388,9 @@ def test_read_input_axes_channels_and_names(tmp_path):
         read_input(tmp_path / "z.tif")
     Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "rgb.png")
     assert read_input(tmp_path / "rgb.png").note == "colour (RGB)"
+    fiji = {"axes": "CYX", "Labels": ["GFP", "DAPI"]}  # Fiji's channel labels name channels too
+    tifffile.imwrite(tmp_path / "ij.tif", planes, imagej=True, metadata=fiji)
+    assert read_input(tmp_path / "ij.tif", "DAPI").note == "channel 1 (DAPI) of 2"
 
 
 @pytest.mark.parametrize(

@@ -518,3 +518,21 @@ def test_the_channel_option_picks_a_channel_of_channels_first_arrays_too(tiny_se
     assert first.shape == last.shape == (64, 64)
     np.testing.assert_array_equal(first, last)
     np.testing.assert_array_equal(last, tiny_segmenter.with_options(mpp="native").predict(image[..., 1]))
+
+
+def test_a_two_channel_array_warns_which_channel_is_segmented(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    two = np.stack([image[..., 0], image[..., 1]])  # e.g. (cytoplasm, DAPI), channels first
+    with pytest.warns(
+        UserWarning, match=r"2 channels \(shape \(64, 64, 2\)\): segmenting channel 0; give channel="
+    ):
+        tiny_segmenter.predict(two)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_segmenter.predict(two, channel=1)  # chosen: no warning
+
+
+def test_a_mode_is_not_an_images_pixel_size(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    with pytest.raises(InputError, match=r"mpp='native': give this image's pixel size .* with_options"):
+        tiny_segmenter.predict(image, mpp="native")

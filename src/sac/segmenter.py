@@ -27,7 +27,7 @@ from sac.instances import (
 )
 from sac.io import InputError, channels_last, to_rgb_uint8, transparent_pixels
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
-from sac.options import SegmentOptions, check_pixel_size, tta_views
+from sac.options import SCALE_MODES, SegmentOptions, check_pixel_size, tta_views
 from sac.points import Points, as_clicks, clicks_pixels, combine_points
 from sac.scale import at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
@@ -123,8 +123,10 @@ class Segmenter:
         return f"Segmenter({config.objects} model at {config.mpp} µm/px{weights}, {self.options!r})"
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu", **settings) -> Segmenter:
-        """The checkpoint folder at ``path`` (None: the model shipped with the package) on ``device``."""
+    def load(cls, path: str | Path | None = None, device: str = "auto", **settings) -> Segmenter:
+        """The checkpoint folder at ``path`` (None or ``"nuclei"``: the model shipped with the package;
+        ``"glands"``: the gland model) on ``device`` (``auto``: CUDA, else Apple's MPS, else the CPU), with
+        ``settings`` as :class:`SegmentOptions` fields."""
         model = SegmentAnyCell.load(path, device=resolve_device(device)).prepare_for_inference()
         return cls(model, **settings)
 
@@ -192,6 +194,11 @@ class Segmenter:
         if changes:
             return self.with_options(**changes).segment(image, points, mpp)
         image = self._channel(channels_last(np.asarray(image)))
+        if mpp in SCALE_MODES:  # the option's modes are not an image's pixel size
+            raise InputError(
+                f"mpp={mpp!r}: give this image's pixel size in µm; for the {mpp} mode use mpp as an option: "
+                f"with_options(mpp={mpp!r})"
+            )
         mpp = None if mpp is None else check_pixel_size(mpp)
         rgb, transparent = to_rgb_uint8(image), transparent_pixels(image)
         if points is not None:  # checked before the model runs
@@ -284,6 +291,12 @@ class Segmenter:
         """The ``channel`` option applied to a channels-last array; images of one channel pass unchanged (files
         have theirs picked by ``sac.io.read_input``, which also knows channel names)."""
         channel = self.options.channel
+        if channel is None and image.ndim == 3 and image.shape[-1] == 2:  # a grey + alpha array is rare
+            warnings.warn(
+                f"an array of 2 channels (shape {image.shape}): segmenting channel 0; give channel= to pick "
+                "the nuclei's channel",
+                stacklevel=3,
+            )
         if channel is None or image.ndim == 2:
             return image
         if isinstance(channel, str):
