@@ -228,6 +228,28 @@ def test_geojson_round_trip_of_tiny_and_diagonal_objects():
     np.testing.assert_array_equal(geojson_to_labels(labels_to_geojson(labels), labels.shape), labels)
 
 
+def test_an_object_with_a_hole_keeps_it_in_its_outline_and_back():
+    # A vesicular nucleus drawn as a ring (or a gland around its lumen): QuPath would measure a filled outline
+    # larger than the object's area, and the hole would come back filled.
+    yy, xx = np.mgrid[:30, :30]
+    radius = np.hypot(yy - 12, xx - 12)
+    labels = np.where((radius < 9) & (radius >= 4), 7, 0).astype(np.int32)
+    labels[25:28, 25:28] = 3
+    features = {f["properties"]["id"]: f for f in labels_to_geojson(labels)["features"]}
+    ring = features[7]["geometry"]
+    assert ring["type"] == "Polygon" and len(ring["coordinates"]) == 2  # outline and hole
+    exterior, hole = (np.array(coordinates) for coordinates in ring["coordinates"])
+
+    def signed_area(xy: np.ndarray) -> float:
+        return float(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])) / 2
+
+    assert np.sign(signed_area(exterior)) == -np.sign(signed_area(hole))  # holes turn the other way
+    area = abs(signed_area(exterior)) - abs(signed_area(hole))
+    assert area == pytest.approx(features[7]["properties"]["measurements"]["area"], rel=0.1)
+    assert len(features[3]["geometry"]["coordinates"]) == 1
+    np.testing.assert_array_equal(geojson_to_labels(labels_to_geojson(labels), labels.shape), labels)
+
+
 @pytest.mark.parametrize("region_first", [True, False])
 def test_a_region_around_the_nuclei_and_point_annotations_are_skipped(region_first):
     labels = _random_disks(3)

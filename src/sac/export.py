@@ -210,11 +210,25 @@ def _probe(options: dict) -> dict:
     return {**options, "probability": None if probability is None else probability[:1, :1]}
 
 
-def _outer_rings(mask: np.ndarray) -> list[np.ndarray]:
-    """Closed (row, col) outlines of the pieces of ``mask``, holes filled, in pixel-centre units."""
-    padded = np.pad(ndi.binary_fill_holes(mask), 1).astype(np.float64)
-    # fully_connected="high" keeps pixels that touch only at a corner in one outline
-    return [_drop_collinear(c - 1) for c in measure.find_contours(padded, 0.5, fully_connected="high")]
+def _pieces_with_holes(mask: np.ndarray) -> list[list[np.ndarray]]:
+    """Each piece of ``mask`` as closed (row, col) rings in pixel-centre units: its outline, then those of its
+    holes, so an outline's area is the object's (a vesicular nucleus drawn as a ring, a gland around its lumen)."""
+    filled = ndi.binary_fill_holes(mask)
+    pieces, count = ndi.label(filled, structure=np.ones((3, 3)))  # corner-touching pixels: one outline
+    holes, _ = ndi.label(filled & ~mask)  # 4-connected, as background between 8-connected pixels is
+    rings = []
+    for piece in range(1, count + 1):
+        # fully_connected="high" keeps pixels that touch only at a corner in one outline
+        outline = _ring(pieces == piece, "high")
+        inside = np.unique(holes[pieces == piece])
+        rings.append([outline, *(_ring(holes == hole, "low") for hole in inside[inside > 0])])
+    return rings
+
+
+def _ring(mask: np.ndarray, connectivity: str) -> np.ndarray:
+    padded = np.pad(mask, 1).astype(np.float64)
+    (contour,) = measure.find_contours(padded, 0.5, fully_connected=connectivity)
+    return _drop_collinear(contour - 1)
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -268,13 +282,24 @@ def labels_to_geojson(
 
 
 def _polygon(mask: np.ndarray, corner: tuple[int, int], offset_xy: tuple[float, float], scale: float) -> dict:
-    """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column); a MultiPolygon when the
-    mask is in pieces (labels drawn by hand, or cut by a tool), so no piece is lost from the outline."""
+    """The GeoJSON polygon of a mask whose top-left pixel is at ``corner`` (row, column), with its holes; a
+    MultiPolygon when the mask is in pieces (labels drawn by hand, or cut by a tool), so no piece is lost."""
     shift = np.asarray(corner[::-1], np.float64) + 0.5 + np.asarray(offset_xy, np.float64)  # (x, y)
-    polygons = [[((ring[:, ::-1] + shift) * scale).tolist()] for ring in _outer_rings(mask)]
+    polygons = []
+    for outline, *holes in _pieces_with_holes(mask):
+        exterior = (outline[:, ::-1] + shift) * scale
+        turn = np.sign(_signed_area(exterior))  # holes turn the other way (RFC 7946)
+        holes = [(hole[:, ::-1] + shift) * scale for hole in holes]
+        holes = [hole if np.sign(_signed_area(hole)) != turn else hole[::-1] for hole in holes]
+        polygons.append([exterior.tolist(), *(hole.tolist() for hole in holes)])
     if len(polygons) == 1:
         return {"type": "Polygon", "coordinates": polygons[0]}
     return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def _signed_area(ring: np.ndarray) -> float:
+    x, y = ring[:, 0], ring[:, 1]
+    return float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) / 2
 
 
 def write_geojson(path: str | os.PathLike, labels: np.ndarray, **options) -> None:
@@ -316,25 +341,29 @@ def geojson_to_labels(
         }.get(kind)
         if not polygons or not all(polygons):
             raise InputError(f"feature {index}: geometry type {kind!r} is not a Polygon")
-        rings = [np.asarray(polygon[0], dtype=np.float64) for polygon in polygons]
+        rings = [[np.asarray(ring, dtype=np.float64) for ring in polygon] for polygon in polygons]
         outlines.append(((feature.get("properties") or {}).get("id", index + 1), rings))
     if skipped:
         warnings.warn(
             f"{source}: {skipped} point or line annotation(s) skipped: they outline no object", stacklevel=2
         )
-    regions = _regions(outlines)
+    regions = _regions([(label, [polygon[0] for polygon in polygons]) for label, polygons in outlines])
     if regions:
         warnings.warn(
             f"{source}: {len(regions)} annotation(s) skipped as regions: each holds two or more of the other outlines",
             stacklevel=2,
         )
     labels = np.zeros(shape, dtype=np.uint32)
-    for index, (label, rings) in enumerate(outlines):
+    for index, (label, polygons) in enumerate(outlines):
         if index in regions:
             continue
-        for xy in rings:
-            rows, cols = draw.polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
+        for exterior, *holes in polygons:
+            rows, cols = draw.polygon(exterior[:, 1] - 0.5, exterior[:, 0] - 0.5, shape=shape)
             labels[rows, cols] = label
+            for hole in holes:  # its pixels are those whose centres it holds, as for the outline
+                rows, cols = draw.polygon(hole[:, 1] - 0.5, hole[:, 0] - 0.5, shape=shape)
+                inside = labels[rows, cols] == label
+                labels[rows[inside], cols[inside]] = 0
     return labels
 
 
