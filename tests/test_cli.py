@@ -29,12 +29,20 @@ def test_version_and_defaults_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0.5)" in text and "(default: auto)" in text and "nuclei and glands 0.2" in text
-    shipped = read_checkpoint_meta(model_path("nuclei"))[
-        "model"
-    ]  # the help states the shipped model's settings
-    assert shipped["seed_depth"] == 0 and "nuclei and glands 0)" in text
-    assert f"nuclei {shipped['hv_weight']:g})" in text
+    assert "(default: 0.5)" in text and "(default: auto)" in text
+    for name in ("nuclei", "glands"):  # the help states the shipped models' own settings
+        shipped = read_checkpoint_meta(model_path(name))["model"]
+        for setting in ("seed_threshold", "seed_depth", "min_size"):
+            assert f"{name} {shipped[setting]:g}" in text, setting
+    assert f"nuclei {read_checkpoint_meta(model_path('nuclei'))['model']['hv_weight']:g})" in text
+
+
+def test_a_mistyped_option_is_one_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "x.png", "-o", "out", "--threshold", "abc"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("sac predict: error: argument --threshold: invalid float value: 'abc'")
 
 
 @pytest.mark.parametrize("flag", ["--instances", "--tta"])

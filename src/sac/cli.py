@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,14 @@ from sac.io import InputError
 from sac.options import SegmentOptions
 
 DEFAULTS = SegmentOptions()
+
+
+def _shipped_defaults(name: str) -> str:
+    """A setting of each shipped model, read from its config.json (``nuclei 0.2, glands 0.15``), so ``--help``
+    states the models' own values without loading torch."""
+    models = sorted(Path(__file__).parent.joinpath("models").glob("*/config.json"))
+    values = [(path.parent.name, json.loads(path.read_text())["model"].get(name)) for path in models]
+    return ", ".join(f"{model} {value:g}" for model, value in values if value is not None)
 
 
 def _weights(args: argparse.Namespace) -> int:
@@ -198,25 +207,26 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--seed-threshold",
         type=float,
         help="watershed seeds from the centre map: higher splits touching nuclei more, lower merges more "
-        "(default: the model's; nuclei and glands 0.2)",
+        f"(default: the model's; {_shipped_defaults('seed_threshold')})",
     )
     parser.add_argument(
         "--seed-depth",
         type=float,
         help="split a seed between two centre-map peaks whose valley is this deep below the lower one; 0: never "
-        "(default: the model's; nuclei and glands 0)",
+        f"(default: the model's; {_shipped_defaults('seed_depth')})",
     )
     parser.add_argument(
         "--hv-weight",
         type=float,
         help="for a model with horizontal/vertical maps: how far the boundaries they show between touching "
-        "nuclei lower the centre map before seeds are cut; 0: not used (default: the model's; nuclei 8)",
+        "nuclei lower the centre map before seeds are cut; 0: not used (default: the model's, for a model with "
+        "these maps: nuclei 8)",
     )
     parser.add_argument(
         "--min-size",
         type=float,
-        help="drop objects smaller than this, µm² (unknown pixel size: the model's is assumed; default: the "
-        "model's; nuclei 3, glands 1000)",
+        help="drop objects smaller than this, µm² (pixel size unknown: the estimated one, else the model's; "
+        f"default: the model's; {_shipped_defaults('min_size')})",
     )
     parser.add_argument("--max-size", type=float, help="drop nuclei larger than this, µm²")
     parser.add_argument(
@@ -509,11 +519,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     from sac import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="sac",
-        description="Segment Any Cell: automatic nuclei segmentation with SAM",
-        formatter_class=_HelpFormatter,
-    )
+    parser = _SubParser(prog="sac", description="Segment Any Cell: automatic nuclei segmentation with SAM")
     parser.add_argument("--version", action="version", version=f"sac {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_SubParser)
 
@@ -535,6 +541,10 @@ class _SubParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """A mistyped option in one line, like every other bad input (argparse prints its whole usage first)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
