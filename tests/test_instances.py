@@ -302,6 +302,41 @@ def test_a_click_keeps_the_ids_of_every_object_it_does_not_touch(monkeypatch):
     np.testing.assert_array_equal(np.unique(clicked), [0, 1, 2, *range(4, 12), 13, 14, 15, 16])
 
 
+def test_a_double_click_is_one_nucleus_and_a_click_on_background_is_flagged(monkeypatch):
+    import sac.instances
+
+    asked = []
+
+    def segment_at_points(model, image, clicks, negatives, batch_size=64):
+        """A 9x9 square around each click."""
+        asked.append(len(clicks))
+        answers = []
+        for row, col in clicks:
+            box = np.zeros(image.shape[:2], bool)
+            box[max(row - 4, 0) : row + 5, max(col - 4, 0) : col + 5] = True
+            answers.append(NucleusMask(0.9, *np.nonzero(box)))
+        return answers
+
+    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    model = SimpleNamespace(config=SACConfig())
+    labels, image = np.zeros((40, 60), np.int32), np.zeros((40, 60, 3), np.uint8)
+    probability = np.zeros((40, 60), np.float32)
+    probability[:, :30] = (
+        0.2  # a pale nucleus the automatic pass missed, on the left; background on the right
+    )
+    double = np.array([[10.5, 20.5], [11.5, 20.5], [13.5, 21.5]])  # a double click, and a third within 4 px
+    with pytest.warns(
+        UserWarning, match=r"2 positive click\(s\) within 4 px of an earlier one taken as the same"
+    ):
+        clicked = apply_clicks(model, image, labels, double, None, probability=probability)
+    assert asked == [1] and np.unique(clicked).tolist() == [0, 1]  # one nucleus, not pieces
+    apart = np.array([[10.5, 20.5], [20.5, 20.5]])  # 10 px apart: two nuclei
+    assert np.unique(apply_clicks(model, image, labels, apart, None, probability=probability)).size == 3
+    with pytest.warns(UserWarning, match=r"click \(45, 20\) added an object where the model sees no nucleus"):
+        clicked = apply_clicks(model, image, labels, np.array([[45.5, 20.5]]), None, probability=probability)
+    assert clicked[20, 45] == 1  # added as the user asked
+
+
 def test_a_click_answered_in_two_views_averages_them_in_the_image_frame(monkeypatch):
     """With click_views 2 the answer is the mean of the image's and its mirror's logits, taken back: a pixel
     only the mirror's answer holds (to the right of the click there) joins on the click's left, not its right;

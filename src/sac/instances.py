@@ -360,6 +360,7 @@ def apply_clicks(
     negative: np.ndarray | None,
     centre: np.ndarray | None = None,
     zoom: float = 1.0,
+    probability: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels corrected by a user's clicks, (x, y) image coordinates.
 
@@ -374,6 +375,10 @@ def apply_clicks(
     nothing a click does not reach changes, ids included (users match them across rounds of corrections): a
     clicked nucleus and the pieces a click cuts off an object get new ids above the largest before the clicks,
     and a removed object leaves a gap, so ids need not run 1..N afterwards.
+
+    Positive clicks closer than ``SAME_CLICK_DISTANCE`` (at the model's scale) are one click: a double click is
+    one nucleus, not two halves. With the automatic ``probability`` map, an answer where the model sees no
+    nucleus at all (a click on background) is added, as asked, with a warning.
     """
     labels = np.array(labels, np.int32)  # a copy, with room for new ids
     next_id = int(labels.max(initial=0)) + 1  # above every id before the clicks, even one a click removes
@@ -386,6 +391,14 @@ def apply_clicks(
             zoom, image, labels, centre, (positive, negative)
         )
         clicks, negatives = clicks_pixels((seen_positive, seen_negative), seen_labels.shape)
+        distinct = _distinct_clicks(clicks)
+        if len(distinct) < len(clicks):
+            warnings.warn(
+                f"{len(clicks) - len(distinct)} positive click(s) within {SAME_CLICK_DISTANCE:g} px of an earlier "
+                "one taken as the same click (each positive click marks one nucleus)",
+                stacklevel=2,
+            )
+            clicks, positive_pixels = clicks[distinct], positive_pixels[distinct]
         answers = segment_at_points(
             model,
             seen,
@@ -397,6 +410,13 @@ def apply_clicks(
                 warnings.warn(f"SAM found no nucleus under the click ({col}, {row})", stacklevel=2)
                 continue
             rows, cols = resample_pixels(answer.rows, answer.cols, seen_labels.shape, labels.shape)
+            seen_there = None if probability is None else float(probability[rows, cols].mean())
+            if seen_there is not None and seen_there < CLICK_BACKGROUND_PROBABILITY:
+                warnings.warn(
+                    f"the positive click ({col}, {row}) added an object where the model sees no nucleus (mean "
+                    f"probability {seen_there:.1g}): is the click on a nucleus?",
+                    stacklevel=2,
+                )
             covered = np.unique(labels[rows, cols])
             labels[rows, cols] = next_id
             next_id = split_remnants(labels, covered[covered > 0], next_id + 1, REMNANT_DEPTH / zoom)
@@ -405,6 +425,22 @@ def apply_clicks(
 
 # px at the model's scale: what an answer leaves of an object with no pixel deeper than this is a sliver of its rim
 REMNANT_DEPTH = 2.0
+# px at the model's scale (1 µm for the nuclei model): positive clicks closer than this are one (a double click);
+# two nuclei's centres lie farther apart than the smallest nucleus's diameter (about 2 µm)
+SAME_CLICK_DISTANCE = 4.0
+# below this mean automatic probability under a click's answer, the model saw no nucleus there at all (missed
+# nuclei the clicks are for score 0.05-0.3; background 1e-5)
+CLICK_BACKGROUND_PROBABILITY = 0.01
+
+
+def _distinct_clicks(clicks: np.ndarray) -> np.ndarray:
+    """Indices of the clicks ((row, column), in order) that lie ``SAME_CLICK_DISTANCE`` or more from every
+    earlier one kept."""
+    kept: list[int] = []
+    for index, click in enumerate(clicks):
+        if all(np.hypot(*(click - clicks[other])) >= SAME_CLICK_DISTANCE for other in kept):
+            kept.append(index)
+    return np.asarray(kept, np.int64)
 
 
 def split_remnants(

@@ -222,7 +222,7 @@ class Segmenter:
             if labels is not None:
                 labels = self._finished(labels, transparent, mpp, zoom)
             if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
-                labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom)
+                labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom, maps[0])
         if labels is None:
             mask = maps[0] >= options.threshold
             mask = mask if transparent is None else mask & ~transparent
