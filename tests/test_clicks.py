@@ -18,6 +18,7 @@ from sac.clicks import (
     write_points_file,
 )
 from sac.io import InputError
+from sac.points import clicks_pixels
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
@@ -127,12 +128,56 @@ def test_clicks_per_image_from_csv_json_or_folder(tmp_path):
     write_points_file(unnamed, [(9, 9)], [])
     assert list(read_clicks(unnamed)) == [None]  # for any one image
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match=r"holds no \.csv or \.json click files"):
+    with pytest.raises(InputError, match=r"holds no \.csv, \.json or \.geojson click files"):
         read_clicks(tmp_path / "empty")
     with pytest.raises(
         InputError, match=r"unknown column 'image'.*a file of one image's clicks has no image column"
     ):
         read_points_file(csv_path)
+
+
+def test_napari_points_csv_is_read_as_rows_and_columns_with_centres_at_whole_numbers(tmp_path):
+    napari = tmp_path / "points.csv"  # what napari's File > Save Selected Layer writes for a Points layer
+    napari.write_text("index,axis-0,axis-1\n0,10.0,20.0\n1,30.4,5.6\n")
+    positive, negative = read_points_file(napari)
+    # axis-0 is the row (y), axis-1 the column (x); napari's pixel 20 spans 19.5-20.5, ours 20-21
+    np.testing.assert_allclose(positive, [[20.5, 10.5], [6.1, 30.9]], rtol=1e-6)
+    assert not len(negative)
+    assert clicks_pixels((positive, None), (40, 40))[0].tolist() == [[10, 20], [30, 6]]
+    napari.write_text("index,axis-0,axis-1,label\n0,10,20,1\n1,30,5,0\n")  # a label feature column
+    positive, negative = read_points_file(napari)
+    assert positive.tolist() == [[20.5, 10.5]] and negative.tolist() == [[5.5, 30.5]]
+    napari.write_text("index,axis-0,axis-1,axis-2\n0,1,10,20\n")
+    with pytest.raises(InputError, match="napari points of 3 or more dimensions"):
+        read_points_file(napari)
+
+
+def test_qupath_point_annotations_are_clicks(tmp_path):
+    def feature(geometry: dict, name: str | None = None) -> dict:
+        properties = {"objectType": "annotation"} | ({"classification": {"name": name}} if name else {})
+        return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+    exported = {
+        "type": "FeatureCollection",
+        "features": [
+            feature({"type": "MultiPoint", "coordinates": [[20.5, 10.5], [6.5, 30.5]]}),
+            feature({"type": "Point", "coordinates": [3.5, 4.5]}, "Negative"),
+        ],
+    }
+    path = tmp_path / "clicks.geojson"
+    path.write_text(json.dumps(exported))
+    positive, negative = read_points_file(path)
+    assert positive.tolist() == [[20.5, 10.5], [6.5, 30.5]] and negative.tolist() == [[3.5, 4.5]]
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    (folder / "tile.geojson").write_text(json.dumps(exported["features"]))  # a bare list of features
+    assert read_clicks(folder)["tile"][0].tolist() == positive.tolist()
+    outline = feature({"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [outline]}))
+    with pytest.raises(InputError, match="feature 0 is a Polygon, not a point"):
+        read_points_file(path)
+    with pytest.raises(InputError, match=r"written as \.csv or \.json"):
+        write_points_file(tmp_path / "out.geojson", [(1, 1)], [])
 
 
 def test_clicks_are_matched_to_images_by_name_then_stem(tmp_path):

@@ -1,8 +1,11 @@
 """Files of a user's clicks: CSV with columns ``x``, ``y``, ``label`` and optionally ``image`` (any order), or JSON
 ``{"positive": [[x, y], ...], "negative": [...]}`` (or such objects keyed by image), or a folder with one such file
-per image (``<image stem>.csv|json``). An image is named by its file name, its stem or its path.
+per image (``<image stem>.csv|json|geojson``). An image is named by its file name, its stem or its path.
 
-Coordinates are (x, y) pixels of the image; for a slide, of its full-resolution level 0 (QuPath's frame).
+Coordinates are (x, y) pixels of the image, x the column and y the row, pixel (c, r) covering [c, c+1) x [r, r+1)
+(QuPath's frame); for a slide, of its full-resolution level 0. Two tools' own exports are read as they are:
+napari's Points layer CSV (``axis-0``, ``axis-1`` = row, column, pixel centres at whole numbers; all positive unless
+it has a ``label`` column) and QuPath's point annotations as GeoJSON (class ``Negative``: negative clicks).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Points]:
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".json") and p.is_file())
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file())
         if not files:
-            raise InputError(f"{path}: folder holds no .csv or .json click files")
+            raise InputError(f"{path}: folder holds no .csv, .json or .geojson click files")
         return {file.stem: read_points_file(file) for file in files}
     return _read(path, per_image=True)
 
@@ -126,12 +129,39 @@ def _csv_columns(header: list[str], path: Path, per_image: bool) -> dict[str, in
             if "image" in names and not per_image
             else ""
         )
-        raise InputError(f"{path}: CSV header: {'; '.join(problems)}; expected columns {expected}{single}")
+        raise InputError(
+            f"{path}: CSV header: {'; '.join(problems)}; expected columns {expected}{single}, or napari's "
+            "axis-0, axis-1 (Fiji: save the points' pixel coordinates as x, y and add a label column)"
+        )
     return {name: names.index(name) for name in names}
+
+
+_NAPARI_COLUMNS = ("axis-0", "axis-1")  # napari's Points layer CSV: row, column
+
+
+def _from_napari(rows: list[list[str]], path: Path) -> list[list[str]]:
+    """napari's Points CSV (index, axis-0, axis-1 and any feature columns) as rows of x, y, label: its pixel
+    centres lie at whole numbers, ours half a pixel in; all clicks positive unless it has a label column."""
+    names = [cell.strip().lower() for cell in rows[0]]
+    if "axis-2" in names:
+        raise InputError(f"{path}: napari points of 3 or more dimensions; sac takes clicks on 2-D images")
+    row, col = (names.index(name) for name in _NAPARI_COLUMNS)
+    label = names.index("label") if "label" in names else None
+    converted = [["x", "y", "label"]]
+    for cells in rows[1:]:
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) != len(names):
+            raise InputError(f"{path}: napari points: expected {len(names)} values, got {','.join(cells)!r}")
+        centre = [str(_number(cells[axis]) + 0.5) for axis in (col, row)]
+        converted.append([*centre, cells[label] if label is not None else "1"])
+    return converted
 
 
 def _parse_csv(text: str, path: Path, per_image: bool) -> dict[str | None, Points]:
     rows = list(csv.reader(text.splitlines()))
+    if rows and all(name in [cell.strip().lower() for cell in rows[0]] for name in _NAPARI_COLUMNS):
+        rows = _from_napari(rows, path)
     columns = _csv_columns(rows[0] if rows else [], path, per_image)
     points: dict[str | None, dict[int, list[tuple[float, float]]]] = {}
     for line, row in enumerate(rows[1:], start=2):
@@ -177,7 +207,11 @@ def _parse_json(text: str, path: Path, per_image: bool) -> dict[str | None, Poin
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: invalid JSON ({error.msg} at line {error.lineno})") from None
-    expected = f'{path}: expected a JSON object with "positive" and/or "negative" lists of [x, y]'
+    expected = (
+        f'{path}: expected a JSON object with "positive" and/or "negative" lists of [x, y], or GeoJSON points'
+    )
+    if _is_geojson(data):
+        return {None: _qupath_points(data, path)}
     if not isinstance(data, dict):
         raise InputError(expected)
     keyed = per_image and data and all(isinstance(value, dict) for value in data.values())
@@ -193,6 +227,36 @@ def _parse_json(text: str, path: Path, per_image: bool) -> dict[str | None, Poin
     return clicks
 
 
+def _is_geojson(data: object) -> bool:
+    features = data if isinstance(data, list) else [data]
+    return bool(features) and all(
+        isinstance(item, dict) and item.get("type") in ("Feature", "FeatureCollection") for item in features
+    )
+
+
+def _qupath_points(data: dict | list, path: Path) -> Points:
+    """QuPath's point annotations (Point or MultiPoint features, exported as GeoJSON) as clicks: those of class
+    ``Negative`` negative, the others positive. Other geometries (outlines) are not clicks and are refused."""
+    features = data.get("features", []) if isinstance(data, dict) and "features" in data else data
+    features = features if isinstance(features, list) else [features]
+    clicks: dict[int, list] = {1: [], 0: []}
+    for index, feature in enumerate(features):
+        geometry = feature.get("geometry") or {}
+        kind, coordinates = geometry.get("type"), geometry.get("coordinates")
+        if kind not in ("Point", "MultiPoint"):
+            raise InputError(
+                f"{path}: feature {index} is a {kind}, not a point: clicks are point annotations (QuPath's "
+                "Points tool)"
+            )
+        classification = (feature.get("properties") or {}).get("classification") or {}
+        label = 0 if str(classification.get("name", "")).lower() == "negative" else 1
+        clicks[label] += [coordinates] if kind == "Point" else list(coordinates)
+    return tuple(
+        as_points(clicks[label], f"{path}: {kind} points")
+        for label, kind in ((1, "positive"), (0, "negative"))
+    )
+
+
 def write_points_file(
     path: str | os.PathLike,
     positive: Sequence[Sequence[float]] | np.ndarray,
@@ -201,6 +265,8 @@ def write_points_file(
     """Save points in :func:`read_points_file`'s format (chosen by suffix) so prompts can be reused."""
     path = Path(path)
     suffix = _points_suffix(path)
+    if path.suffix.lower() == ".geojson":
+        raise InputError(f"{path}: clicks are written as .csv or .json")
     positive = as_points(positive, "positive points").tolist()
     negative = as_points(negative, "negative points").tolist()
     with atomic_write(path) as tmp:
@@ -213,8 +279,11 @@ def write_points_file(
                 writer.writerows([*([x, y, 1] for x, y in positive), *([x, y, 0] for x, y in negative)])
 
 
+_SUFFIXES = (".csv", ".json", ".geojson")
+
+
 def _points_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise InputError(f"{path}: points file must end in .csv or .json")
-    return suffix
+    if suffix not in _SUFFIXES:
+        raise InputError(f"{path}: points file must end in .csv, .json or .geojson")
+    return ".json" if suffix == ".geojson" else suffix
