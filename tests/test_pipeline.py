@@ -383,3 +383,36 @@ def test_cli_resume_after_ctrl_c(tiny_checkpoint, images, tmp_path, monkeypatch,
     assert "4 of 5 images were finished by the earlier run" in capsys.readouterr().err
     assert main([*argv, "--resume", "--threshold", "0.7"]) == 2
     assert "threshold 0.5 -> 0.7" in capsys.readouterr().err
+
+
+def test_nuclei_added_by_clicks_are_marked_in_the_table_and_geojson(
+    tiny_segmenter, images, tmp_path, monkeypatch
+):
+    import sac.instances
+    from sac.instances import NucleusMask
+
+    def segment_at_points(model, image, clicks, negatives, batch_size=64):
+        """A 7x7 square around each click: the nucleus SAM answers."""
+        answers = []
+        for row, col in clicks:
+            box = np.zeros(image.shape[:2], bool)
+            box[max(row - 3, 0) : row + 4, max(col - 3, 0) : col + 4] = True
+            answers.append(NucleusMask(0.9, *np.nonzero(box)))
+        return answers
+
+    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,label\n30.5,30.5,1\n")
+    out = tmp_path / "out"
+    segmenter = tiny_segmenter.with_options(instances=True)
+    segment_files(segmenter, [images / "good.png"], out, RunOptions(points_file=points), progress=False)
+    labels = tifffile.imread(out / "good_labels.tif")
+    with open(out / "good_nuclei.csv", newline="") as handle:
+        clicked = {int(row["id"]): int(row["clicked"]) for row in csv.DictReader(handle)}
+    assert clicked[int(labels[30, 30])] == 1 and sum(clicked.values()) == 1
+    features = json.loads((out / "good.geojson").read_text())["features"]
+    marks = {f["properties"]["id"]: f["properties"]["measurements"]["clicked"] for f in features}
+    assert marks == clicked
+    segment_files(segmenter, [images / "good.png"], tmp_path / "plain", progress=False)
+    with open(tmp_path / "plain" / "good_nuclei.csv", newline="") as handle:
+        assert "clicked" not in next(csv.reader(handle))  # without clicks, no such column

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -128,13 +129,15 @@ def nuclei_table(
     channel_names: list[str] | None = None,
     probability: np.ndarray | None = None,
     name: str = "",
+    clicked: Collection[int] | None = None,
 ) -> list[dict]:
     """One row of measurements per nucleus, for the image called ``name``.
 
     Mean intensities are of ``image`` as read, in its own units: ``mean_intensity`` for one channel, else one
     ``mean_<channel>`` column per channel (``channel_names``, or red/green/blue). With the pixel size ``mpp``
     (µm), the shape measurements also in µm and µm² (``UNIT_COLUMNS``); with the model's ``probability`` map,
-    ``confidence``: its mean over the nucleus.
+    ``confidence``: its mean over the nucleus (a clicked nucleus may be one the model missed: its confidence
+    is low). With ``clicked`` (the ids the user's positive clicks added), a ``clicked`` column of 1 and 0.
     """
     labels = _check_label_image(labels)
     regions = measure.regionprops(labels)
@@ -180,6 +183,9 @@ def nuclei_table(
         sums = np.bincount(labels.ravel(), values.ravel().astype(np.float64), minlength=len(counts))[ids]
         for row, mean in zip(rows, sums / np.maximum(counts, 1), strict=True):
             row[column] = float(mean)
+    if clicked is not None:
+        for row in rows:
+            row["clicked"] = int(row["id"] in clicked)
     return rows
 
 
@@ -247,12 +253,14 @@ def labels_to_geojson(
     probability: np.ndarray | None = None,
     cells: np.ndarray | None = None,
     objects: str = "nuclei",
+    clicked: Collection[int] | None = None,
 ) -> dict:
     """Outline every object as a QuPath detection of the class of ``objects`` (a key of ``OBJECT_CLASSES``); ``offset_xy`` places a tile inside its whole slide, and
     ``scale`` (the level's downsample) takes a pyramid level's pixels to level 0, QuPath's frame. With the
     model's ``probability`` map, each detection's measurements include its mean, ``confidence``. With ``cells``
     (labels of the same ids, grown from the nuclei), QuPath cell objects: the cell outline, with the nucleus as
-    their ``nucleusGeometry``."""
+    their ``nucleusGeometry``. With ``clicked`` (ids a user's positive clicks added), a ``clicked`` measurement
+    of 1 or 0, so QuPath can tell corrections from the automatic result."""
     labels = _check_label_image(labels)
     class_name, color = OBJECT_CLASSES[objects]
     cell_boxes = ndi.find_objects(cells) if cells is not None else []
@@ -267,7 +275,8 @@ def labels_to_geojson(
                 "classification": {"name": class_name, "color": list(color)},
                 # in level-0 pixels, as the outline
                 "measurements": {"area": round(float(region.area) * scale * scale)}
-                | ({} if probability is None else {"confidence": float(region.intensity_mean)}),
+                | ({} if probability is None else {"confidence": float(region.intensity_mean)})
+                | ({} if clicked is None else {"clicked": int(region.label in clicked)}),
             },
         }
         if cells is not None:

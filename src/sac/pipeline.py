@@ -449,10 +449,11 @@ def segment_file(
             channel_names=found.channel_names,
             probability=result.maps[0],
             name=item.name,
+            clicked=result.clicked,
         ),
         "cells": lambda target: write_labels_tif(target, cells, result.mpp),
         "geojson": lambda target: write_geojson(
-            target, labels, probability=result.maps[0], cells=cells, objects=objects
+            target, labels, probability=result.maps[0], cells=cells, objects=objects, clicked=result.clicked
         ),
         "overlay": lambda target: write_overlay(target, image, labels),
     }

@@ -66,6 +66,8 @@ class Segmentation(NamedTuple):
         Where the scale came from, in words.
     transparent : (H, W) bool or None
         Where an RGBA input is fully transparent (nothing segmented there).
+    clicked : tuple of int, or None
+        The ids of the nuclei the user's positive clicks added (None without clicks).
     """
 
     mask: np.ndarray
@@ -75,6 +77,7 @@ class Segmentation(NamedTuple):
     zoom: float
     scale_note: str
     transparent: np.ndarray | None = None
+    clicked: tuple[int, ...] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,14 +224,19 @@ class Segmenter:
                 labels = self._sam_instances(rgb, labels, maps[2], zoom)
             if labels is not None:
                 labels = self._finished(labels, transparent, mpp, zoom)
+            clicked = None
             if points is not None:  # after the filters: what a user clicks stays, whatever its size or place
+                before = int(labels.max(initial=0))  # clicked nuclei get ids above every earlier one
                 labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom, maps[0])
+                at_clicks = labels[tuple(clicks_pixels(points, labels.shape)[0].T)]
+                clicked = tuple(sorted({int(label) for label in at_clicks if label > before}))
         if labels is None:
             mask = maps[0] >= options.threshold
             mask = mask if transparent is None else mask & ~transparent
         else:
             mask = labels > 0
-        return Segmentation(mask, labels if options.instances else None, maps, mpp, zoom, note, transparent)
+        labels = labels if options.instances else None
+        return Segmentation(mask, labels, maps, mpp, zoom, note, transparent, clicked)
 
     def relabel(self, result: Segmentation) -> np.ndarray:
         """The watershed labels :meth:`segment` would give ``result``'s image with this segmenter's settings
