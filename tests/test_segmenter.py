@@ -536,3 +536,35 @@ def test_a_mode_is_not_an_images_pixel_size(tiny_segmenter):
     image, _ = synthetic_nuclei(size=64, count=4)
     with pytest.raises(InputError, match=r"mpp='native': give this image's pixel size .* with_options"):
         tiny_segmenter.predict(image, mpp="native")
+
+
+def test_correct_applies_a_round_of_clicks_to_a_result_without_another_pass(tiny_segmenter, monkeypatch):
+    import sac.instances
+    from sac.instances import NucleusMask
+
+    def segment_at_points(model, image, clicks, negatives, batch_size=64):
+        answers = []
+        for row, col in clicks:
+            box = np.zeros(image.shape[:2], bool)
+            box[max(row - 3, 0) : row + 4, max(col - 3, 0) : col + 4] = True
+            answers.append(NucleusMask(0.9, *np.nonzero(box)))
+        return answers
+
+    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    image, truth = synthetic_nuclei(size=64, count=6)
+    fast = tiny_segmenter.with_options(instances=True)
+    automatic = fast.segment(image)._replace(labels=truth.astype(np.int32), mask=truth > 0)  # as if found
+    first = fast.correct(image, automatic, ([[10.5, 50.5]], []))
+    with pytest.raises(InputError, match="not the one the segmentation was made from"):
+        fast.correct(image[:32], first, ([[5, 5]], []))
+    with pytest.raises(InputError, match="needs a segmentation with labels"):
+        tiny_segmenter.correct(image, tiny_segmenter.segment(image), ([[5, 5]], []))
+    passes = []
+    monkeypatch.setattr(Segmenter, "maps", lambda *args, **kwargs: passes.append(1))
+    removed = min(set(np.unique(first.labels)) - {0, *first.clicked})  # an automatic nucleus
+    target = np.argwhere(first.labels == removed)[0]
+    second = fast.correct(image, first, ([[40.5, 8.5]], [[target[1] + 0.5, target[0] + 0.5]]))
+    assert not passes  # no automatic pass: only the clicks were answered
+    assert removed not in second.labels
+    assert len(second.clicked) == 2 and first.clicked[0] in second.clicked  # both rounds' nuclei
+    np.testing.assert_array_equal(second.mask, second.labels > 0)
