@@ -297,12 +297,22 @@ def test_write_geojson(tmp_path):
 def test_overlay(channels):
     labels = np.zeros((9, 9), dtype=np.int32)
     labels[2:7, 2:7] = 1
-    image = np.full((9, 9, *channels), 40, dtype=np.uint8)
+    image = np.full((9, 9, *channels), 140, dtype=np.uint8)
     result = overlay(image, labels)
     assert result.shape == (9, 9, 3) and result.dtype == np.uint8
     assert tuple(result[2, 4]) == (0, 255, 0)  # inner boundary of the nucleus
-    assert tuple(result[4, 4]) == (40, 40, 40)  # interior untouched
-    assert tuple(result[0, 0]) == (40, 40, 40)  # background untouched
+    assert tuple(result[4, 4]) == (140, 140, 140)  # interior untouched
+    assert tuple(result[0, 0]) == (140, 140, 140)  # background untouched
+
+
+def test_overlay_brightens_a_dim_image_for_display():
+    labels = np.zeros((9, 9), dtype=np.int32)
+    labels[2:7, 2:7] = 1
+    image = np.full((9, 9), 10, dtype=np.uint8)
+    image[3:6, 3:6] = 40  # a dim fluorescence nucleus: 40 of 255 at its brightest
+    result = overlay(image, labels)
+    assert tuple(result[4, 4]) == (255, 255, 255) and tuple(result[0, 0]) == (64, 64, 64)
+    assert tuple(result[2, 4]) == (0, 255, 0)
 
 
 def test_overlay_outlines_large_objects_wider_inside_them():

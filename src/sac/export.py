@@ -41,6 +41,8 @@ _DEFAULT_CHANNEL_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue
 # What a model segments (SACConfig.objects), and the QuPath class and colour its objects get
 OBJECT_CLASSES = {"nuclei": ("Nucleus", (255, 0, 0)), "glands": ("Gland", (0, 160, 0))}
 BOUNDARY_COLOR = (0, 255, 0)
+# an image whose 99.9th percentile lies below this grey level is brightened for the overlay (display only)
+DIM_DISPLAY_LEVEL = 128
 
 
 def output_stem(source: str | os.PathLike) -> str:
@@ -416,11 +418,14 @@ OUTLINE_WIDTH_PER_DIAMETER = 40
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Draw object outlines (inside each object, so touching ones stay distinct) over a uint8 image: green, which
     stands out on H&E's pinks and purples and on fluorescence's dark background; wider for large objects.
-    ``labels`` may be a boolean mask: its outlines are drawn."""
+    ``labels`` may be a boolean mask: its outlines are drawn. A dim image is brightened (display only)."""
     labels = _check_label_image(labels, mask=True)
     image = _check_image(image, labels.shape)
     if image.dtype != np.uint8:
         raise InputError(f"overlay needs a uint8 image, got dtype {image.dtype}")
+    bright = np.percentile(image, 99.9) if image.size else 255
+    if 0 < bright < DIM_DISPLAY_LEVEL:  # a dim fluorescence image would show its outlines on black
+        image = np.round(np.clip(image * (255.0 / bright), 0, 255)).astype(np.uint8)
     outline = segmentation.find_boundaries(labels, mode="inner")
     areas = np.bincount(labels.ravel())[1:]
     diameter = 2 * np.sqrt(np.median(areas[areas > 0]) / np.pi) if areas.any() else 0.0
