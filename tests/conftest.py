@@ -56,6 +56,27 @@ def synthetic_nuclei(size: int = 96, count: int = 8, seed: int = 0) -> tuple[np.
     return np.clip(image + noise, 0, 255).astype(np.uint8), labels
 
 
+def square_answers(monkeypatch, half: int = 3) -> list[int]:
+    """Make SAM answer every positive click with the square of ``2 * half + 1`` pixels around it, so click tests
+    do not depend on a tiny model's outlines; returns the list of how many clicks each call was asked."""
+    import sac.instances
+    from sac.instances import NucleusMask
+
+    asked: list[int] = []
+
+    def segment_at_points(model, image, clicks, negatives, batch_size=64):
+        asked.append(len(clicks))
+        answers = []
+        for row, col in clicks:
+            box = np.zeros(image.shape[:2], bool)
+            box[max(row - half, 0) : row + half + 1, max(col - half, 0) : col + half + 1] = True
+            answers.append(NucleusMask(0.9, *np.nonzero(box)))
+        return answers
+
+    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    return asked
+
+
 def encode_image(array: np.ndarray, suffix: str, **options: Any) -> bytes:
     """The bytes of ``array`` saved as ``suffix`` (TIFF by tifffile, other formats by Pillow) with ``options``."""
     buffer = io.BytesIO()

@@ -12,7 +12,7 @@ from scipy import ndimage
 from skimage import measure, morphology, segmentation
 from skimage.draw import disk
 
-from conftest import synthetic_nuclei, tiny_model
+from conftest import square_answers, synthetic_nuclei, tiny_model
 from sac.data import default_data_root, instance_distance_map
 from sac.instances import (
     NucleusMask,
@@ -303,21 +303,7 @@ def test_a_click_keeps_the_ids_of_every_object_it_does_not_touch(monkeypatch):
 
 
 def test_a_double_click_is_one_nucleus_and_a_click_on_background_is_flagged(monkeypatch):
-    import sac.instances
-
-    asked = []
-
-    def segment_at_points(model, image, clicks, negatives, batch_size=64):
-        """A 9x9 square around each click."""
-        asked.append(len(clicks))
-        answers = []
-        for row, col in clicks:
-            box = np.zeros(image.shape[:2], bool)
-            box[max(row - 4, 0) : row + 5, max(col - 4, 0) : col + 5] = True
-            answers.append(NucleusMask(0.9, *np.nonzero(box)))
-        return answers
-
-    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    asked = square_answers(monkeypatch, half=4)  # a 9x9 square around each click
     model = SimpleNamespace(config=SACConfig())
     labels, image = np.zeros((40, 60), np.int32), np.zeros((40, 60, 3), np.uint8)
     probability = np.zeros((40, 60), np.float32)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import sac.model
 import sac.pipeline
-from conftest import synthetic_nuclei
+from conftest import square_answers, synthetic_nuclei
 from sac.cli import main
 from sac.io import InputError, read_image
 from sac.pipeline import (
@@ -388,19 +388,7 @@ def test_cli_resume_after_ctrl_c(tiny_checkpoint, images, tmp_path, monkeypatch,
 def test_nuclei_added_by_clicks_are_marked_in_the_table_and_geojson(
     tiny_segmenter, images, tmp_path, monkeypatch
 ):
-    import sac.instances
-    from sac.instances import NucleusMask
-
-    def segment_at_points(model, image, clicks, negatives, batch_size=64):
-        """A 7x7 square around each click: the nucleus SAM answers."""
-        answers = []
-        for row, col in clicks:
-            box = np.zeros(image.shape[:2], bool)
-            box[max(row - 3, 0) : row + 4, max(col - 3, 0) : col + 4] = True
-            answers.append(NucleusMask(0.9, *np.nonzero(box)))
-        return answers
-
-    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    square_answers(monkeypatch)  # SAM answers a click with the 7x7 square around it
     points = tmp_path / "points.csv"
     points.write_text("x,y,label\n30.5,30.5,1\n")
     out = tmp_path / "out"

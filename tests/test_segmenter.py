@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import synthetic_nuclei, tiny_model
+from conftest import square_answers, synthetic_nuclei, tiny_model
 from sac.io import InputError
 from sac.model import MAP_NAMES
 from sac.options import SegmentOptions
@@ -539,18 +539,7 @@ def test_a_mode_is_not_an_images_pixel_size(tiny_segmenter):
 
 
 def test_correct_applies_a_round_of_clicks_to_a_result_without_another_pass(tiny_segmenter, monkeypatch):
-    import sac.instances
-    from sac.instances import NucleusMask
-
-    def segment_at_points(model, image, clicks, negatives, batch_size=64):
-        answers = []
-        for row, col in clicks:
-            box = np.zeros(image.shape[:2], bool)
-            box[max(row - 3, 0) : row + 4, max(col - 3, 0) : col + 4] = True
-            answers.append(NucleusMask(0.9, *np.nonzero(box)))
-        return answers
-
-    monkeypatch.setattr(sac.instances, "segment_at_points", segment_at_points)
+    square_answers(monkeypatch)
     image, truth = synthetic_nuclei(size=64, count=6)
     fast = tiny_segmenter.with_options(instances=True)
     automatic = fast.segment(image)._replace(labels=truth.astype(np.int32), mask=truth > 0)  # as if found
