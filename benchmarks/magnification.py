@@ -1,5 +1,6 @@
-"""Magnification: the MoNuSeg test set at 1x, 0.75x and 0.5x scale (a 40x scan seen as 30x and 20x), segmented
-with the pixel size given, estimated (``auto``, no pixel size known) and ignored (``native``).
+"""Magnification: the MoNuSeg test set at 1x, 0.75x and 0.5x scale (a 40x scan seen as 30x and 20x; ``--scales``
+adds others, e.g. 0.25 for 10x), segmented with the pixel size given, estimated (``auto``, no pixel size known) and
+ignored (``native``).
 
 Images are downscaled with area averaging, masks with nearest neighbour. Targets: with the pixel size given, AJI
 at 0.5x at least 0.97 of the 1x AJI; with ``auto``, at least 0.93.
@@ -34,12 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="checkpoint folder (default: the shipped model)")
     parser.add_argument("--data-root")
     parser.add_argument("--limit", type=int, help="only the first N test images")
+    parser.add_argument(
+        "--scales", default=",".join(map(str, SCALES)), help="comma-separated; 1 for the ratio column"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     segmenter = Segmenter.load(args.model, instances="fast")
     samples = load_dataset("monuseg", args.data_root, "test")[: args.limit]
     rows = []
-    for scale in SCALES:
+    for scale in (float(value) for value in args.scales.split(",")):
         scaled = [rescale_sample(sample, scale) for sample in samples]
         unknown = [dataclasses.replace(sample, mpp=None) for sample in scaled]
         for setting, chosen, data in (
@@ -63,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         "| scale | pixel size | Dice | AJI | PQ | AJI / 1x AJI | s per image |",
         "|---|---|---|---|---|---|---|",
     ]
+    ratios = [f"{r['aji'] / base[r['mpp']]:.3f}" if base else "" for r in rows]
     lines += [
-        f"| {r['scale']:g}x | {r['mpp']} | {r['dice']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | "
-        f"{r['aji'] / base[r['mpp']]:.3f} | {r['seconds_per_image']:.1f} |"
-        for r in rows
+        f"| {r['scale']:g}x | {r['mpp']} | {r['dice']:.3f} | {r['aji']:.3f} | {r['pq']:.3f} | {ratio} | "
+        f"{r['seconds_per_image']:.1f} |"
+        for r, ratio in zip(rows, ratios, strict=True)
     ]
     print("\n".join(lines))
     if args.json:

@@ -390,6 +390,32 @@ def test_the_estimated_scale_enlarges_small_nuclei_and_shrinks_large_ones_at_mos
     assert "records no nucleus size" in unmeasured.segment(image).scale_note
 
 
+def test_the_estimate_takes_a_second_look_at_the_scale_it_chose(monkeypatch):
+    """A 10x image: seen at its own scale, touching nuclei merge into objects four times a nucleus's area, so the
+    first estimate enlarges 2x; at 2x they come apart, still half the model's size across: 4x in all."""
+    segmenter = Segmenter(tiny_model(mpp=0.25, nucleus_area=64.0, min_size=0.1).eval())
+    image, _ = synthetic_nuclei(size=96, count=4)
+
+    def squares(side: int) -> np.ndarray:
+        labels = np.zeros((96, 96), np.int32)
+        for index in range(16):
+            row, col = divmod(index, 4)
+            labels[row * 24 : row * 24 + side, col * 24 : col * 24 + side] = index + 1
+        return labels
+
+    merged, apart = squares(4), squares(2)  # 16 px objects at the image's scale, 4 px nuclei once apart
+    looks = []
+
+    def instances(maps, zoom=1.0):
+        looks.append(zoom)
+        return merged if zoom == 1 else apart
+
+    monkeypatch.setattr(segmenter, "instances", instances)
+    result = segmenter.segment(image)
+    assert result.zoom == pytest.approx(4.0) and looks[:2] == [1.0, 2.0]
+    assert "about 1 µm/px" in result.scale_note  # 0.25 µm/px times 4
+
+
 def test_batch_size_does_not_change_the_maps(tiny_segmenter):
     image, _ = synthetic_nuclei(size=96, count=6)
     np.testing.assert_allclose(
