@@ -583,3 +583,43 @@ def test_correct_applies_a_round_of_clicks_to_a_result_without_another_pass(tiny
     assert removed not in second.labels
     assert len(second.clicked) == 2 and first.clicked[0] in second.clicked  # both rounds' nuclei
     np.testing.assert_array_equal(second.mask, second.labels > 0)
+
+
+def test_a_later_round_keeps_apart_from_the_nuclei_earlier_rounds_clicked(tiny_segmenter, monkeypatch):
+    """As when both clicks are given at once: the earlier click is a negative of SAM for the new one (nothing
+    under it is removed), so a new click beside an earlier nucleus does not swallow it."""
+    import sac.instances
+
+    told = []
+    answer = sac.instances.segment_at_points
+
+    def spy(model, image, clicks, negatives, batch_size=64):
+        told.append(negatives[negatives[..., 0] >= 0].tolist())
+        return answer(model, image, clicks, negatives, batch_size)
+
+    square_answers(monkeypatch)
+    answer = sac.instances.segment_at_points
+    monkeypatch.setattr(sac.instances, "segment_at_points", spy)
+    image, truth = synthetic_nuclei(size=64, count=6)
+    fast = tiny_segmenter.with_options(instances=True, mpp="native")
+    automatic = fast.segment(image)._replace(labels=truth.astype(np.int32), mask=truth > 0)
+    first = fast.correct(image, automatic, ([[20.5, 20.5]], []))
+    second = fast.correct(image, first, ([[30.5, 24.5]], []))
+    assert [20, 20] not in told[0] and [20, 20] in told[
+        1
+    ]  # round 2 was told of round 1's click (row, column)
+    assert second.points[0].tolist() == [[20.5, 20.5], [30.5, 24.5]] and second.points[1] is None
+    together = fast.segment(image, ([[20.5, 20.5], [30.5, 24.5]], []))
+    assert together.points[0].tolist() == second.points[0].tolist()
+    assert len(second.clicked) == 2 and second.labels[20, 20] != second.labels[24, 30]
+
+
+def test_a_four_channel_array_whose_fourth_is_no_alpha_warns(tiny_segmenter):
+    image, _ = synthetic_nuclei(size=64, count=4)
+    marker = np.dstack([image, np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)])
+    with pytest.warns(UserWarning, match="its 4th channel is not an alpha"):
+        tiny_segmenter.predict(marker)
+    alpha = np.dstack([image, np.where(np.arange(64) < 20, 0, 255).astype(np.uint8)[None].repeat(64, 0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_segmenter.predict(alpha)  # a true alpha: no warning

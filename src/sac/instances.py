@@ -361,6 +361,7 @@ def apply_clicks(
     centre: np.ndarray | None = None,
     zoom: float = 1.0,
     probability: np.ndarray | None = None,
+    earlier: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels corrected by a user's clicks, (x, y) image coordinates.
 
@@ -378,7 +379,9 @@ def apply_clicks(
 
     Positive clicks closer than ``SAME_CLICK_DISTANCE`` (at the model's scale) are one click: a double click is
     one nucleus, not two halves. With the automatic ``probability`` map, an answer where the model sees no
-    nucleus at all (a click on background) is added, as asked, with a warning.
+    nucleus at all (a click on background) is added, as asked, with a warning. ``earlier`` are the positive
+    clicks of earlier rounds, whose nuclei ``labels`` holds: new positive clicks keep apart from them as from
+    each other.
     """
     labels = np.array(labels, np.int32)  # a copy, with room for new ids
     next_id = int(labels.max(initial=0)) + 1  # above every id before the clicks, even one a click removes
@@ -387,10 +390,10 @@ def apply_clicks(
         if labels[row, col]:
             labels[labels == labels[row, col]] = 0
     if len(positive_pixels):  # negative clicks alone need no model and no resampling
-        seen, seen_labels, seen_centre, (seen_positive, seen_negative) = at_model_scale(
-            zoom, image, labels, centre, (positive, negative)
+        seen, seen_labels, seen_centre, seen_clicks = at_model_scale(
+            zoom, image, labels, centre, (positive, negative, earlier)
         )
-        clicks, negatives = clicks_pixels((seen_positive, seen_negative), seen_labels.shape)
+        clicks, negatives, earlier_clicks = clicks_pixels(seen_clicks, seen_labels.shape)
         distinct = _distinct_clicks(clicks)
         if len(distinct) < len(clicks):
             warnings.warn(
@@ -403,7 +406,14 @@ def apply_clicks(
             model,
             seen,
             clicks,
-            click_negatives(seen_labels, clicks, negatives, model.config, seen_centre, positives_apart=True),
+            click_negatives(
+                seen_labels,
+                clicks,
+                np.concatenate([negatives, earlier_clicks]),  # SAM's negatives only: nothing is removed
+                model.config,
+                seen_centre,
+                positives_apart=True,
+            ),
         )
         for (row, col), answer in zip(positive_pixels, answers, strict=True):
             if answer is None:

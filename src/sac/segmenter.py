@@ -68,6 +68,8 @@ class Segmentation(NamedTuple):
         Where an RGBA input is fully transparent (nothing segmented there).
     clicked : tuple of int, or None
         The ids of the nuclei the user's positive clicks added (None without clicks).
+    points : (positive, negative) or None
+        The clicks applied, over every round of :meth:`Segmenter.correct`.
     """
 
     mask: np.ndarray
@@ -78,6 +80,7 @@ class Segmentation(NamedTuple):
     scale_note: str
     transparent: np.ndarray | None = None
     clicked: tuple[int, ...] | None = None
+    points: Points | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -223,7 +226,7 @@ class Segmenter:
         else:
             mask = labels > 0
         labels = labels if options.instances else None
-        return Segmentation(mask, labels, maps, mpp, zoom, note, transparent, clicked)
+        return Segmentation(mask, labels, maps, mpp, zoom, note, transparent, clicked, points)
 
     def correct(self, image: np.ndarray, result: Segmentation, points: Points) -> Segmentation:
         """``result``, a segmentation of ``image`` with instances, corrected by more clicks without another
@@ -249,10 +252,12 @@ class Segmenter:
                 f"the image ({rgb.shape[0]}x{rgb.shape[1]}) is not the one the segmentation was made from "
                 f"({result.labels.shape[0]}x{result.labels.shape[1]})"
             )
+        earlier = result.points or (None, None)
         with _lock(self.model), self._precision():
-            labels, clicked = self._clicked(rgb, result.labels, points, result.maps, result.zoom)
+            labels, clicked = self._clicked(rgb, result.labels, points, result.maps, result.zoom, earlier[0])
         kept = {*(result.clicked or ()), *clicked} & set(np.unique(labels).tolist())
-        return result._replace(mask=labels > 0, labels=labels, clicked=tuple(sorted(kept)))
+        every = tuple(_joined(before, now) for before, now in zip(earlier, points, strict=True))
+        return result._replace(mask=labels > 0, labels=labels, clicked=tuple(sorted(kept)), points=every)
 
     def _prepared(
         self, image: np.ndarray, points: Points | None
@@ -260,6 +265,12 @@ class Segmenter:
         """The image as the model sees it (RGB uint8), where it is transparent, and the clicks checked against
         it, before the model runs: a click outside the image is an error, not a no-op."""
         image = self._channel(channels_last(np.asarray(image)))
+        if image.ndim == 3 and image.shape[-1] == 4 and not _is_alpha(image[..., 3]):
+            warnings.warn(
+                f"a 4-channel array (shape {image.shape}) is taken as RGBA, but its 4th channel is not an alpha "
+                "(it holds more than two levels): give channel= to segment one channel of a multi-channel image",
+                stacklevel=3,
+            )
         rgb, transparent = to_rgb_uint8(image), transparent_pixels(image)
         if points is not None:
             points = as_clicks(points)
@@ -274,12 +285,18 @@ class Segmenter:
         return contextlib.nullcontext()
 
     def _clicked(
-        self, rgb: np.ndarray, labels: np.ndarray, points: Points, maps: np.ndarray, zoom: float
+        self,
+        rgb: np.ndarray,
+        labels: np.ndarray,
+        points: Points,
+        maps: np.ndarray,
+        zoom: float,
+        earlier: np.ndarray | None = None,
     ) -> tuple[np.ndarray, tuple[int, ...]]:
-        """``labels`` corrected by the clicks (:func:`sac.instances.apply_clicks`), and the ids the positive
-        clicks added (above every id before them)."""
+        """``labels`` corrected by the clicks (:func:`sac.instances.apply_clicks`; ``earlier``: positive clicks
+        of earlier rounds), and the ids the positive clicks added (above every id before them)."""
         before = int(labels.max(initial=0))
-        labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom, maps[0])
+        labels = apply_clicks(self.model, rgb, labels, *points, maps[2], zoom, maps[0], earlier)
         at_clicks = labels[tuple(clicks_pixels(points, labels.shape)[0].T)]
         return labels, tuple(sorted({int(label) for label in at_clicks if label > before}))
 
@@ -287,7 +304,9 @@ class Segmenter:
         """The watershed labels :meth:`segment` would give ``result``'s image with this segmenter's settings
         (seeds, threshold, size and edge filters), made from ``result``'s maps without another pass of the
         network: for trying settings, e.g. ``segmenter.with_options(seed_threshold=0.3).relabel(result)``.
-        ``result`` must come from a segmentation with instances (its maps then hold the HV maps they need)."""
+        ``result`` must come from a segmentation with instances (its maps then hold the HV maps they need). The
+        scale stays ``result``'s: where it was estimated, :meth:`segment` with other settings may estimate
+        another, since the estimate measures the objects those settings make."""
         labels = self.instances(result.maps, result.zoom)
         return self._finished(labels, result.transparent, result.mpp, result.zoom)
 
@@ -556,6 +575,17 @@ def _tile_points(points: Points, origin: tuple[int, int], size: int) -> list:
         coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array([origin[1], origin[0]], np.float32)
         chosen += [(xy, label) for xy in coords[(coords >= 0).all(1) & (coords < size).all(1)]]
     return chosen
+
+
+def _is_alpha(channel: np.ndarray) -> bool:
+    """Whether an image's 4th channel looks like transparency: nothing but 0 and one opaque level."""
+    return bool(np.isin(channel, (0, channel.max())).all())
+
+
+def _joined(before: np.ndarray | None, now: np.ndarray | None) -> np.ndarray | None:
+    """Two rounds' clicks of one kind, in order."""
+    present = [side for side in (before, now) if side is not None and len(side)]
+    return np.concatenate(present) if present else None
 
 
 _LOCKS: dict[int, threading.RLock] = {}  # by the model's id: a lock per model ever used, a few bytes each
