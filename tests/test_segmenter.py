@@ -416,6 +416,32 @@ def test_the_estimate_takes_a_second_look_at_the_scale_it_chose(monkeypatch):
     assert "about 1 µm/px" in result.scale_note  # 0.25 µm/px times 4
 
 
+def test_too_few_nuclei_at_the_native_scale_get_a_look_at_twice_it(monkeypatch):
+    """Nuclei a few pixels across (a 10x fluorescence image) go unseen at the native scale: at 2x, enough of
+    them of the model's size are kept; enough of them too large there (a sparse image of big nuclei) are not."""
+    segmenter = Segmenter(tiny_model(mpp=0.25, nucleus_area=64.0, min_size=0.1).eval())
+    image, _ = synthetic_nuclei(size=96, count=4)
+
+    def squares(count: int, side: int) -> np.ndarray:
+        labels = np.zeros((96, 96), np.int32)
+        for index in range(count):
+            row, col = divmod(index, 4)
+            labels[row * 24 : row * 24 + side, col * 24 : col * 24 + side] = index + 1
+        return labels
+
+    for closer, zoom in ((squares(16, 4), 2.0), (squares(16, 12), 1.0)):  # 4x4 px: 64 model px at 2x
+        looks = []
+
+        def instances(maps, zoom=1.0, closer=closer, looks=looks):
+            looks.append(zoom)
+            return squares(3, 4) if zoom == 1 else closer  # 3 objects at the native scale: too few
+
+        monkeypatch.setattr(segmenter, "instances", instances)
+        result = segmenter.segment(image)
+        assert result.zoom == zoom and looks[:2] == [1.0, 2.0]
+    assert "too few nuclei to estimate" in result.scale_note
+
+
 def test_batch_size_does_not_change_the_maps(tiny_segmenter):
     image, _ = synthetic_nuclei(size=96, count=6)
     np.testing.assert_allclose(

@@ -419,17 +419,27 @@ class Segmenter:
         if reference is None:
             return 1.0, None, "native scale (this model records no nucleus size to estimate it from)", maps
         if areas.size < AUTO_MIN_NUCLEI:
-            return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
-        ratio = reference / float(np.median(areas))
-        if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
-            return 1.0, None, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
-        estimate = float(np.sqrt(ratio))
-        zoom = _snap(float(np.clip(estimate, *AUTO_ZOOM_RANGE)))
-        # An enlargement takes a second look at the scale it chose: seen too small, touching nuclei merge into
-        # objects larger than any one of them, so the first estimate enlarges too little (a 10x image: zoom 1.8
-        # for 4). (Shrinking is not refined: it already costs large nuclei their outlines, RESULTS.md.)
-        maps = self._maps_at(rgb, zoom, hv=True) if zoom > 1 else None
-        areas = self._model_scale_areas(maps, zoom) if maps is not None else np.zeros(0)
+            # nuclei a few pixels across can go unseen at the native scale (a 10x fluorescence image): a look
+            # at twice it, kept when it finds enough nuclei that do not look too large there
+            closer = self._maps_at(rgb, 2.0, hv=True)
+            closer_areas = self._model_scale_areas(closer, 2.0)
+            if (
+                closer_areas.size < AUTO_MIN_NUCLEI
+                or reference / float(np.median(closer_areas)) < 1 / AUTO_AREA_TOLERANCE
+            ):
+                return 1.0, None, "native scale (too few nuclei to estimate the pixel size)", maps
+            zoom, estimate, maps, areas = 2.0, 2.0, closer, closer_areas
+        else:
+            ratio = reference / float(np.median(areas))
+            if 1 / AUTO_AREA_TOLERANCE <= ratio <= AUTO_AREA_TOLERANCE:
+                return 1.0, None, f"native scale (nuclei look like {model_mpp:g} µm/px: estimated)", maps
+            estimate = float(np.sqrt(ratio))
+            zoom = _snap(float(np.clip(estimate, *AUTO_ZOOM_RANGE)))
+            # An enlargement takes a second look at the scale it chose: seen too small, touching nuclei merge
+            # into objects larger than any one of them, so the first estimate enlarges too little (a 10x image:
+            # zoom 1.8 for 4). (Shrinking is not refined: it already costs large nuclei their outlines.)
+            maps = self._maps_at(rgb, zoom, hv=True) if zoom > 1 else None
+            areas = self._model_scale_areas(maps, zoom) if maps is not None else np.zeros(0)
         if areas.size >= AUTO_MIN_NUCLEI and reference / float(np.median(areas)) > AUTO_AREA_TOLERANCE:
             estimate = zoom * float(np.sqrt(reference / float(np.median(areas))))
             refined = _snap(float(np.clip(estimate, *AUTO_ZOOM_RANGE)))
