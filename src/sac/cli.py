@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -14,11 +15,17 @@ DEFAULTS = SegmentOptions()
 
 
 def _shipped_defaults(name: str) -> str:
-    """A setting of each shipped model, read from its config.json (``nuclei 0.2, glands 0.15``), so ``--help``
-    states the models' own values without loading torch."""
-    models = sorted(Path(__file__).parent.joinpath("models").glob("*/config.json"))
-    values = [(path.parent.name, json.loads(path.read_text())["model"].get(name)) for path in models]
+    """A setting of each shipped model (``nuclei 0.2, glands 0.15``), so ``--help`` states the models' own
+    values without loading torch."""
+    values = [(model, config.get(name)) for model, config in _shipped_configs().items()]
     return ", ".join(f"{model} {value:g}" for model, value in values if value is not None)
+
+
+@functools.cache
+def _shipped_configs() -> dict[str, dict]:
+    """Each shipped model's configuration, read once from its config.json (the parser asks for several)."""
+    models = sorted(Path(__file__).parent.joinpath("models").glob("*/config.json"))
+    return {path.parent.name: json.loads(path.read_text())["model"] for path in models}
 
 
 def _weights(args: argparse.Namespace) -> int:

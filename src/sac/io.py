@@ -197,14 +197,15 @@ def to_rgb_uint8(
 ) -> np.ndarray:
     """Normalise any supported image array to uint8 RGB (H, W, 3), the single format the model consumes.
 
-        Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
-        an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first
-        (C<=4, H, W) and leading singleton axes. uint8 is kept, as are integers of any type whose values all lie in
-    0-255 (so a 16-bit copy of an 8-bit image segments as the 8-bit one), bool becomes 0/255, floats within [0, 1] are scaled
-        by 255 (unless nearly all of them lie below ``DIM_FLOAT_LIMIT``, as a 12-bit camera's counts over 65535 do:
-        8 bits would keep under 16 grey levels of them) and any other data is stretched between its 0.1 and 99.9
-        percentiles, or ``value_range`` when given (a whole slide's, so all of its blocks get the same contrast). ``name`` appears in error messages. This is the one place where
-        inputs are normalised for the model.
+    Accepted shapes: (H, W), (H, W, 1), (H, W, 2) (channel 0 is used as grey, the second is taken as alpha or
+    an unused channel), (H, W, 3), (H, W, 4) (alpha dropped: :func:`transparent_pixels`); also channel-first
+    (C<=4, H, W) and leading singleton axes. uint8 is kept, as are integers of any type whose values all lie in
+    0-255 (so a 16-bit copy of an 8-bit image segments as the 8-bit one); bool becomes 0/255; floats within
+    [0, 1] are scaled by 255 (unless nearly all of them lie below ``DIM_FLOAT_LIMIT``, as a 12-bit camera's
+    counts over 65535 do: 8 bits would keep under 16 grey levels of them); any other data is stretched between
+    its 0.1 and 99.9 percentiles, or ``value_range`` when given (a whole slide's, so all of its blocks get the
+    same contrast). ``name`` appears in error messages. This is the one place where inputs are normalised for
+    the model.
     """
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
@@ -224,9 +225,8 @@ def to_rgb_uint8(
     if array.dtype == np.uint8:
         out = array
     elif value_range is None and array.dtype.kind in "iu" and array.min() >= 0 and array.max() <= 255:
-        out = array.astype(
-            np.uint8
-        )  # 8-bit values in a wider type (a 16-bit copy of an 8-bit image): as 8-bit
+        # 8-bit values in a wider type (a 16-bit copy of an 8-bit image): as 8-bit
+        out = array.astype(np.uint8)
     elif array.dtype == np.bool_:
         out = array.astype(np.uint8) * 255
     elif (

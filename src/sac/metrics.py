@@ -377,8 +377,7 @@ def gland_metrics(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]
     Follows the challenge's evaluation code (see :func:`gland_counts`); a test set's figures pool its images'
     counts (:func:`pool_glands`), which is not the mean of the images' figures.
     """
-    truth, prediction = _check_pair(truth, prediction)
-    return pool_glands([gland_counts(truth, prediction)]) | {
+    return pool_glands([gland_counts(truth, prediction)]) | {  # each checks its inputs
         "dice": dice(prediction, truth),
         "iou": iou(prediction, truth),
     }
