@@ -241,20 +241,124 @@ def test_a_block_keeps_a_trimmed_nucleus_but_not_a_sliver():
 def test_a_rerun_removes_what_a_killed_run_left(slide, tmp_path):
     path, _ = slide
     out = tmp_path / "out"
-    (out / ".slide.k3x9_q2a.sac-labels").mkdir(parents=True)  # a killed run's scratch label store
-    (out / ".slide.k3x9_q2a.sac-labels" / "zarr.json").write_text("{}")
+    (out / ".slide.sac-slide").mkdir(parents=True)  # a killed run's scratch folder
+    (out / ".slide.sac-slide" / "progress.json").write_text("{}")
     leftovers = [
         out / ".slide_labels.tif.0123456789ab.tmp.tif",
         out / ".slide.geojson.0123456789ab.tmp.geojson",
     ]
     for leftover in leftovers:
         leftover.write_bytes(b"")
-    unrelated = [out / ".other.k3x9_q2a.sac-labels", out / "notes.txt"]  # another slide's, and the user's own
+    unrelated = [out / ".other.sac-slide", out / "notes.txt"]  # another slide's, and the user's own
     unrelated[0].mkdir()
     unrelated[1].write_text("mine")
     segment_slide(LocalSegmenter(mpp="native"), path, out, progress=False)
-    assert not (out / ".slide.k3x9_q2a.sac-labels").exists() and not any(p.exists() for p in leftovers)
+    assert not (out / ".slide.sac-slide").exists() and not any(p.exists() for p in leftovers)
     assert all(p.exists() for p in unrelated) and (out / "slide_labels.tif").is_file()
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl-C or a kill part-way through a slide."""
+
+
+class Interruptions:
+    """Stops the next slide run after :meth:`arm` in its ``block``-th block (from 1): before segmenting it
+    (``segment``), after its labels are in the store (``labels``), or after its features are on disk but before
+    its record (``record``). ``segmented`` counts the blocks the runs segment."""
+
+    def __init__(self, monkeypatch, block: int, where: str) -> None:
+        from sac import wsi
+
+        self.block, self.where, self.armed, self.segmented = block, where, False, []
+        segment, add, write = LocalSegmenter.segment, wsi.BlockLog.add, wsi.write_json
+
+        def counting_segment(segmenter, image, points=None):
+            self.segmented.append(image.shape)
+            self._stop("segment", len(self.segmented))
+            return segment(segmenter, image, points)
+
+        def failing_add(log, features, area):
+            self._stop("labels", log.done + 1)
+            return add(log, features, area)
+
+        def failing_record(path, data, default=None):
+            self._stop("record", data["done"])
+            return write(path, data, default)
+
+        monkeypatch.setattr(LocalSegmenter, "segment", counting_segment)
+        monkeypatch.setattr(wsi.BlockLog, "add", failing_add)
+        monkeypatch.setattr(wsi, "write_json", failing_record)
+
+    def arm(self) -> None:
+        self.armed, self.segmented[:] = True, []
+
+    def _stop(self, where: str, count: int) -> None:
+        if self.armed and where == self.where and count == self.block:
+            self.armed = False
+            raise Interrupted
+
+
+@pytest.mark.parametrize("where", ["segment", "labels", "record"])
+def test_an_interrupted_slide_resumes_at_its_first_unfinished_block(slide, tmp_path, monkeypatch, where):
+    path, _ = slide
+    whole = segment_slide(LocalSegmenter(mpp="native"), path, tmp_path / "whole", block=64, progress=False)
+    out = tmp_path / "out"
+    stops = Interruptions(monkeypatch, 6, where)
+    stops.arm()
+    with pytest.raises(Interrupted):
+        segment_slide(LocalSegmenter(mpp="native"), path, out, block=64, progress=False)
+    assert len(stops.segmented) == 6 and (out / ".slide.sac-slide").is_dir()
+    assert not (out / "slide_labels.tif").exists() and not (out / "slide.geojson").exists()
+
+    stops.segmented.clear()
+    summary = segment_slide(LocalSegmenter(mpp="native"), path, out, block=64, progress=False, resume=True)
+    # the interrupted block is segmented again, the five before it are not
+    assert len(stops.segmented) == whole["blocks"] - 5
+    assert np.array_equal(tifffile.imread(summary["labels"]), tifffile.imread(whole["labels"]))
+    assert json.loads(summary["geojson"].read_text()) == json.loads(whole["geojson"].read_text())
+    assert (summary["nuclei"], summary["area_px"]) == (whole["nuclei"], whole["area_px"])
+    assert not (out / ".slide.sac-slide").exists()
+
+
+def test_a_slide_starts_over_without_resume_or_with_other_settings(slide, tmp_path, monkeypatch):
+    path, _ = slide
+    out = tmp_path / "out"
+    stops = Interruptions(monkeypatch, 3, "segment")
+    stops.arm()
+    with pytest.raises(Interrupted):
+        segment_slide(LocalSegmenter(mpp="native"), path, out, block=64, progress=False)
+    stops.segmented.clear()
+    other = LocalSegmenter(mpp="native", seed_threshold=0.6)
+    summary = segment_slide(other, path, out, block=64, progress=False, resume=True)
+    assert len(stops.segmented) == summary["blocks"]  # the earlier blocks were made with other seeds
+    fresh = segment_slide(other, path, tmp_path / "fresh", block=64, progress=False)
+    assert np.array_equal(tifffile.imread(summary["labels"]), tifffile.imread(fresh["labels"]))
+
+    stops.arm()
+    with pytest.raises(Interrupted):
+        segment_slide(LocalSegmenter(mpp="native"), path, out, block=64, progress=False)
+    stops.segmented.clear()
+    segment_slide(LocalSegmenter(mpp="native"), path, out, block=64, progress=False)
+    assert len(stops.segmented) == summary["blocks"]  # no resume: from the first block
+
+
+def test_predict_resume_continues_an_interrupted_slide(slide, tmp_path, monkeypatch):
+    from functools import partial
+
+    from sac import pipeline
+
+    path, _ = slide
+    monkeypatch.setattr(pipeline, "segment_slide", partial(segment_slide, block=64))  # 16 blocks
+    stops = Interruptions(monkeypatch, 6, "segment")
+    stops.arm()
+    with pytest.raises(Interrupted):
+        segment_files(LocalSegmenter(mpp="native"), [path], tmp_path / "out", RunOptions(slides=True), False)
+    stops.segmented.clear()
+    segment_files(
+        LocalSegmenter(mpp="native"), [path], tmp_path / "out", RunOptions(slides=True, resume=True), False
+    )
+    assert len(stops.segmented) == 16 - 5
+    assert json.loads((tmp_path / "out" / RUN_FILE).read_text())["finished"] is True
 
 
 def test_what_every_block_would_warn_is_said_once(slide, tmp_path, monkeypatch):

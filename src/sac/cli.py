@@ -328,7 +328,8 @@ def _predict(args: argparse.Namespace) -> int:
             failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
     except KeyboardInterrupt:
         print(
-            "\nsac predict: interrupted; the same command with --resume segments the images it did not finish",
+            "\nsac predict: interrupted; the same command with --resume segments the images it did not finish "
+            "(a slide from its last finished block)",
             file=sys.stderr,
         )
         return 130
@@ -560,9 +561,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    # one line each; on a line of its own when a progress bar is being drawn
+    from sac.progress import on_terminal
+
+    # one line each; on a line of its own when a progress bar is being redrawn in place
     warnings.formatwarning = lambda message, *_: (
-        ("\n" if getattr(tqdm, "_instances", None) else "") + f"sac: warning: {message}\n"
+        ("\n" if getattr(tqdm, "_instances", None) and on_terminal() else "") + f"sac: warning: {message}\n"
     )
     args = build_parser().parse_args(argv)
     try:

@@ -20,6 +20,7 @@ from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
 from sac.pipeline import FoundInput, RunOptions, RunRecord, check_run, report_skipped, segment_file
+from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -82,9 +83,7 @@ def predict_many(
             for item in found
         ]
         items = {future.key: item for future, item in zip(futures, found, strict=True)}
-        for future in tqdm(
-            as_completed(futures), total=len(futures), desc="sac predict", disable=not progress
-        ):
+        for future in progress_bar(as_completed(futures), progress, total=len(futures), desc="sac predict"):
             row, message = future.result()
             item = items[future.key]
             if row is None:  # named by the path as given, like a local run, not the absolute one workers saw

@@ -7,10 +7,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from sac.backbone import OFFICIAL_CHECKPOINTS
 from sac.io import InputError, atomic_write, sha256sum
+from sac.progress import progress_bar
 
 DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -44,7 +43,7 @@ def fetch_checkpoint(name: str, base_url: str = DOWNLOAD_ROOT, progress: bool = 
             total = int(response.headers.get("Content-Length") or 0) or None
             with (
                 open(tmp, "wb") as out,
-                tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar,
+                progress_bar(None, progress, total=total, unit="B", unit_scale=True, desc=filename) as bar,
             ):
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from tqdm import tqdm
 
 from sac.data import NucleiSample
 from sac.io import InputError
 from sac.metrics import GLAND_COUNTS, evaluate_image, gland_counts, pool_glands, summarize
+from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 
 GLAND_KEYS = ("object_f1", "object_precision", "object_recall", "object_dice", "object_hausdorff")
@@ -29,7 +29,7 @@ def evaluate_model(
     if segmenter.options.instances is None:
         segmenter = segmenter.with_options(instances="fast")
     per_image = []
-    for sample in tqdm(samples, desc="sac evaluate", unit="image", disable=not progress):
+    for sample in progress_bar(samples, progress, desc="sac evaluate", unit="image"):
         labels = segmenter.segment(sample.image, mpp=sample.mpp).labels
         # Dice and IoU score labels > 0, which is the mask segment() gives: what is written is what is scored
         row = {"name": sample.name, **evaluate_image(sample.labels, labels)}

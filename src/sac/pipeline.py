@@ -58,6 +58,7 @@ from sac.io import (
 from sac.model import SegmentAnyCell
 from sac.options import SegmentOptions
 from sac.points import Points
+from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 from sac.wsi import check_level, is_slide, segment_slide
 
@@ -196,7 +197,7 @@ def segment_files(
     found = check_run(inputs, out_dir, run, segmenter.options)
     record = RunRecord(out_dir, model_record(segmenter.model), segmenter.options, run)
     with record:
-        for item in tqdm(record.left(found, progress), desc="sac predict", unit="file", disable=not progress):
+        for item in progress_bar(record.left(found, progress), progress, desc="sac predict", unit="file"):
             try:
                 record.add(segment_file(segmenter, item, out_dir, run, progress))
             except InputError as error:
@@ -401,7 +402,9 @@ def segment_file(
     run = run or RunOptions()
     path, out_dir = item.path, item.output_dir(out_dir)
     if item.slide:
-        summary = segment_slide(segmenter, path, out_dir, run.level, clicks=item.clicks, progress=progress)
+        summary = segment_slide(
+            segmenter, path, out_dir, run.level, clicks=item.clicks, progress=progress, resume=run.resume
+        )
         nuclei, (height, width) = summary["nuclei"], summary["shape"]
         return {
             "image": item.name,

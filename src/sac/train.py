@@ -43,6 +43,7 @@ from sac.model import (
     read_checkpoint_meta,
     widening_factors,
 )
+from sac.progress import progress_bar
 from sac.segmenter import Segmenter, resolve_device
 
 STATE_FILE = "state.pt"
@@ -696,12 +697,8 @@ class Trainer:
     def run(self, progress: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         lead = self.rank == 0
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="train",
-            disable=not (progress and lead),
-            unit="step",
+        bar = progress_bar(
+            None, progress and lead, total=self.total_steps, initial=self.step, desc="train", unit="step"
         )
         started = time.perf_counter() - self.elapsed
         while self.step < self.total_steps:

@@ -8,11 +8,11 @@ tiled BigTIFF; GeoJSON features are written as each block finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +25,7 @@ import zarr
 from tqdm import tqdm
 
 from sac.clicks import check_clicks_inside
-from sac.export import labels_to_geojson, output_path, resolution_tags
+from sac.export import labels_to_geojson, output_path, output_stem, resolution_tags
 from sac.io import (
     ROBUST_PERCENTILES,
     InputError,
@@ -36,16 +36,18 @@ from sac.io import (
     leftover_temporaries,
     read_pixel_size,
     to_rgb_uint8,
+    write_json,
 )
 from sac.points import Points, as_clicks
+from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
 BLOCK, HALO = 2048, 64  # pixels a side: ~0.4 GB of working memory per block, context for 60-pixel nuclei
 OUTPUT_TILE = 256
-# the scratch label store in the output folder ends so, so a rerun finds what a killed run left
-SCRATCH_SUFFIX = ".sac-labels"
+# an unfinished slide's scratch folder in the output folder: ``.<stem>`` and this
+SCRATCH_SUFFIX = ".sac-slide"
 _RANGE_SAMPLE_SIDE = 1024  # pixels a side sampled to fix one intensity range for a whole non-8-bit slide
 ESTIMATE_SIDE = 1024  # pixels a side of the central region that sets an unknown slide pixel size
 
@@ -156,6 +158,7 @@ def segment_slide(
     halo: int = HALO,
     clicks: Points | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
     """Segment a slide into ``<stem>_labels.tif`` (tiled uint32 BigTIFF) and ``<stem>.geojson``.
 
@@ -166,6 +169,10 @@ def segment_slide(
     segmenter's options ask for ``sam``). ``clicks`` (positive, negative) are (x, y) level-0 pixels; each block
     gets those inside it. Returns a summary: nuclei count, their area in pixels, shape, level, the level's pixel
     size (None when unknown or only estimated: it is not written either), blocks and outputs.
+
+    Finished blocks are recorded in a scratch folder beside the outputs (:class:`BlockLog`), removed when the
+    slide is done; ``resume`` continues an interrupted run of the same slide and settings at its first
+    unfinished block, and without it a run starts over.
     """
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
@@ -199,54 +206,45 @@ def segment_slide(
                 f"sac: {path.name}: level {level} (downsample {slide.downsample:g}), {scale}", file=sys.stderr
             )
         origins = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(out_dir, path.stem, (labels_path, geojson_path))
-        with (
-            tempfile.TemporaryDirectory(
-                prefix=f".{path.stem}.", suffix=SCRATCH_SUFFIX, dir=out_dir
-            ) as scratch,
-            atomic_write(geojson_path) as geojson_tmp,
-            atomic_write(labels_path) as labels_tmp,
-        ):
-            store = zarr.create_array(
-                scratch,
-                shape=(height, width),
-                chunks=(OUTPUT_TILE, OUTPUT_TILE),
-                dtype="uint32",
-                fill_value=0,
+        settings = _slide_settings(segmenter, path, level, mpp, (block, halo), clicks)
+        regions = [_block_region((y, x), block, halo, (height, width)) for y, x in origins]
+        _remove_leftovers(out_dir, (labels_path, geojson_path))
+        blocks = BlockLog(_scratch_folder(out_dir, path), settings, (height, width), resume, regions)
+        if progress and blocks.done:
+            tqdm.write(
+                f"sac: {path.name}: resuming at block {blocks.done + 1} of {len(origins)}", file=sys.stderr
             )
-            nuclei = area = 0
-            with open(geojson_tmp, "w") as handle, warnings.catch_warnings():
-                # what every block says (a coarse level's enlargement, ...) is said once
-                warnings.showwarning = _once(warnings.showwarning)
-                handle.write('{"type": "FeatureCollection", "features": [')
-                for y, x in tqdm(origins, desc=f"sac {path.name}", unit="block", disable=not progress):
-                    rows = slice(max(0, y - halo), min(height, y + block + halo))
-                    cols = slice(max(0, x - halo), min(width, x + block + halo))
-                    image = to_rgb_uint8(slide[rows, cols], str(path), value_range)
-                    local = _block_clicks(clicks, (rows.start, cols.start), image.shape, slide.downsample)
-                    result = segmenter.segment(image, local)
-                    central = _central(result.labels, (y - rows.start, x - cols.start), block)
-                    kept = _claim(store, (rows, cols), result.labels, central, nuclei + 1)
-                    features = labels_to_geojson(
-                        kept, (cols.start, rows.start), slide.downsample, result.maps[0], objects=objects
-                    )["features"]
-                    if features:
-                        handle.write((", " if nuclei else "") + ", ".join(map(json.dumps, features)))
-                    nuclei += len(features)
-                    area += int(np.count_nonzero(kept))
-                handle.write("]}")
-            with tifffile.TiffWriter(labels_tmp, bigtiff=True) as tif:
-                tif.write(
-                    _label_tiles(store),
-                    shape=(height, width),
-                    dtype=np.uint32,
-                    tile=(OUTPUT_TILE, OUTPUT_TILE),
-                    compression="zlib",
-                    photometric="minisblack",
-                    metadata={"level": level, "downsample": slide.downsample},
-                    **resolution_tags(recorded_mpp),
-                )
+        with blocks, warnings.catch_warnings():
+            # what every block says (a coarse level's enlargement, ...) is said once
+            warnings.showwarning = _once(warnings.showwarning)
+            left = list(zip(origins, regions, strict=True))[blocks.done :]
+            for (y, x), (rows, cols) in progress_bar(
+                left, progress, desc=f"sac {path.name}", unit="block", initial=blocks.done, total=len(origins)
+            ):
+                image = to_rgb_uint8(slide[rows, cols], str(path), value_range)
+                local = _block_clicks(clicks, (rows.start, cols.start), image.shape, slide.downsample)
+                result = segmenter.segment(image, local)
+                central = _central(result.labels, (y - rows.start, x - cols.start), block)
+                kept = _claim(blocks.labels, (rows, cols), result.labels, central, blocks.nuclei + 1)
+                features = labels_to_geojson(
+                    kept, (cols.start, rows.start), slide.downsample, result.maps[0], objects=objects
+                )["features"]
+                blocks.add(features, int(np.count_nonzero(kept)))
+        with atomic_write(geojson_path) as geojson_tmp:
+            blocks.write_geojson(geojson_tmp)
+        with atomic_write(labels_path) as labels_tmp, tifffile.TiffWriter(labels_tmp, bigtiff=True) as tif:
+            tif.write(
+                _label_tiles(blocks.labels),
+                shape=(height, width),
+                dtype=np.uint32,
+                tile=(OUTPUT_TILE, OUTPUT_TILE),
+                compression="zlib",
+                photometric="minisblack",
+                metadata={"level": level, "downsample": slide.downsample},
+                **resolution_tags(recorded_mpp),
+            )
+        nuclei, area = blocks.nuclei, blocks.area
+        blocks.remove()
     return {
         "nuclei": nuclei,
         "area_px": area,
@@ -259,13 +257,140 @@ def segment_slide(
     }
 
 
-def _remove_leftovers(out_dir: Path, stem: str, outputs: tuple[Path, ...]) -> None:
-    """Delete what a killed run on the same slide left in ``out_dir``: its scratch label store (as large as the
-    slide's labels) and the temporary files of its outputs. A finished or interrupted run leaves none."""
-    for scratch in out_dir.glob(f".{stem}.*{SCRATCH_SUFFIX}"):
-        shutil.rmtree(scratch, ignore_errors=True)
+def _remove_leftovers(out_dir: Path, outputs: tuple[Path, ...]) -> None:
+    """Delete the temporary files of outputs a killed run on the same slide was writing."""
     for leftover in (entry for output in outputs for entry in leftover_temporaries(output)):
         leftover.unlink(missing_ok=True)
+
+
+def _scratch_folder(out_dir: Path, path: Path) -> Path:
+    return out_dir / f".{output_stem(path)}{SCRATCH_SUFFIX}"
+
+
+class BlockLog:
+    """What a slide run has finished, kept in a scratch folder so a killed run loses at most one block.
+
+    The folder holds the labels claimed so far (a zarr store as large as the slide's labels), the GeoJSON
+    features of the finished blocks (a line each) and ``progress.json``: the run's settings, the blocks done,
+    nuclei and area so far and the length of the features file. That record is rewritten atomically after each
+    block's labels and features are on disk, so what a block wrote before its record counts as not done: on
+    resuming, the features file is cut back to the recorded length and the labels of unrecorded nuclei (ids
+    above the recorded count, only inside the next block's region) are cleared by :func:`_claim`.
+    """
+
+    RECORD = "progress.json"
+
+    def __init__(
+        self,
+        folder: Path,
+        settings: dict,
+        shape: tuple[int, int],
+        resume: bool,
+        regions: list[tuple[slice, slice]],
+    ) -> None:
+        self.folder, self.settings = folder, settings
+        self._features_path = folder / "features.jsonl"
+        record = self._readable_record(regions) if resume else None
+        if record is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            self.labels = zarr.create_array(
+                folder / "labels",
+                shape=shape,
+                chunks=(OUTPUT_TILE, OUTPUT_TILE),
+                dtype="uint32",
+                fill_value=0,
+            )
+            record = {"done": 0, "nuclei": 0, "area": 0, "features_bytes": 0}
+            self._features_path.touch()
+        self.done, self.nuclei, self.area = record["done"], record["nuclei"], record["area"]
+        os.truncate(self._features_path, record["features_bytes"])
+        self._features = open(self._features_path, "ab")  # noqa: SIM115 -- open for the run, closed on exit
+
+    def _readable_record(self, regions: list[tuple[slice, slice]]) -> dict | None:
+        """The record of an earlier run with the same settings whose files can be read on, else None."""
+        try:
+            record = json.loads((self.folder / self.RECORD).read_text())
+            if record["settings"] != self.settings:
+                return None
+            self.labels = zarr.open_array(self.folder / "labels", mode="r+")
+            if record["done"] < len(regions):
+                self.labels[regions[record["done"]]]  # the one region a killed write may have left unreadable
+            if self._features_path.stat().st_size < record["features_bytes"]:
+                return None
+        except Exception:  # absent, or left unreadable by a kill: the slide starts over
+            return None
+        return record
+
+    def add(self, features: list[dict], area: int) -> None:
+        """Record a block whose labels are in ``labels``: its features, then the record."""
+        self._features.write(b"".join(json.dumps(feature).encode() + b"\n" for feature in features))
+        self._features.flush()
+        os.fsync(self._features.fileno())
+        self.done, self.nuclei, self.area = self.done + 1, self.nuclei + len(features), self.area + area
+        record = {"done": self.done, "nuclei": self.nuclei, "area": self.area}
+        write_json(
+            self.folder / self.RECORD,
+            record | {"features_bytes": self._features.tell(), "settings": self.settings},
+        )
+
+    def write_geojson(self, path: Path) -> None:
+        """All features as one GeoJSON FeatureCollection, streamed from the features file."""
+        with open(self._features_path, "rb") as lines, open(path, "wb") as handle:
+            handle.write(b'{"type": "FeatureCollection", "features": [')
+            for index, line in enumerate(lines):
+                handle.write((b", " if index else b"") + line.rstrip(b"\n"))
+            handle.write(b"]}")
+
+    def remove(self) -> None:
+        """Delete the scratch folder, once the slide's outputs are written."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> BlockLog:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self._features.close()
+
+
+def _slide_settings(
+    segmenter: Segmenter,
+    path: Path,
+    level: int,
+    mpp: float | None,
+    block_halo: tuple[int, int],
+    clicks: Points | None,
+) -> dict:
+    """Everything a slide's blocks depend on, so a resumed run continues only what the same work began."""
+    model, stat = segmenter.model, path.stat()
+    meta = getattr(model, "meta", None) or {}
+    config = model.config
+    return json.loads(
+        json.dumps(
+            {
+                "slide": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
+                "level": level,
+                "mpp": mpp,
+                "block_halo": list(block_halo),
+                "model": meta.get("weights_sha256"),
+                "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config),
+                "options": dataclasses.asdict(segmenter.options) | {"progress": None, "batch_size": None},
+                "clicks": None if clicks is None else [np.asarray(p).tolist() for p in clicks],
+            },
+            default=str,
+        )
+    )
+
+
+def _block_region(
+    origin: tuple[int, int], block: int, halo: int, shape: tuple[int, int]
+) -> tuple[slice, slice]:
+    """The pixels a block reads: its core from ``origin`` and the halo around it, within the slide."""
+    (y, x), (height, width) = origin, shape
+    return (
+        slice(max(0, y - halo), min(height, y + block + halo)),
+        slice(max(0, x - halo), min(width, x + block + halo)),
+    )
 
 
 def _once(show: Callable) -> Callable:
@@ -366,6 +491,7 @@ def _claim(
     the sliver left of it is dropped rather than reported as a nucleus.
     """
     current = store[region]
+    current[current >= first_id] = 0  # an interrupted attempt at this block: not recorded, so not claimed
     free = central[labels] & (current == 0)
     whole, left = (
         np.bincount(labels.ravel(), minlength=len(central)),
