@@ -421,7 +421,8 @@ def _add_predict_parser(commands) -> None:
         "--resume",
         action="store_true",
         help="continue an interrupted run into the same -o: the images it finished (listed in its sac_summary.csv) "
-        "are not segmented again; refused if the model or a setting changed",
+        "are not segmented again, and an unfinished slide goes on from its last finished block; refused if the "
+        "model or a setting changed",
     )
     parser.add_argument("--workers", type=int, metavar="N", help="run on N local dask worker processes")
     parser.add_argument("--dask", metavar="SCHEDULER_ADDRESS", help="run on a dask.distributed cluster")
