@@ -4,6 +4,7 @@ CPU."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,14 @@ def tiny_segmenter(tiny_checkpoint) -> Segmenter:
     """``tiny_checkpoint`` loaded on the CPU with default options (a mask only); shared, so never mutate it:
     derive variants with ``with_options``."""
     return Segmenter.load(tiny_checkpoint)
+
+
+def write_clicks(path: Path, positive: list, negative: list) -> None:
+    """A clicks file as a user writes one: CSV (x, y, label) or JSON ({"positive": ..., "negative": ...})."""
+    if path.suffix == ".json":
+        path.write_text(
+            json.dumps({"positive": [list(p) for p in positive], "negative": [list(p) for p in negative]})
+        )
+    else:
+        rows = [*(f"{x!r},{y!r},1" for x, y in positive), *(f"{x!r},{y!r},0" for x, y in negative)]
+        path.write_text("\n".join(["x,y,label", *rows]) + "\n")

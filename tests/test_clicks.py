@@ -9,13 +9,13 @@ import pytest
 import tifffile
 from PIL import Image
 
+from conftest import write_clicks
 from sac.clicks import (
     check_clicks_inside,
     check_clicks_match,
     clicks_for,
     read_clicks,
     read_points_file,
-    write_points_file,
 )
 from sac.io import InputError
 from sac.points import clicks_pixels
@@ -24,7 +24,7 @@ from sac.points import clicks_pixels
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
 def test_points_file_round_trip(tmp_path, suffix):
     path = tmp_path / f"points{suffix}"
-    write_points_file(path, [(1.5, 2.0), (3, 4)], [(10, 20)])
+    write_clicks(path, [(1.5, 2.0), (3, 4)], [(10, 20)])
     positive, negative = read_points_file(path)
     assert positive.tolist() == [[1.5, 2.0], [3, 4]] and negative.tolist() == [[10, 20]]
     assert positive.dtype == np.float32
@@ -120,12 +120,12 @@ def test_clicks_per_image_from_csv_json_or_folder(tmp_path):
     assert keyed["b"][0].shape == (0, 2) and keyed["b"][1].tolist() == [[7, 8]]
     folder = tmp_path / "per-image"
     folder.mkdir()
-    write_points_file(folder / "a.csv", [(1, 2)], [])
-    write_points_file(folder / "b.json", [], [(3, 4)])
+    write_clicks(folder / "a.csv", [(1, 2)], [])
+    write_clicks(folder / "b.json", [], [(3, 4)])
     by_file = read_clicks(folder)
     assert sorted(by_file) == ["a", "b"] and by_file["b"][1].tolist() == [[3, 4]]
     unnamed = tmp_path / "one.csv"
-    write_points_file(unnamed, [(9, 9)], [])
+    write_clicks(unnamed, [(9, 9)], [])
     assert list(read_clicks(unnamed)) == [None]  # for any one image
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"holds no \.csv, \.json or \.geojson click files"):
@@ -176,8 +176,6 @@ def test_qupath_point_annotations_are_clicks(tmp_path):
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [outline]}))
     with pytest.raises(InputError, match="feature 0 is a Polygon, not a point"):
         read_points_file(path)
-    with pytest.raises(InputError, match=r"written as \.csv or \.json"):
-        write_points_file(tmp_path / "out.geojson", [(1, 1)], [])
 
 
 def test_clicks_are_matched_to_images_by_name_then_stem(tmp_path):

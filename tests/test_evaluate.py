@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +80,16 @@ def test_cli_evaluate_writes_json(tiny_checkpoint, dataset, tmp_path, capsys):
     assert main([*argv, "--limit", "0"]) == 2
     assert main([*argv, "--instances", "exact"]) == 2
     assert "unknown instance mode" in capsys.readouterr().err
+
+
+def test_cli_evaluate_scores_a_gland_model_as_glas_on_any_dataset(tiny_checkpoint, dataset, tmp_path, capsys):
+    glands = tmp_path / "glands-model"
+    shutil.copytree(tiny_checkpoint, glands)
+    config = json.loads((glands / "config.json").read_text())
+    config["model"]["objects"] = "glands"
+    (glands / "config.json").write_text(json.dumps(config))
+    argv = ["evaluate", "--dataset", "folder", "--data-root", str(dataset), "--limit", "1"]
+    assert main([*argv, "--model", str(glands)]) == 0
+    assert "pooled_object_f1" in capsys.readouterr().out  # a user's folder of glands, scored as GlaS is
+    assert main([*argv, "--model", str(tiny_checkpoint)]) == 0
+    assert "object_f1" not in capsys.readouterr().out

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from skimage import measure
 
-from conftest import encode_image, synthetic_nuclei
-from sac.clicks import read_points_file, write_points_file
+from conftest import encode_image, synthetic_nuclei, write_clicks
+from sac.clicks import read_points_file
 from sac.export import TABLE_COLUMNS, geojson_to_labels, labels_to_geojson, nuclei_table, write_nuclei_csv
 from sac.io import InputError, read_image, read_labels, to_rgb_uint8
 
@@ -249,7 +249,7 @@ finite_points = st.lists(st.tuples(coordinate, coordinate), max_size=5)
 @given(finite_points, finite_points, st.sampled_from([".csv", ".json"]))
 def test_points_file_round_trip_is_exact(tmp_path, positive, negative, suffix):
     path = tmp_path / f"points{suffix}"
-    write_points_file(path, positive, negative)
+    write_clicks(path, positive, negative)
     read_positive, read_negative = read_points_file(path)
     assert read_positive.tolist() == [list(point) for point in positive]
     assert read_negative.tolist() == [list(point) for point in negative]

@@ -140,7 +140,7 @@ def test_small_objects_removed_and_small_holes_filled():
     probability[5:15, 5:15] = 1
     probability[9, 9] = 0  # a one-pixel hole
     probability[30:32, 30:32] = 1  # 4 pixels, below min_size
-    labels = instances_from_maps(probability, probability, min_size=8)
+    labels = instances_from_maps(probability, probability)
     assert labels.max() == 1 and labels[9, 9] == 1 and labels[30, 30] == 0
 
 

@@ -5,7 +5,7 @@ from transformers import SamModel
 from conftest import tiny_sam_config
 from sac.backbone import count_parameters
 from sac.io import InputError
-from sac.lora import configure_encoder, load_lora, lora_layers, merge_lora, save_lora, unmerge_lora
+from sac.lora import configure_encoder, lora_layers, merge_lora
 
 
 def encode(model: SamModel, pixels: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def randomize_adapters(model):
                 weight.normal_(0, 0.5)
 
 
-def test_merge_and_unmerge_match(model_and_pixels):
+def test_merged_adapters_compute_what_the_adapters_do(model_and_pixels):
     model, pixels = model_and_pixels
     base = encode(model, pixels)
     configure_encoder(model.vision_encoder, "lora", rank=2, alpha=4.0)
@@ -46,13 +46,8 @@ def test_merge_and_unmerge_match(model_and_pixels):
     assert not torch.allclose(adapted, base, atol=1e-4)
     merge_lora(model)
     torch.testing.assert_close(encode(model, pixels), adapted, rtol=1e-4, atol=1e-5)
-    unmerge_lora(model)
+    merge_lora(model)  # merging twice adds the update once
     torch.testing.assert_close(encode(model, pixels), adapted, rtol=1e-4, atol=1e-5)
-    for adapter in lora_layers(model):
-        adapter.lora_b.requires_grad_(False)
-        for weight in adapter.lora_b.values():
-            weight.zero_()
-    torch.testing.assert_close(encode(model, pixels), base, rtol=1e-4, atol=1e-5)
 
 
 def test_only_lora_parameters_get_gradients(model_and_pixels):
@@ -81,31 +76,3 @@ def test_keys_option_and_modes(model_and_pixels):
     assert counts["trainable"] == counts["total"]
     with pytest.raises(InputError, match="unknown encoder mode"):
         configure_encoder(full.vision_encoder, "partial")
-
-
-def test_adapters_save_and_load(model_and_pixels, tmp_path):
-    model, pixels = model_and_pixels
-    configure_encoder(model.vision_encoder, "lora", rank=4)
-    randomize_adapters(model)
-    expected = encode(model, pixels)
-    save_lora(tmp_path / "adapters.safetensors", model, {"rank": "4"})
-    fresh = SamModel(tiny_sam_config(64)).eval()
-    configure_encoder(fresh.vision_encoder, "lora", rank=4)
-    base = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
-    assert not fresh.load_state_dict(base, strict=False).unexpected_keys
-    merge_lora(fresh)
-    load_lora(tmp_path / "adapters.safetensors", fresh)
-    torch.testing.assert_close(encode(fresh, pixels), expected, rtol=1e-4, atol=1e-5)
-    wrong_rank = SamModel(tiny_sam_config(64))
-    configure_encoder(wrong_rank.vision_encoder, "lora", rank=2)
-    with pytest.raises(
-        InputError, match=r"adapters\.safetensors: weights do not fit the architecture: .*wrong shape"
-    ):
-        load_lora(tmp_path / "adapters.safetensors", wrong_rank)
-    other_targets = SamModel(tiny_sam_config(64))
-    configure_encoder(other_targets.vision_encoder, "lora", rank=4, targets=("q", "k", "v"))
-    with pytest.raises(InputError, match=r"do not fit the architecture: [1-9][0-9]* missing"):
-        load_lora(tmp_path / "adapters.safetensors", other_targets)
-    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(InputError, match="cannot read LoRA"):
-        load_lora(tmp_path / "bad.safetensors", wrong_rank)

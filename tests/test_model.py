@@ -2,6 +2,7 @@
 go through ``sac.segmenter``, tested in test_segmenter.py)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import synthetic_nuclei, tiny_model, tiny_sam_config
 from sac.backbone import count_parameters
 from sac.io import InputError
 from sac.lora import lora_layers
-from sac.model import SACConfig, SegmentAnyCell
+from sac.model import CONFIG_FILE, SACConfig, SegmentAnyCell
 from sac.segmenter import Segmenter
 
 
@@ -247,3 +248,23 @@ def test_config_knows_what_the_model_segments():
 def test_a_config_with_a_view_count_it_cannot_use_is_refused(setting, message):
     with pytest.raises(InputError, match=message):
         tiny_model(**setting)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"seed_threshold": 1.5}, r"seed threshold must be in \(0, 1\), got 1.5"),
+        ({"seed_depth": 3}, r"seed depth must be in \[0, 1\), got 3"),
+        ({"hv_weight": -1}, "hv weight must be at least 0"),
+        ({"min_size": -4}, "need 0 <= min size"),
+    ],
+)
+def test_a_checkpoint_whose_post_processing_is_out_of_range_is_refused_naming_its_config(
+    tmp_path, setting, message
+):
+    directory = tiny_model().save(tmp_path / "model")
+    meta = json.loads((directory / CONFIG_FILE).read_text())
+    meta["model"].update(setting)  # a hand-edited config.json
+    (directory / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=f"^{re.escape(str(directory / CONFIG_FILE))}: {message}"):
+        SegmentAnyCell.load(directory)

@@ -226,6 +226,11 @@ def test_find_inputs_by_size_suffix_and_force(tmp_path):
         ("scan.svs", True),
     ]
     assert find_inputs([folder], slides=True) == [FoundInput(path, True) for path in sorted(folder.iterdir())]
+    scans = tmp_path / "scans"  # a folder of SVS slides, as a scanner leaves them
+    scans.mkdir()
+    svs.rename(scans / "scan.svs")
+    (scans / "notes.txt").write_text("case 12")
+    assert find_inputs([scans]) == [FoundInput(scans / "scan.svs", True)]
     with pytest.raises(InputError, match="missing"):
         find_inputs([tmp_path / "missing"])
 

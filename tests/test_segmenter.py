@@ -227,6 +227,19 @@ def test_threads_sharing_a_model_get_what_a_serial_run_gets(tiny_segmenter, monk
         np.testing.assert_array_equal(expected, got)
 
 
+def test_a_models_lock_lives_as_long_as_the_model():
+    import gc
+
+    from sac import segmenter as module
+
+    model, other = tiny_model(), tiny_model()
+    lock = module._lock(model)
+    assert module._lock(model) is lock and module._lock(other) is not lock
+    del model
+    gc.collect()  # a dead model's lock is gone, not left for a new model that reuses its id
+    assert all(kept is not lock for kept in module._LOCKS.values())
+
+
 def test_segment_takes_option_changes_for_one_call(tiny_segmenter):
     rgb, _ = synthetic_nuclei(size=64, count=6)
     changed = tiny_segmenter.segment(rgb, instances=True, threshold=0.4)

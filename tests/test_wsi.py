@@ -6,7 +6,6 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +25,14 @@ from sac.segmenter import Segmenter
 from sac.wsi import _claim, open_slide, segment_slide
 
 
+class FakeModel:
+    """A model's attributes without its network; like a model, hashed by identity and weakly referenced (the
+    segmenter keeps a lock per live model)."""
+
+    def __init__(self, **attributes) -> None:
+        self.__dict__.update(attributes)
+
+
 class LocalSegmenter(Segmenter):
     """Maps that depend only on a few pixels around each pixel, so a block with enough halo sees what the
     whole image sees: probability is darkness, the centre map a smoothed distance to the background.
@@ -36,7 +43,7 @@ class LocalSegmenter(Segmenter):
 
     def __init__(self, options: SegmentOptions | None = None, **settings) -> None:
         config = SACConfig(image_size=64, min_size=3.0, seed_threshold=0.4, seed_depth=0.0)
-        model = SimpleNamespace(config=config, pixel_mean=torch.zeros(1))
+        model = FakeModel(config=config, pixel_mean=torch.zeros(1))
         super().__init__(model, options, **settings)  # type: ignore[arg-type]
 
     def with_options(self, **changes) -> LocalSegmenter:
@@ -225,6 +232,61 @@ def test_cli_predict_slide(tiny_checkpoint, slide, tmp_path, capsys):
     assert "available levels: 0, 1" in capsys.readouterr().err
     assert main([*argv, "--level", "1", "--expand-cells", "3"]) == 2  # slides get no cells: said, not ignored
     assert "not cells (--expand-cells)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("channel", [1, "DAPI"])
+def test_a_slide_reads_the_chosen_channel(tmp_path, channel):
+    image, _ = synthetic_nuclei(size=200, count=40, seed=3)
+    nuclei = image.mean(axis=2).astype(np.uint8)
+    path = (
+        tmp_path / "two.ome.tif"
+    )  # channel 0 empty, the nuclei in channel 1, named as a microscope names them
+    tifffile.imwrite(
+        path,
+        np.stack([np.full_like(nuclei, 255), nuclei]),
+        tile=(64, 64),
+        metadata={"axes": "CYX", "Channel": {"Name": ["empty", "DAPI"]}},
+    )
+    segmenter = LocalSegmenter(mpp="native", channel=channel)
+    summary = segment_slide(segmenter, path, tmp_path / "out", block=64, progress=False)
+    expected = LocalSegmenter(mpp="native", instances="fast").segment(nuclei).labels
+    same_partition(expected, tifffile.imread(summary["labels"]))
+    assert summary["nuclei"] == expected.max() > 10
+
+    with pytest.warns(UserWarning, match=r"2 channels \(empty, DAPI\) and no --channel: using channel 0"):
+        summary = segment_slide(LocalSegmenter(mpp="native"), path, tmp_path / "first", progress=False)
+    assert summary["nuclei"] == 0
+    with pytest.raises(InputError, match="no channel named 'GFP'; channels: empty, DAPI"):
+        segment_slide(LocalSegmenter(mpp="native", channel="GFP"), path, tmp_path / "bad", progress=False)
+
+
+def test_slide_geojson_marks_the_nuclei_clicks_added(slide, tmp_path, monkeypatch):
+    path, image = slide
+    segment = LocalSegmenter.segment
+
+    def clicking(self, image, points=None):  # as the click head would: the nucleus under a click is added
+        result = segment(self, image)
+        if points is None:
+            return result
+        ids = {int(result.labels[int(y), int(x)]) for x, y in points[0]} - {0}
+        return result._replace(clicked=tuple(sorted(ids)))
+
+    monkeypatch.setattr(LocalSegmenter, "segment", clicking)
+    whole = LocalSegmenter(mpp="native", instances="fast").segment(image).labels
+    y, x = (round(c) for c in ndimage.center_of_mass(whole == whole[whole > 0][0]))
+    summary = segment_slide(
+        LocalSegmenter(mpp="native"),
+        path,
+        tmp_path / "out",
+        block=64,
+        clicks=([[x + 0.5, y + 0.5]], None),
+        progress=False,
+    )
+    stitched = tifffile.imread(summary["labels"])
+    features = json.loads(summary["geojson"].read_text())["features"]
+    clicked = {f["properties"]["id"]: f["properties"]["measurements"]["clicked"] for f in features}
+    assert len(clicked) == summary["nuclei"] > 10  # every block's nuclei say so, not only the clicked block's
+    assert {i for i, mark in clicked.items() if mark} == {int(stitched[y, x])}
 
 
 def test_a_block_keeps_a_trimmed_nucleus_but_not_a_sliver():

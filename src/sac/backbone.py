@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SamConfig, SamModel
 
+from sac.download import OFFICIAL_CHECKPOINTS, checkpoint_path
 from sac.io import InputError, check_state_dict, first_line
 
 # Meta's configurations (segment_anything/build_sam.py) and small from-scratch ones sized for CPU training.
@@ -49,13 +50,6 @@ PRESETS: dict[str, dict] = {
         decoder_mlp_dim=512,
         image_size=256,
     ),
-}
-
-# Official checkpoint files: file name, sha256.
-OFFICIAL_CHECKPOINTS: dict[str, tuple[str, str]] = {
-    "vit_b": ("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    "vit_l": ("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    "vit_h": ("sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
 }
 
 
@@ -331,8 +325,6 @@ def create_sam(source: str | Path = "tiny", image_size: int | None = None) -> Sa
     if is_random(source_str):
         return SamModel(preset_config(source_str.removeprefix(SCRATCH), image_size))
     if source_str in OFFICIAL_CHECKPOINTS:  # the official names mean the official weights
-        from sac.download import checkpoint_path  # download depends on this module for the checkpoint table
-
         cached = checkpoint_path(source_str)
         if not cached.is_file():
             raise InputError(

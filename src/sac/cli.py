@@ -14,10 +14,14 @@ from sac.options import SegmentOptions
 DEFAULTS = SegmentOptions()
 
 
-def _shipped_defaults(name: str) -> str:
+def _shipped_defaults(name: str, used_with: str | None = None) -> str:
     """A setting of each shipped model (``nuclei 0.2, glands 0.15``), so ``--help`` states the models' own
-    values without loading torch."""
-    values = [(model, config.get(name)) for model, config in _shipped_configs().items()]
+    values without loading torch; with ``used_with``, only of the models where that part is switched on."""
+    values = [
+        (model, config.get(name))
+        for model, config in _shipped_configs().items()
+        if used_with is None or config.get(used_with)
+    ]
     return ", ".join(f"{model} {value:g}" for model, value in values if value is not None)
 
 
@@ -36,8 +40,6 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import json
-
     from sac.train import TrainConfig, resume, train
 
     if args.resume:
@@ -226,8 +228,8 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
         "--hv-weight",
         type=float,
         help="for a model with horizontal/vertical maps: how far the boundaries they show between touching "
-        "nuclei lower the centre map before seeds are cut; 0: not used (default: the model's, for a model with "
-        "these maps: nuclei 8)",
+        "nuclei lower the centre map before seeds are cut; 0: not used (default: the model's; "
+        f"{_shipped_defaults('hv_weight', used_with='hv_maps')})",
     )
     parser.add_argument(
         "--min-size",
@@ -433,7 +435,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sac.data import load_dataset
     from sac.evaluate import evaluate_model
     from sac.io import check_output_file, write_json
-    from sac.pipeline import model_record, provenance
+    from sac.model import model_record
+    from sac.pipeline import provenance
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, got {args.limit}")
@@ -441,8 +444,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json)
     samples = load_dataset(args.dataset, args.data_root, args.split)[: args.limit]
-    glands = args.dataset == "glas"
     segmenter = _load_segmenter(args, options)
+    glands = segmenter.model.config.objects == "glands"  # a folder of glands is scored as GlaS is
     print(
         f"sac evaluate: model {args.model or 'nuclei (shipped)'} (weights sha256 "
         f"{segmenter.model.meta['weights_sha256'][:12]}), dataset {args.dataset}"

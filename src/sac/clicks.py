@@ -14,12 +14,9 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from sac.io import InputError, atomic_write, image_shape
+from sac.io import InputError, image_shape
 from sac.points import Points, as_points, clicks_pixels
 
 
@@ -94,8 +91,9 @@ def _names_image(key: str, image: Path) -> bool:
 def read_points_file(path: str | os.PathLike) -> Points:
     """Read manual ``(positive, negative)`` points, each float32 ``(M, 2)`` in ``(x, y)`` pixels.
 
-    Accepts a CSV with columns ``x``, ``y`` and ``label`` in any order (label 1 = positive, 0 = negative) or a
-    JSON object ``{"positive": [[x, y], ...], "negative": [...]}`` (either key may be omitted).
+    Accepts a CSV with columns ``x``, ``y`` and ``label`` in any order (label 1 = positive, 0 = negative),
+    napari's Points CSV (``axis-0``, ``axis-1``), a JSON object ``{"positive": [[x, y], ...], "negative": [...]}``
+    (either key may be omitted) or QuPath's point annotations as GeoJSON (class Negative = negative).
     """
     clicks = _read(Path(path), per_image=False)
     return clicks[None]
@@ -255,28 +253,6 @@ def _qupath_points(data: dict | list, path: Path) -> Points:
         as_points(clicks[label], f"{path}: {kind} points")
         for label, kind in ((1, "positive"), (0, "negative"))
     )
-
-
-def write_points_file(
-    path: str | os.PathLike,
-    positive: Sequence[Sequence[float]] | np.ndarray,
-    negative: Sequence[Sequence[float]] | np.ndarray,
-) -> None:
-    """Save points in :func:`read_points_file`'s format (chosen by suffix) so prompts can be reused."""
-    path = Path(path)
-    suffix = _points_suffix(path)
-    if path.suffix.lower() == ".geojson":
-        raise InputError(f"{path}: clicks are written as .csv or .json")
-    positive = as_points(positive, "positive points").tolist()
-    negative = as_points(negative, "negative points").tolist()
-    with atomic_write(path) as tmp:
-        if suffix == ".json":
-            tmp.write_text(json.dumps({"positive": positive, "negative": negative}), encoding="utf-8")
-        else:
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["x", "y", "label"])
-                writer.writerows([*([x, y, 1] for x, y in positive), *([x, y, 0] for x, y in negative)])
 
 
 _SUFFIXES = (".csv", ".json", ".geojson")

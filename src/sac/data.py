@@ -452,7 +452,7 @@ class CropDataset(torch.utils.data.Dataset):
         max_zoom: float = 1.0,
     ) -> None:
         if not samples:
-            raise ValueError("CropDataset needs at least one sample")
+            raise InputError("CropDataset needs at least one sample")
         if max_zoom < 1:
             raise InputError(f"max_zoom must be at least 1, got {max_zoom}")
         self.samples = list(samples)

@@ -7,11 +7,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sac.backbone import OFFICIAL_CHECKPOINTS
 from sac.io import InputError, atomic_write, sha256sum
 from sac.progress import progress_bar
 
 DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+# Official checkpoint files: file name, sha256.
+OFFICIAL_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "vit_b": ("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": ("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": ("sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+}
 
 
 def cache_dir() -> Path:

@@ -31,6 +31,8 @@ NEGATIVES_PER_NUCLEUS = 2  # SAM instance mode: negative clicks on the nearest o
 MAX_CLICK_NEGATIVES = 4  # a user's positive click: nearby negative clicks and neighbours, at most
 _PADDING_LABEL = -1  # SAM's "not a point": lets nuclei with fewer neighbours share a prompt batch
 
+SPECK_PIXELS = 8  # holes and specks of the thresholded mask under this many pixels are noise, not structure
+
 
 def filter_instances(
     labels: np.ndarray, min_area: float = 0, max_area: float | None = None, exclude_edges: bool = False
@@ -53,7 +55,6 @@ def instances_from_maps(
     probability: np.ndarray,
     centre: np.ndarray,
     threshold: float = 0.5,
-    min_size: int = 8,
     seed_threshold: float = SACConfig.seed_threshold,
     seed_depth: float = SACConfig.seed_depth,
     hv: np.ndarray | None = None,
@@ -77,7 +78,7 @@ def instances_from_maps(
         raise InputError(
             f"probability and centre must be 2-D maps of one shape, got {probability.shape} and {centre.shape}"
         )
-    small = min_size - 1  # scikit-image removes pieces of at most max_size pixels
+    small = SPECK_PIXELS - 1  # scikit-image removes pieces of at most max_size pixels
     foreground = morphology.remove_small_holes(probability >= threshold, max_size=small)
     foreground = morphology.remove_small_objects(foreground, max_size=small)
     if seed_depth > 0:

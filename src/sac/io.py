@@ -297,13 +297,34 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
     if len(extra) > 1 or axes.replace("".join(extra), "") != "YX":
         raise InputError(f"{path}: unsupported image axes {axes} of shape {array.shape}")
     if not extra:
+        return InputImage(array, array, [], choose_channel(1, [], Samples(False, False), channel, path)[2])
+    raw = np.moveaxis(array, axes.index(extra[0]), -1)
+    on_samples = extra[0] == "S"  # colour and alpha are samples (interleaved), never separate channels
+    choice, names, note = choose_channel(
+        raw.shape[-1],
+        names,
+        Samples(on_samples and samples.colour, on_samples and samples.alpha),
+        channel,
+        path,
+    )
+    return InputImage(raw[..., choice], raw, names, note)
+
+
+def choose_channel(
+    count: int, names: list[str], samples: Samples, channel: int | str | None, path: str | os.PathLike
+) -> tuple[int | slice, list[str], str]:
+    """Which of an image's ``count`` channels (its last axis) the model sees, the channels' names and a note.
+
+    ``channel`` by index or by name (``names``, else numbers, with R, G, B and alpha for colour samples);
+    without it colour stays colour (with its alpha, where nothing is segmented), and of several other channels
+    the first is taken, with a warning. Returns an index, or a slice of the colour samples.
+    """
+    if count == 1:
         if channel not in (None, 0, "0"):
             raise InputError(f"{path}: --channel {channel}, but the image has a single channel")
-        return InputImage(array, array, [], "single channel")
-    raw = np.moveaxis(array, axes.index(extra[0]), -1)
-    count = raw.shape[-1]
-    colour = extra[0] == "S" and samples.colour and count >= 3
-    alpha = extra[0] == "S" and samples.alpha and count in (2, 4)  # grey + alpha, or RGB + alpha
+        return 0, names, "single channel"
+    colour = samples.colour and count >= 3
+    alpha = samples.alpha and count in (2, 4)  # grey + alpha, or RGB + alpha
     if len(names) != count:
         names = [str(i) for i in range(count)]
         if colour:
@@ -311,17 +332,17 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
         if alpha:
             names[-1] = "alpha"
     if channel is None:
-        if colour:  # RGBA keeps its alpha for the model (nothing is segmented where it is 0); other extras go
-            return InputImage(raw[..., : 4 if alpha else 3], raw, names, "colour (RGB)")
+        if colour:
+            return slice(0, 4 if alpha else 3), names, "colour (RGB)"
         if not (alpha and count == 2):  # grey with alpha needs no warning
             warnings.warn(
                 f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0"
                 + (f" ({names[0]})" if names[0] != "0" else ""),
-                stacklevel=2,
+                stacklevel=3,
             )
-        return InputImage(raw[..., 0], raw, names, _channel_note(0, names))
-    index = _channel_index(channel, names, path)
-    return InputImage(raw[..., index], raw, names, _channel_note(index, names))
+        return 0, names, _channel_note(0, names)
+    index = _channel_index(channel, names, Path(path))
+    return index, names, _channel_note(index, names)
 
 
 def _channel_note(index: int, names: list[str]) -> str:
@@ -344,36 +365,27 @@ def _channel_index(channel: int | str, names: list[str], path: Path) -> int:
     return index
 
 
-class _Samples(NamedTuple):
+class Samples(NamedTuple):
     """What a file's samples axis (``S``) holds: colour (RGB first), and an alpha sample last."""
 
     colour: bool
     alpha: bool
 
 
-def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], _Samples]:
+def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], Samples]:
     """The file's pixels, the axis of each dimension (tifffile's letters), its channel names if any (OME, or
     ImageJ's slice labels, which :func:`read_input` uses when there is one per channel), and what its samples
     are."""
     if path.suffix.lower() not in _TIFF_SUFFIXES:
         array = _decode(path, palette_as_rgb=True)  # PIL modes: L, LA, RGB, RGBA (others become RGB)
         channels = 1 if array.ndim == 2 else array.shape[2]
-        return array, "YX" if array.ndim == 2 else "YXS", [], _Samples(channels >= 3, channels in (2, 4))
+        return array, "YX" if array.ndim == 2 else "YXS", [], Samples(channels >= 3, channels in (2, 4))
     check_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
-            names = (
-                _ome_channel_names(tif)
-                if tif.is_ome
-                else [str(label) for label in (tif.imagej_metadata or {}).get("Labels", [])]  # Fiji's
-            )
-            page = series.keyframe
-            samples = _Samples(
-                page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR),
-                any(kind in (1, 2) for kind in page.extrasamples),  # associated or unassociated alpha
-            )
+            names, samples = tiff_channels(tif)
     except Exception as exc:  # decoders raise many unrelated types (OSError, codec errors, ValueError)
         raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
     if array.size == 0:
@@ -381,6 +393,22 @@ def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], _Samples]
     if "Q" in axes:  # tifffile could not tell: the old rule, a short first axis holds channels
         axes = axes.replace("Q", "C" if is_channel_first(array.shape) else "I")
     return array, axes, names, samples
+
+
+def tiff_channels(tif: tifffile.TiffFile) -> tuple[list[str], Samples]:
+    """A TIFF's channel names (OME, or Fiji's slice labels; empty when it names none) and what its samples are,
+    from its metadata alone: the photometric tag decides colour, the extra-samples tag alpha."""
+    names = (
+        _ome_channel_names(tif)
+        if tif.is_ome
+        else [str(label) for label in (tif.imagej_metadata or {}).get("Labels", [])]
+    )
+    page = tif.series[0].keyframe
+    samples = Samples(
+        page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR),
+        any(kind in (1, 2) for kind in page.extrasamples),  # associated or unassociated alpha
+    )
+    return names, samples
 
 
 def _ome_channel_names(tif: tifffile.TiffFile) -> list[str]:
@@ -542,9 +570,11 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
-    """Expand files and folders into image paths; folders give their visible image files in sorted order (and,
-    with ``recursive``, those of their subfolders)."""
+def list_images(
+    inputs: Iterable[str | os.PathLike], recursive: bool = False, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> list[Path]:
+    """Expand files and folders into image paths; folders give their visible files of the image ``suffixes``
+    in sorted order (and, with ``recursive``, those of their subfolders)."""
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -552,14 +582,14 @@ def list_images(inputs: Iterable[str | os.PathLike], recursive: bool = False) ->
             files = sorted(
                 p
                 for p in (path.rglob("*") if recursive else path.iterdir())
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
             )
             if not files:
-                raise InputError(f"{path}: folder contains no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise InputError(f"{path}: folder contains no images ({', '.join(suffixes)})")
             found.extend(files)
         elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise InputError(f"{path}: unsupported file type; expected {', '.join(IMAGE_SUFFIXES)}")
+            if path.suffix.lower() not in suffixes:
+                raise InputError(f"{path}: unsupported file type; expected {', '.join(suffixes)}")
             found.append(path)
         else:
             raise InputError(f"{path}: no such file or folder")

@@ -1,19 +1,18 @@
 """Low-rank adapters on the query and value slices of SAM's fused ``qkv`` projections.
 
 ``W = W0 + (alpha / r) · B·A`` per slice, with ``B`` initialised to zero so an adapted encoder starts out identical
-to the pretrained one. Adapters can be merged into ``W0`` for inference (no extra cost) and unmerged again.
+to the pretrained one. Adapters are merged into ``W0`` for inference (no extra cost); checkpoints save them with
+the model's other trained weights (``SegmentAnyCell.save``).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sac.io import InputError, atomic_write, check_state_dict
+from sac.io import InputError
 
 ENCODER_MODES = ("frozen", "lora", "full")
 _SLICES = {"q": 0, "k": 1, "v": 2}
@@ -68,12 +67,6 @@ class LoRAQKV(nn.Module):
             self.base.weight += self.delta_weight()
             self.merged = True
 
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight()
-            self.merged = False
-
 
 def lora_layers(model: nn.Module) -> list[LoRAQKV]:
     return [m for m in model.modules() if isinstance(m, LoRAQKV)]
@@ -116,37 +109,4 @@ def configure_encoder(
 
 def merge_lora(model: nn.Module) -> None:
     for adapter in lora_layers(model):
-        adapter.merge()
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    for adapter in lora_layers(model):
-        adapter.unmerge()
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if ".lora_" in k}
-
-
-def save_lora(path: str | Path, model: nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Save the adapters alone (a few hundred KB for ViT-B at rank 4) as safetensors."""
-    tensors = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
-    if not tensors:
-        raise InputError("the model has no LoRA adapters to save")
-    with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata or {})
-
-
-def load_lora(path: str | Path, model: nn.Module) -> None:
-    """Load adapters saved by :func:`save_lora` into a model wrapped with the same rank and targets."""
-    try:
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types for bad headers
-        raise InputError(f"{path}: cannot read LoRA adapters: {error}") from None
-    check_state_dict(tensors, lora_state_dict(model), str(path))
-    merged = [a for a in lora_layers(model) if a.merged]
-    for adapter in merged:
-        adapter.unmerge()
-    model.load_state_dict(tensors, strict=False)
-    for adapter in merged:
         adapter.merge()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -117,6 +117,11 @@ class SegmentOptions:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
         if self.overlap < 0:
             raise InputError(f"tile overlap must not be negative, got {self.overlap}")
+
+    def output_settings(self) -> dict:
+        """The settings that change what is segmented (all but ``batch_size`` and ``progress``), so a resumed
+        run can tell whether it would make the same outputs."""
+        return {name: value for name, value in asdict(self).items() if name not in ("batch_size", "progress")}
 
     def _check_types(self) -> None:
         """Refuse values of the wrong kind in one line, before a comparison raises a TypeError or a NaN slips

@@ -45,6 +45,7 @@ from sac.export import (
     write_probability_tif,
 )
 from sac.io import (
+    IMAGE_SUFFIXES,
     InputError,
     atomic_write,
     check_output_dir,
@@ -55,12 +56,14 @@ from sac.io import (
     to_rgb_uint8,
     write_json,
 )
-from sac.model import SegmentAnyCell
+from sac.model import model_record
 from sac.options import SegmentOptions
 from sac.points import Points
 from sac.progress import progress_bar
 from sac.segmenter import Segmenter
-from sac.wsi import check_level, is_slide, segment_slide
+from sac.wsi import SLIDE_SUFFIXES, check_level, is_slide, segment_slide
+
+INPUT_SUFFIXES = tuple(dict.fromkeys((*IMAGE_SUFFIXES, *SLIDE_SUFFIXES)))  # what a folder's files may be
 
 SUMMARY_FILE, RUN_FILE = "sac_summary.csv", "sac_run.json"
 SLIDE_OUTPUTS = ("labels", "geojson")  # what sac.wsi.segment_slide writes
@@ -161,9 +164,7 @@ def find_inputs(
     left_out: list[Path] = []
     for item in [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs:  # one path, or several
         path = Path(item)
-        # list_images knows only whole-image formats, not SVS
-        is_svs = path.is_file() and path.suffix.lower() == ".svs"
-        for file in [path] if is_svs else list_images([path], recursive):
+        for file in list_images([path], recursive, INPUT_SUFFIXES):
             if file == path or not file.name.lower().endswith(_OUTPUT_IMAGE_ENDINGS):
                 subfolders.setdefault(file, file.parent.relative_to(path) if path.is_dir() else Path())
             else:
@@ -255,7 +256,9 @@ class RunRecord:
 
     FLUSH_SECONDS = 2.0
     # settings that change no output, so a resumed run may differ in them
-    _NEUTRAL = frozenset({"progress", "batch_size", "recursive", "resume", "points_file"})
+    _NEUTRAL = frozenset(
+        {"recursive", "resume", "points_file"}
+    )  # of RunOptions; SegmentOptions knows its own
 
     def __init__(
         self, out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, run: RunOptions
@@ -265,8 +268,12 @@ class RunRecord:
         self.settings = _as_json(
             {
                 "model": model_meta.get("weights_sha256"),
-                "options": _changing(dataclasses.asdict(options), self._NEUTRAL),
-                "run": _changing(dataclasses.asdict(run), self._NEUTRAL)
+                "options": options.output_settings(),
+                "run": {
+                    name: value
+                    for name, value in dataclasses.asdict(run).items()
+                    if name not in self._NEUTRAL
+                }
                 | {"points_sha256": sha256sum(clicks) if clicks and clicks.is_file() else None},
             }
         )
@@ -336,10 +343,6 @@ class RunRecord:
 _UNSHOWN = {"model": "the model", "points_sha256": "the clicks"}  # differences named, not shown
 
 
-def _changing(settings: dict, neutral: frozenset[str]) -> dict:
-    return {name: value for name, value in settings.items() if name not in neutral}
-
-
 def _as_json(value: object) -> object:
     """``value`` as it reads back from JSON (tuples as lists), so a recorded and a new one compare equal."""
     return json.loads(json.dumps(value, default=str))
@@ -370,14 +373,6 @@ def provenance(model_meta: dict, options: SegmentOptions) -> dict:
             "torch": torch.__version__,
             "numpy": np.__version__,
         },
-    }
-
-
-def model_record(model: SegmentAnyCell) -> dict:
-    """A model's checkpoint metadata (config.json), or its configuration when it was never saved."""
-    config = model.config
-    return getattr(model, "meta", None) or {
-        "model": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config)
     }
 
 

@@ -233,6 +233,20 @@ def clicks_pixels(clicks: Points, shape: tuple[int, int]) -> tuple[np.ndarray, .
     return tuple(click_pixels(side, shape) for side in clicks)
 
 
+def clicks_in_window(
+    clicks: Points, origin: tuple[int, int], shape: tuple[int, ...], scale: float = 1.0
+) -> Points:
+    """The (positive, negative) ``clicks`` that fall in a window of ``shape`` (rows, columns) whose corner is at
+    ``origin`` (row, column), in the window's pixels; ``scale`` divides the clicks first (a slide level's
+    downsample, clicks being in level-0 pixels)."""
+    inside = []
+    for points in clicks:
+        xy = np.zeros((0, 2)) if points is None else np.asarray(points, np.float64).reshape(-1, 2)
+        xy = xy / scale - (origin[1], origin[0])
+        inside.append(xy[(xy >= 0).all(1) & (xy[:, 0] < shape[1]) & (xy[:, 1] < shape[0])])
+    return inside[0], inside[1]
+
+
 def as_clicks(points: object, what: str = "points") -> Points:
     """A user's ``(positive, negative)`` clicks as two float32 ``(M, 2)`` (x, y) arrays (None: no clicks of that
     kind). Any other shape is refused rather than guessed at: a bare list of two points would otherwise read as

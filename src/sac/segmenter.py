@@ -8,10 +8,10 @@ all go through it, so each setting is declared, defaulted and validated once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,9 +26,9 @@ from sac.instances import (
     sam_instances,
 )
 from sac.io import InputError, channels_last, to_rgb_uint8, transparent_pixels
-from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell
+from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell, precision
 from sac.options import SCALE_MODES, SegmentOptions, check_pixel_size, tta_views
-from sac.points import Points, as_clicks, clicks_pixels, combine_points
+from sac.points import Points, as_clicks, clicks_in_window, clicks_pixels, combine_points
 from sac.scale import at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
 from sac.views import VIEWS, maps_of_view, view_of
@@ -208,7 +208,7 @@ class Segmenter:
         rgb, transparent, points = self._prepared(image, points)
         options = self.options
         mode = options.instances or ("fast" if points is not None else None)
-        with _lock(self.model), self._precision():
+        with _lock(self.model), precision(self.model.pixel_mean.device):
             zoom, mpp, note, maps = self._scale(rgb, mpp)
             if maps is None:
                 maps = self._maps_at(rgb, zoom, hv=mode is not None)
@@ -253,7 +253,7 @@ class Segmenter:
                 f"({result.labels.shape[0]}x{result.labels.shape[1]})"
             )
         earlier = result.points or (None, None)
-        with _lock(self.model), self._precision():
+        with _lock(self.model), precision(self.model.pixel_mean.device):
             labels, clicked = self._clicked(rgb, result.labels, points, result.maps, result.zoom, earlier[0])
         kept = {*(result.clicked or ()), *clicked} & set(np.unique(labels).tolist())
         every = tuple(_joined(before, now) for before, now in zip(earlier, points, strict=True))
@@ -276,13 +276,6 @@ class Segmenter:
             points = as_clicks(points)
             clicks_pixels(points, rgb.shape[:2])
         return rgb, transparent, points
-
-    def _precision(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast on CUDA (half the memory and time, no visible loss); nothing elsewhere."""
-        device = self.model.pixel_mean.device
-        if device.type == "cuda":
-            return torch.autocast(device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _clicked(
         self,
@@ -577,14 +570,11 @@ def _maps(output: SACOutput) -> torch.Tensor:
 
 
 def _tile_points(points: Points, origin: tuple[int, int], size: int) -> list:
-    """Manual points inside one tile, in the tile's frame."""
-    chosen = []
-    for label, coords in zip((1, 0), points, strict=True):
-        if coords is None or len(coords) == 0:
-            continue
-        coords = np.asarray(coords, np.float32).reshape(-1, 2) - np.array([origin[1], origin[0]], np.float32)
-        chosen += [(xy, label) for xy in coords[(coords >= 0).all(1) & (coords < size).all(1)]]
-    return chosen
+    """Manual points inside one tile, in the tile's frame, as (xy, label) pairs."""
+    inside = clicks_in_window(points, origin, (size, size))
+    return [
+        (xy.astype(np.float32), label) for label, coords in zip((1, 0), inside, strict=True) for xy in coords
+    ]
 
 
 def _is_alpha(channel: np.ndarray) -> bool:
@@ -598,7 +588,8 @@ def _joined(before: np.ndarray | None, now: np.ndarray | None) -> np.ndarray | N
     return np.concatenate(present) if present else None
 
 
-_LOCKS: dict[int, threading.RLock] = {}  # by the model's id: a lock per model ever used, a few bytes each
+# a lock per live model: a dead model's lock goes with it, and its id, reused by a new model, brings no old lock
+_LOCKS: weakref.WeakKeyDictionary[SegmentAnyCell, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -606,4 +597,4 @@ def _lock(model: SegmentAnyCell) -> threading.RLock:
     """The lock of ``model``: its mode (eval/train) and its point streams (``point_offset``) are state that one
     image's tiles set, so threads sharing a model take turns (each pass already uses all of torch's threads)."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(id(model), threading.RLock())
+        return _LOCKS.setdefault(model, threading.RLock())

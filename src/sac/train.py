@@ -6,7 +6,6 @@ all derive from them, so ``--resume`` after an interruption continues exactly wh
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -40,6 +39,7 @@ from sac.model import (
     SACOutput,
     SegmentAnyCell,
     model_path,
+    precision,
     read_checkpoint_meta,
     widening_factors,
 )
@@ -673,7 +673,7 @@ class Trainer:
             for i in range(len(batch["image"]))
         ]
         batch = {key: value.to(self.device) for key, value in batch.items()}
-        with self.precision():
+        with precision(self.device):
             loss = self.objective(batch, rngs)
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:  # with only some parts trained, a batch may hold nothing they answer for
@@ -687,12 +687,6 @@ class Trainer:
             dist.all_reduce(loss)
             loss /= self.world
         return float(loss)
-
-    def precision(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast on CUDA (about twice as fast, no loss scaling needed); full precision elsewhere."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def run(self, progress: bool = True) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)

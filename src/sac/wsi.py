@@ -8,7 +8,6 @@ tiled BigTIFF; GeoJSON features are written as each block finishes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -29,16 +28,20 @@ from sac.export import labels_to_geojson, output_path, output_stem, resolution_t
 from sac.io import (
     ROBUST_PERCENTILES,
     InputError,
+    Samples,
     atomic_write,
     check_file,
+    choose_channel,
     first_line,
     is_channel_first,
     leftover_temporaries,
     read_pixel_size,
+    tiff_channels,
     to_rgb_uint8,
     write_json,
 )
-from sac.points import Points, as_clicks
+from sac.model import model_record
+from sac.points import Points, as_clicks, clicks_in_window
 from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 
@@ -73,12 +76,26 @@ class Slide:
             )
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype = array.dtype
+        self._channels: int | slice = slice(None)  # what a read keeps of the channel axis
+
+    def choose_channel(self, channel: int | str | None, path: Path) -> str:
+        """From now on read only the channel the model sees (:func:`sac.io.choose_channel`, by index or by the
+        file's channel names); returns a note of which."""
+        if len(self.shape) == 2:
+            return choose_channel(1, [], Samples(False, False), channel, path)[2]
+        with tifffile.TiffFile(path) as tif:
+            names, samples = tiff_channels(tif)
+        self._channels, _, note = choose_channel(self.shape[2], names, samples, channel, path)
+        kept = range(self.shape[2])[self._channels]
+        self.shape = self.shape[:2] if isinstance(kept, int) else (*self.shape[:2], len(kept))
+        return note
 
     def __getitem__(self, region: tuple[slice, slice]) -> np.ndarray:
         rows, cols = region
-        index = (0,) * self._lead + ((slice(None), rows, cols) if self._channel_first else (rows, cols))
-        data = np.asarray(self._array[index])
-        return np.moveaxis(data, 0, -1) if self._channel_first else data
+        if self._channel_first:  # only the planes of the kept channels are decoded
+            data = np.asarray(self._array[(0,) * self._lead + (self._channels, rows, cols)])
+            return data if data.ndim == 2 else np.moveaxis(data, 0, -1)
+        return np.asarray(self._array[(0,) * self._lead + (rows, cols)])[..., self._channels]
 
     def close(self) -> None:
         self._store.close()
@@ -187,6 +204,8 @@ def segment_slide(
     if level is None:
         level = _closest_level(path, base_mpp, segmenter.model.config.mpp)
     with open_slide(path, level) as slide:
+        channel_note = slide.choose_channel(segmenter.options.channel, path)
+        segmenter = segmenter.with_options(channel=None)  # the slide reads the chosen channel itself
         height, width = slide.shape[:2]
         value_range = _value_range(slide)
         mpp = None if base_mpp is None else base_mpp * slide.downsample
@@ -203,12 +222,13 @@ def segment_slide(
         if progress:
             scale = f"{mpp:.3g} µm/px ({source})" if mpp is not None else "unknown pixel size, native scale"
             tqdm.write(
-                f"sac: {path.name}: level {level} (downsample {slide.downsample:g}), {scale}", file=sys.stderr
+                f"sac: {path.name}: level {level} (downsample {slide.downsample:g}), {channel_note}, {scale}",
+                file=sys.stderr,
             )
         origins = [(y, x) for y in range(0, height, block) for x in range(0, width, block)]
-        settings = _slide_settings(segmenter, path, level, mpp, (block, halo), clicks)
+        settings = _slide_settings(segmenter, path, (level, channel_note, mpp), (block, halo), clicks)
         regions = [_block_region((y, x), block, halo, (height, width)) for y, x in origins]
-        _remove_leftovers(out_dir, (labels_path, geojson_path))
+        _remove_leftovers((labels_path, geojson_path))
         blocks = BlockLog(_scratch_folder(out_dir, path), settings, (height, width), resume, regions)
         if progress and blocks.done:
             tqdm.write(
@@ -222,12 +242,24 @@ def segment_slide(
                 left, progress, desc=f"sac {path.name}", unit="block", initial=blocks.done, total=len(origins)
             ):
                 image = to_rgb_uint8(slide[rows, cols], str(path), value_range)
-                local = _block_clicks(clicks, (rows.start, cols.start), image.shape, slide.downsample)
+                local = None
+                if clicks is not None:
+                    local = clicks_in_window(clicks, (rows.start, cols.start), image.shape, slide.downsample)
+                    local = local if any(map(len, local)) else None
                 result = segmenter.segment(image, local)
                 central = _central(result.labels, (y - rows.start, x - cols.start), block)
                 kept = _claim(blocks.labels, (rows, cols), result.labels, central, blocks.nuclei + 1)
+                clicked = None  # with clicks, every nucleus says whether a click added it, in every block
+                if clicks is not None:
+                    added = np.isin(result.labels, result.clicked or ()) & (kept > 0)
+                    clicked = np.unique(kept[added]).tolist()
                 features = labels_to_geojson(
-                    kept, (cols.start, rows.start), slide.downsample, result.maps[0], objects=objects
+                    kept,
+                    (cols.start, rows.start),
+                    slide.downsample,
+                    result.maps[0],
+                    objects=objects,
+                    clicked=clicked,
                 )["features"]
                 blocks.add(features, int(np.count_nonzero(kept)))
         with atomic_write(geojson_path) as geojson_tmp:
@@ -257,7 +289,7 @@ def segment_slide(
     }
 
 
-def _remove_leftovers(out_dir: Path, outputs: tuple[Path, ...]) -> None:
+def _remove_leftovers(outputs: tuple[Path, ...]) -> None:
     """Delete the temporary files of outputs a killed run on the same slide was writing."""
     for leftover in (entry for output in outputs for entry in leftover_temporaries(output)):
         leftover.unlink(missing_ok=True)
@@ -356,25 +388,20 @@ class BlockLog:
 def _slide_settings(
     segmenter: Segmenter,
     path: Path,
-    level: int,
-    mpp: float | None,
+    level_channel_mpp: tuple[int, str, float | None],
     block_halo: tuple[int, int],
     clicks: Points | None,
 ) -> dict:
     """Everything a slide's blocks depend on, so a resumed run continues only what the same work began."""
-    model, stat = segmenter.model, path.stat()
-    meta = getattr(model, "meta", None) or {}
-    config = model.config
+    stat = path.stat()
     return json.loads(
         json.dumps(
             {
                 "slide": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
-                "level": level,
-                "mpp": mpp,
+                "level_channel_mpp": list(level_channel_mpp),
                 "block_halo": list(block_halo),
-                "model": meta.get("weights_sha256"),
-                "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config),
-                "options": dataclasses.asdict(segmenter.options) | {"progress": None, "batch_size": None},
+                "model": model_record(segmenter.model),
+                "options": segmenter.options.output_settings(),
                 "clicks": None if clicks is None else [np.asarray(p).tolist() for p in clicks],
             },
             default=str,
@@ -404,20 +431,6 @@ def _once(show: Callable) -> Callable:
             show(message, category, *details)
 
     return show_once
-
-
-def _block_clicks(
-    clicks: Points | None, origin: tuple[int, int], shape: tuple[int, ...], downsample: float
-) -> Points | None:
-    """The level-0 clicks that fall in a block, in the block's pixels; None when there are none."""
-    if clicks is None:
-        return None
-    local = []
-    for points in clicks:
-        xy = np.zeros((0, 2)) if points is None else np.asarray(points, np.float64).reshape(-1, 2)
-        xy = xy / downsample - (origin[1], origin[0])
-        local.append(xy[(xy >= 0).all(1) & (xy[:, 0] < shape[1]) & (xy[:, 1] < shape[0])])
-    return None if not sum(map(len, local)) else (local[0], local[1])
 
 
 def _slide_pixel_size(segmenter: Segmenter, path: Path) -> tuple[float | None, str]:
@@ -454,7 +467,8 @@ def _value_range(slide: Slide) -> tuple[float, float] | None:
     """One intensity range for the whole slide (None for 8-bit data, used as is), for ``to_rgb_uint8``.
 
     Stretching each block by its own percentiles, as single images are, would give every block a different
-    contrast and visible seams; the range comes from a strided sample so it costs one block's memory.
+    contrast and visible seams; the range comes from a strided sample of the whole level, so it costs one
+    block's memory, though decoding it reads every tile once (a few percent of the time segmenting takes).
     """
     if slide.dtype in (np.uint8, np.bool_):
         return None
