@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -439,3 +440,75 @@ def test_the_temporary_file_a_killed_write_leaves_is_found(tmp_path):
     temporary = killed.__enter__()  # never left: as if the process died while writing
     (tmp_path / ".out.tif.notes").write_text("not ours")
     assert leftover_temporaries(target) == [temporary] and not target.exists()
+
+
+def test_the_decoder_follows_the_content_not_the_name(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 9, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "really_a_png.tif", format="PNG")
+    tifffile.imwrite(tmp_path / "really_a_tiff.png", rgb, photometric="rgb")
+    for name in ("really_a_png.tif", "really_a_tiff.png"):
+        assert np.array_equal(read_image(tmp_path / name), rgb)
+    assert read_pixel_size(tmp_path / "really_a_png.tif") is None
+
+
+def test_a_photos_exif_orientation_is_said_and_its_pixels_kept_as_stored(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 12, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    with pytest.warns(UserWarning, match=r"phone\.jpg: its EXIF orientation \(turned a quarter clockwise\)"):
+        assert read_image(tmp_path / "phone.jpg").shape == (8, 12, 3)  # as Fiji, QuPath and napari show it
+
+
+def test_only_the_first_of_several_images_in_a_tiff_is_segmented_and_that_is_said(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "two.ome.tif", ome=True) as tif:
+        tif.write(np.zeros((4, 4), np.uint8), metadata={"axes": "YX", "Name": "thumbnail"})
+        tif.write(np.ones((8, 9), np.uint8), metadata={"axes": "YX", "Name": "main"})
+    with pytest.warns(
+        UserWarning, match=r"holds 2 images; segmenting the first, thumbnail \(4, 4\), not main"
+    ):
+        assert read_input(tmp_path / "two.ome.tif").data.shape == (4, 4)
+
+
+def test_grey_with_alpha_keeps_its_transparency(tmp_path):
+    grey = np.full((8, 9), 90, np.uint8)
+    alpha = np.full((8, 9), 255, np.uint8)
+    alpha[:, :4] = 0
+    Image.fromarray(np.stack([grey, alpha], -1), "LA").save(tmp_path / "la.png")
+    found = read_input(tmp_path / "la.png")
+    assert found.data.shape == (8, 9, 4) and found.channel_names == ["intensity", "alpha"]
+    assert np.array_equal(transparent_pixels(found.data), alpha == 0)
+    assert found.note == "grey with alpha" and read_input(tmp_path / "la.png", 0).data.shape == (8, 9)
+
+
+def test_pixels_that_are_not_square_give_no_pixel_size(tmp_path):
+    image = np.zeros((8, 9), np.uint8)
+    tifffile.imwrite(tmp_path / "aniso.tif", image, resolution=(40000, 20000), resolutionunit="CENTIMETER")
+    with pytest.warns(UserWarning, match=r"not square \(0\.25 µm wide, 0\.5 µm high\)"):
+        assert read_pixel_size(tmp_path / "aniso.tif") is None
+    tifffile.imwrite(tmp_path / "square.tif", image, resolution=(40000, 40000), resolutionunit="CENTIMETER")
+    assert read_pixel_size(tmp_path / "square.tif") == pytest.approx((0.25, "TIFF resolution tags"))
+
+
+def test_a_stack_names_every_stacked_axis(tmp_path):
+    stack = np.zeros((2, 3, 8, 9), np.uint8)
+    tifffile.imwrite(tmp_path / "tz.tif", stack, imagej=True, metadata={"axes": "TZYX"})
+    with pytest.raises(
+        InputError, match=r"tz\.tif: a Z stack of 3 by a time series of 2 planes \(axes TZYX\)"
+    ):
+        read_input(tmp_path / "tz.tif")
+
+
+@pytest.mark.parametrize(
+    ("values", "said"), [((0, 255), "only the values 0 and 255"), ((7, 7), "a single value, 7")]
+)
+def test_a_mask_or_blank_image_is_questioned(values, said):
+    from sac.io import warn_if_not_a_micrograph
+
+    image = np.full((8, 9), values[0], np.uint8)
+    image[4:] = values[1]
+    with pytest.warns(UserWarning, match=f"in.png: holds {said}: a mask or a blank image"):
+        warn_if_not_a_micrograph(image, "in.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_not_a_micrograph(np.arange(72, dtype=np.uint8).reshape(8, 9), "in.png")

@@ -68,6 +68,16 @@ def test_segment_files_writes_outputs_and_skips_corrupt(tiny_segmenter, images, 
     assert {"mean_red", "mean_green", "mean_blue"} <= set(header) and "mean_alpha" not in header
 
 
+def test_a_file_of_nan_is_refused_naming_it_and_a_mask_is_questioned(tiny_segmenter, tmp_path):
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    image[3, 4] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", image)
+    Image.fromarray(((image > 0.5) * 255).astype(np.uint8)).save(tmp_path / "thresholded.png")
+    with pytest.warns(UserWarning, match=r"thresholded\.png: holds only the values 0 and 255"):
+        failures = segment_files(tiny_segmenter, [tmp_path], tmp_path / "out", progress=False)
+    assert failures == [(tmp_path / "nan.tif", f"{tmp_path / 'nan.tif'}: image contains NaN or Inf values")]
+
+
 def test_mask_only_writes_just_masks(tiny_segmenter, images, tmp_path):
     out = tmp_path / "out"
     segment_files(tiny_segmenter, [images / "good.png"], out, progress=False)

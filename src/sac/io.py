@@ -98,7 +98,6 @@ def write_json(
         tmp.write_text(json.dumps(data, indent=2, default=default))
 
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 # PIL modes whose numpy view is already a usable intensity array; others (palette, CMYK, YCbCr...) go to RGB.
 _PIL_ARRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "RGB", "RGBA"})
 # the intensity range stretched to 0..1 for non-8-bit data, shared by single images and whole slides
@@ -115,21 +114,54 @@ def check_file(path: Path) -> None:
         raise InputError(f"{path}: empty file (0 bytes)")
 
 
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+# EXIF orientations other than 1 (as stored), as viewers that apply the tag would show the pixels
+_EXIF_ORIENTATIONS = {
+    2: "mirrored",
+    3: "turned half round",
+    4: "flipped upside down",
+    5: "mirrored and turned",
+    6: "turned a quarter clockwise",
+    7: "mirrored and turned",
+    8: "turned a quarter anticlockwise",
+}
+
+
+def _is_tiff(path: Path) -> bool:
+    """Whether the file's content is a TIFF, whatever its name says (a PNG saved as ``.tif`` is not)."""
+    with open(path, "rb") as handle:
+        return handle.read(4) in _TIFF_SIGNATURES
+
+
 def _decode(path: Path, *, palette_as_rgb: bool) -> np.ndarray:
-    """Decode ``path`` to its raw array; palette images stay indices for masks but become RGB for images."""
+    """Decode ``path`` to its raw array; palette images stay indices for masks but become RGB for images. The
+    decoder follows the content, not the name, so a PNG named ``.tif`` reads as the PNG it is."""
     check_file(path)
     try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
+        if _is_tiff(path):
             array = tifffile.imread(path)
             if array.size == 0:  # tifffile returns an empty array rather than failing on some corrupt files
                 raise ValueError("no image data")
             return array
         with Image.open(path) as image:
+            _warn_exif_orientation(image, path)
             if palette_as_rgb and image.mode not in _PIL_ARRAY_MODES:
                 image = image.convert("RGB")
             return np.array(image)
     except Exception as exc:  # decoders raise many unrelated types (OSError, SyntaxError, codec errors)
         raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
+
+
+def _warn_exif_orientation(image: Image.Image, path: Path) -> None:
+    """Say when a photo's EXIF tag asks viewers to turn or mirror it: SAC keeps the pixels as stored (the frame
+    of every output and coordinate), as image-analysis readers such as tifffile and imageio do by default."""
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation in _EXIF_ORIENTATIONS:
+        warnings.warn(
+            f"{path}: its EXIF orientation ({_EXIF_ORIENTATIONS[orientation]}) is not applied: it is segmented, "
+            "and its outputs written, as its pixels are stored (a photo viewer shows it turned against them)",
+            stacklevel=4,
+        )
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
@@ -138,7 +170,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int] | None:
     say, leaving the problem to the reader."""
     path = Path(path)
     try:
-        if path.suffix.lower() in (*_TIFF_SUFFIXES, ".svs"):
+        if _is_tiff(path):
             with tifffile.TiffFile(path) as tif:
                 sizes = dict(zip(tif.series[0].axes, tif.series[0].shape, strict=True))
             return (sizes["Y"], sizes["X"]) if "Y" in sizes and "X" in sizes else None
@@ -246,6 +278,16 @@ def to_rgb_uint8(
     return np.repeat(out, 3, axis=2)
 
 
+def warn_if_not_a_micrograph(array: np.ndarray, name: str | os.PathLike) -> None:
+    """Warn when an input holds one or two values: a mask or a blank picture, not a micrograph, whose "nuclei"
+    would be whatever the model makes of its edges."""
+    array = np.asarray(array)
+    low, high = array.min(), array.max()
+    if not ((array != low) & (array != high)).any():
+        values = f"only the values {low} and {high}" if high != low else f"a single value, {low}"
+        warnings.warn(f"{name}: holds {values}: a mask or a blank image, not a micrograph?", stacklevel=2)
+
+
 def transparent_pixels(array: np.ndarray) -> np.ndarray | None:
     """Where an RGBA image is fully transparent (alpha 0): no tissue was exported there, whatever colour its
     pixels hold, so nothing is segmented there. None without an alpha channel, or when alpha is 0 everywhere (an
@@ -287,12 +329,14 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
     ]
     array = array.reshape([array.shape[i] for i in keep])
     axes = "".join(axes[i] for i in keep)
-    for axis, kind in _STACK_AXES.items():
-        if axis in axes:
-            raise InputError(
-                f"{path}: {kind} of {array.shape[axes.index(axis)]} planes (axes {axes}); sac segments 2-D "
-                "images: save the planes (or a projection) as separate images"
-            )
+    stacks = [
+        f"{kind} of {array.shape[axes.index(axis)]}" for axis, kind in _STACK_AXES.items() if axis in axes
+    ]
+    if stacks:
+        raise InputError(
+            f"{path}: {' by '.join(stacks)} planes (axes {axes}); sac segments 2-D images: save the planes (or a "
+            "projection) as separate images"
+        )
     extra = [axis for axis in axes if axis not in "YX"]
     if len(extra) > 1 or axes.replace("".join(extra), "") != "YX":
         raise InputError(f"{path}: unsupported image axes {axes} of shape {array.shape}")
@@ -307,7 +351,10 @@ def read_input(path: str | os.PathLike, channel: int | str | None = None) -> Inp
         channel,
         path,
     )
-    return InputImage(raw[..., choice], raw, names, note)
+    data = raw[..., choice]
+    if data.ndim == 3 and data.shape[-1] == 2:  # grey with alpha, as RGBA, whose alpha the segmenter honours
+        data = np.concatenate([np.repeat(data[..., :1], 3, axis=-1), data[..., 1:]], axis=-1)
+    return InputImage(data, raw, names, note)
 
 
 def choose_channel(
@@ -331,15 +378,17 @@ def choose_channel(
             names[:3] = _RGB_NAMES[:3]
         if alpha:
             names[-1] = "alpha"
+            names[0] = names[0] if count > 2 else "intensity"  # grey with alpha: a table's mean_intensity
     if channel is None:
         if colour:
             return slice(0, 4 if alpha else 3), names, "colour (RGB)"
-        if not (alpha and count == 2):  # grey with alpha needs no warning
-            warnings.warn(
-                f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0"
-                + (f" ({names[0]})" if names[0] != "0" else ""),
-                stacklevel=3,
-            )
+        if alpha and count == 2:  # grey with alpha, kept together: nothing is segmented where it is clear
+            return slice(0, 2), names, "grey with alpha"
+        warnings.warn(
+            f"{path}: {count} channels ({', '.join(names)}) and no --channel: using channel 0"
+            + (f" ({names[0]})" if names[0] != "0" else ""),
+            stacklevel=3,
+        )
         return 0, names, _channel_note(0, names)
     index = _channel_index(channel, names, Path(path))
     return index, names, _channel_note(index, names)
@@ -376,22 +425,29 @@ def _decode_with_axes(path: Path) -> tuple[np.ndarray, str, list[str], Samples]:
     """The file's pixels, the axis of each dimension (tifffile's letters), its channel names if any (OME, or
     ImageJ's slice labels, which :func:`read_input` uses when there is one per channel), and what its samples
     are."""
-    if path.suffix.lower() not in _TIFF_SUFFIXES:
+    check_file(path)
+    if not _is_tiff(path):
         array = _decode(path, palette_as_rgb=True)  # PIL modes: L, LA, RGB, RGBA (others become RGB)
         channels = 1 if array.ndim == 2 else array.shape[2]
         return array, "YX" if array.ndim == 2 else "YXS", [], Samples(channels >= 3, channels in (2, 4))
-    check_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = series.asarray(), series.axes
             names, samples = tiff_channels(tif)
+            others = [f"{other.name or index} {other.shape}" for index, other in enumerate(tif.series[1:], 1)]
     except Exception as exc:  # decoders raise many unrelated types (OSError, codec errors, ValueError)
         raise InputError(f"{path}: cannot decode image ({first_line(exc)})") from exc
     if array.size == 0:
         raise InputError(f"{path}: cannot decode image (no image data)")
     if "Q" in axes:  # tifffile could not tell: the old rule, a short first axis holds channels
         axes = axes.replace("Q", "C" if is_channel_first(array.shape) else "I")
+    if others:  # a file of several images (OME series, a slide's label and macro pictures): say which is used
+        warnings.warn(
+            f"{path}: holds {len(others) + 1} images; segmenting the first, {series.name or 0} {series.shape}, "
+            f"not {', '.join(others[:3])}{' ...' * (len(others) > 3)}",
+            stacklevel=4,
+        )
     return array, axes, names, samples
 
 
@@ -493,44 +549,62 @@ def read_pixel_size(path: str | os.PathLike) -> tuple[float, str] | None:
     """The pixel size (µm/px) a TIFF records, and where: OME ``PhysicalSizeX``, Aperio SVS ``MPP``, ImageJ
     ``unit``, or resolution tags in centimetres. None for other formats, no record, or an implausible value."""
     path = Path(path)
-    if path.suffix.lower() not in (*_TIFF_SUFFIXES, ".svs"):
-        return None
     try:
+        if not _is_tiff(path):
+            return None
         with tifffile.TiffFile(path) as tif:
             found = _tiff_pixel_size(tif)
     except Exception:  # unreadable metadata is not a reason to refuse an image the decoder may still read
         return None
     if found is None or not MPP_RANGE[0] <= found[0] <= MPP_RANGE[1]:
         return None
-    return found
+    width, height, source = found
+    if abs(height - width) > 0.01 * width:  # resampled as square, nuclei would be squashed and areas wrong
+        warnings.warn(
+            f"{path}: its pixels are not square ({width:.4g} µm wide, {height:.4g} µm high), so its pixel size "
+            "is not used; resample it to square pixels, or give --mpp",
+            stacklevel=2,
+        )
+        return None
+    return width, source
 
 
-def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float, str] | None:
+def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float, float, str] | None:
+    """The pixel's width and height in µm (the same where only one is recorded) and where they come from."""
     if tif.is_ome and tif.ome_metadata:
         pixels = _find_key(tifffile.xml2dict(tif.ome_metadata), "Pixels")
         if isinstance(pixels, list):
             pixels = pixels[0]
         if isinstance(pixels, dict) and "PhysicalSizeX" in pixels:
             unit = _UNIT_MICRONS.get(str(pixels.get("PhysicalSizeXUnit", "µm")))
+            unit_y = _UNIT_MICRONS.get(str(pixels.get("PhysicalSizeYUnit", "µm")))
             if unit:
-                return float(pixels["PhysicalSizeX"]) * unit, "OME-TIFF PhysicalSizeX"
+                width = float(pixels["PhysicalSizeX"]) * unit
+                height = (
+                    float(pixels["PhysicalSizeY"]) * unit_y if "PhysicalSizeY" in pixels and unit_y else width
+                )
+                return width, height, "OME-TIFF PhysicalSizeX"
     page = tif.pages.first
     if tif.is_svs:  # Aperio writes "...|AppMag = 20|MPP = 0.4990|..." into the first page's description
         match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description)
         if match:
-            return float(match[1]), "Aperio SVS MPP"
+            return float(match[1]), float(match[1]), "Aperio SVS MPP"
     tags = page.tags
     if "XResolution" not in tags:
         return None
-    numerator, denominator = tags["XResolution"].value
-    if not numerator:
-        return None
-    per_pixel = denominator / numerator  # units per pixel
+    per_pixel = []  # units per pixel, across and down
+    for name in ("XResolution", "YResolution"):
+        numerator, denominator = tags[name if name in tags else "XResolution"].value
+        if not numerator:
+            return None
+        per_pixel.append(denominator / numerator)
     if tif.is_imagej and (tif.imagej_metadata or {}).get("unit") in _UNIT_MICRONS:
-        return per_pixel * _UNIT_MICRONS[tif.imagej_metadata["unit"]], "ImageJ TIFF resolution"
-    if tags.get("ResolutionUnit") is not None and tags["ResolutionUnit"].value == 3:  # centimetre
-        return per_pixel * 1e4, "TIFF resolution tags"
-    return None
+        unit, source = _UNIT_MICRONS[tif.imagej_metadata["unit"]], "ImageJ TIFF resolution"
+    elif tags.get("ResolutionUnit") is not None and tags["ResolutionUnit"].value == 3:  # centimetre
+        unit, source = 1e4, "TIFF resolution tags"
+    else:
+        return None
+    return per_pixel[0] * unit, per_pixel[1] * unit, source
 
 
 def _find_key(tree: object, key: str) -> object:

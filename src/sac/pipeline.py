@@ -54,6 +54,7 @@ from sac.io import (
     read_pixel_size,
     sha256sum,
     to_rgb_uint8,
+    warn_if_not_a_micrograph,
     write_json,
 )
 from sac.model import model_record
@@ -410,6 +411,8 @@ def segment_file(
             "scale": f"slide level {summary['level']}",
         }
     found = read_input(path, segmenter.options.channel)
+    image = to_rgb_uint8(found.data, str(path))  # a bad image (NaN, ...) is named before the model runs
+    warn_if_not_a_micrograph(found.data, path)
     recorded = read_pixel_size(path)
     result = segmenter.segment(found.data, item.clicks, recorded[0] if recorded else None)
     note = result.scale_note.replace("the image's own", recorded[1]) if recorded else result.scale_note
@@ -421,7 +424,7 @@ def segment_file(
     wanted = set(run.save or DEFAULT_OUTPUTS) & (
         set(OUTPUT_SUFFIXES) if result.labels is not None else MASK_OUTPUTS
     )
-    labels, image = result.labels, to_rgb_uint8(found.data, str(path))
+    labels = result.labels
     objects = segmenter.model.config.objects
     cells = None
     if (
