@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,8 +19,7 @@ from tqdm import tqdm
 from sac.io import InputError
 from sac.model import model_path, read_checkpoint_meta
 from sac.options import SegmentOptions
-from sac.pipeline import FoundInput, RunOptions, RunRecord, check_run, report_skipped, segment_file
-from sac.progress import progress_bar
+from sac.pipeline import FoundInput, Outcome, RunOptions, RunRecord, check_run, report_skipped, segment_file
 from sac.segmenter import Segmenter
 
 _SEGMENTERS: dict[tuple[str, str, str], Segmenter] = {}  # per worker process: (path, weights hash, device)
@@ -58,43 +57,42 @@ def predict_many(
     model_dir = model_path(model)
     meta = read_checkpoint_meta(model_dir)  # a bad checkpoint fails here once, not in every task
     out_dir = Path(out_dir).absolute()
-    record = RunRecord(out_dir, meta, options, run)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(record)
-        found = record.left(found, progress)
-        cluster = scheduler or stack.enter_context(
-            # silenced: shutdown races print tracebacks; task errors still reach us through the futures
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, dashboard_address=None, silence_logs=logging.CRITICAL
+
+    def outcomes(items: list[FoundInput]) -> Iterator[Outcome]:
+        with contextlib.ExitStack() as stack:
+            cluster = scheduler or stack.enter_context(
+                # silenced: shutdown races print tracebacks; task errors still reach us through the futures
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,
+                )
             )
-        )
-        client = stack.enter_context(Client(cluster))
-        futures = [
-            client.submit(
-                _segment_path,
-                str(model_dir.absolute()),
-                device,
-                options,
-                item._replace(path=item.path.absolute()),
-                Path(out_dir),
-                run,
-                pure=False,
-            )
-            for item in found
-        ]
-        items = {future.key: item for future, item in zip(futures, found, strict=True)}
-        for future in progress_bar(as_completed(futures), progress, total=len(futures), desc="sac predict"):
-            row, message = future.result()
-            item = items[future.key]
-            if row is None:  # named by the path as given, like a local run, not the absolute one workers saw
-                record.failures.append((item.path, message))
-                continue
-            record.add(row)
-            if progress:  # each image's scale line, as a local run prints it
-                tqdm.write(f"sac: {item.path.name}: {row['scale']}", file=sys.stderr)
-        order = {item.path: index for index, item in enumerate(found)}
-        record.failures.sort(key=lambda failure: order[failure[0]])
-    return record.failures
+            client = stack.enter_context(Client(cluster))
+            futures = [
+                client.submit(
+                    _segment_path,
+                    str(model_dir.absolute()),
+                    device,
+                    options,
+                    item._replace(path=item.path.absolute()),
+                    out_dir,
+                    run,
+                    pure=False,
+                )
+                for item in items
+            ]
+            submitted = {future.key: item for future, item in zip(futures, items, strict=True)}
+            for future in as_completed(futures):
+                row, message = future.result()
+                # named by the path as given, like a local run, not the absolute one the workers saw
+                item = submitted[future.key]
+                if row is not None and progress:  # each image's scale line, as a local run prints it
+                    tqdm.write(f"sac: {item.path.name}: {row['scale']}", file=sys.stderr)
+                yield item, row if row is not None else message
+
+    return RunRecord(out_dir, meta, options, run).run(found, outcomes, progress)
 
 
 def _segment_path(

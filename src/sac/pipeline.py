@@ -9,6 +9,7 @@ it finished as it goes (:class:`RunRecord`), so an interrupted run can be resume
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -19,7 +20,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -152,6 +153,10 @@ class FoundInput(NamedTuple):
         return (self.subfolder / self.path.name).as_posix()
 
 
+# an input and its summary row, or the one line that says why it failed
+Outcome = tuple[FoundInput, dict | str]
+
+
 def find_inputs(
     inputs: str | os.PathLike | Iterable[str | os.PathLike], slides: bool = False, recursive: bool = False
 ) -> list[FoundInput]:
@@ -198,13 +203,15 @@ def segment_files(
     run = run or RunOptions()
     found = check_run(inputs, out_dir, run, segmenter.options)
     record = RunRecord(out_dir, model_record(segmenter.model), segmenter.options, run)
-    with record:
-        for item in progress_bar(record.left(found, progress), progress, desc="sac predict", unit="file"):
+
+    def outcomes(items: list[FoundInput]) -> Iterator[Outcome]:
+        for item in items:
             try:
-                record.add(segment_file(segmenter, item, out_dir, run, progress))
+                yield item, segment_file(segmenter, item, out_dir, run, progress)
             except InputError as error:
-                record.failures.append(report_skipped(item.path, error))
-    return record.failures
+                yield item, report_skipped(item.path, error)[1]
+
+    return record.run(found, outcomes, progress)
 
 
 def check_run(
@@ -282,6 +289,32 @@ class RunRecord:
         self.rows: dict[str, dict] = self._previous_rows() if run.resume else {}
         self.failures: list[tuple[Path, str]] = []
         self._flushed = 0.0
+
+    def run(
+        self,
+        found: list[FoundInput],
+        outcomes: Callable[[list[FoundInput]], Iterator[Outcome]],
+        progress: bool = True,
+    ) -> list[tuple[Path, str]]:
+        """The one loop over a run's inputs, wherever they are segmented: ``outcomes`` gets the inputs an earlier
+        run did not finish and yields each, in any order, with its summary row or the line saying why it failed.
+        Rows are recorded as they come; the failures are returned in the inputs' order."""
+        with self:
+            left = self.left(found, progress)
+            results = outcomes(left)
+            with contextlib.closing(
+                results
+            ):  # a cluster behind ``outcomes`` shuts down however the loop ends
+                for item, outcome in progress_bar(
+                    results, progress, total=len(left), desc="sac predict", unit="file"
+                ):
+                    if isinstance(outcome, str):
+                        self.failures.append((item.path, outcome))
+                    else:
+                        self.add(outcome)
+            order = {item.path: index for index, item in enumerate(left)}
+            self.failures.sort(key=lambda failure: order[failure[0]])
+        return self.failures
 
     def left(self, found: list[FoundInput], progress: bool = True) -> list[FoundInput]:
         """The inputs an earlier run of a resumed one did not finish."""
