@@ -257,6 +257,12 @@ def test_a_config_with_a_view_count_it_cannot_use_is_refused(setting, message):
         ({"seed_depth": 3}, r"seed depth must be in \[0, 1\), got 3"),
         ({"hv_weight": -1}, "hv weight must be at least 0"),
         ({"min_size": -4}, "need 0 <= min size"),
+        ({"mpp": 0}, "mpp 0 µm/px is outside"),
+        ({"mpp": -0.25}, r"mpp -0\.25 µm/px is outside"),
+        ({"nucleus_area": -1}, "nucleus_area must be a positive area"),
+        ({"instance_window": 0}, "instance_window must be a whole number of at least 1, got 0"),
+        ({"num_positive": 2.5}, "num_positive must be a whole number"),
+        ({"point_threshold": 2}, r"point_threshold must be in \[0, 1\]"),
     ],
 )
 def test_a_checkpoint_whose_post_processing_is_out_of_range_is_refused_naming_its_config(
@@ -268,3 +274,11 @@ def test_a_checkpoint_whose_post_processing_is_out_of_range_is_refused_naming_it
     (directory / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(InputError, match=f"^{re.escape(str(directory / CONFIG_FILE))}: {message}"):
         SegmentAnyCell.load(directory)
+
+
+def test_a_checkpoint_file_given_for_its_folder_is_named_as_such(tmp_path):
+    directory = tiny_model().save(tmp_path / "model")
+    with pytest.raises(
+        InputError, match=r"config\.json: give the checkpoint's folder, .*model, not one of its files"
+    ):
+        SegmentAnyCell.load(directory / CONFIG_FILE)

@@ -365,6 +365,8 @@ def test_resume_refuses_another_model_or_settings_but_not_a_batch_size(tiny_segm
     resume = RunOptions(resume=True)
     with pytest.raises(InputError, match=r"sac_run.json: the earlier run differs \(threshold 0.5 -> 0.6\)"):
         segment_files(tiny_segmenter.with_options(threshold=0.6), [images], out, resume, progress=False)
+    with pytest.raises(InputError, match=r"differs \(seed_threshold the model's -> 0.3\)"):
+        segment_files(tiny_segmenter.with_options(seed_threshold=0.3), [images], out, resume, progress=False)
     with pytest.raises(InputError, match=r"differs \(instances None -> fast\)"):
         segment_files(tiny_segmenter.with_options(instances=True), [images], out, resume, progress=False)
     with pytest.raises(InputError, match=r"differs \(save None -> \['mask', 'prob'\]\)"):

@@ -47,3 +47,14 @@ def test_a_terminal_gets_the_bar_redrawn_in_place(monkeypatch):
     for _ in progress_bar(range(3), desc="train", mininterval=0):
         pass
     assert "\r" in terminal.getvalue()
+
+
+def test_a_line_the_bar_draws_twice_is_written_once(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress_bar(range(2), desc="sac predict", mininterval=0)
+    list(bar)
+    bar.refresh()  # as a bar's last update and its close draw the same line
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == len(set(lines))

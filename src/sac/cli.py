@@ -307,6 +307,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError(f"{', '.join(missing)}: no such file or folder")
     check_output_dir(args.output)
     from sac.pipeline import RunOptions, check_run, segment_files
+    from sac.progress import on_terminal
 
     run = RunOptions(
         points_file=args.points,
@@ -330,8 +331,10 @@ def _predict(args: argparse.Namespace) -> int:
             failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
     except KeyboardInterrupt:
         print(
-            "\nsac predict: interrupted; the same command with --resume segments the images it did not finish "
-            "(a slide from its last finished block)",
+            "\n"
+            * on_terminal()
+            + "sac predict: interrupted; the same command with --resume segments the images "
+            "it did not finish (a slide from its last finished block)",
             file=sys.stderr,
         )
         return 130

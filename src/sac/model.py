@@ -30,7 +30,7 @@ from sac.export import OBJECT_CLASSES
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
 from sac.io import InputError, atomic_write, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
-from sac.options import TTA_VIEWS, SegmentOptions
+from sac.options import TTA_VIEWS, SegmentOptions, check_pixel_size
 from sac.points import sample_point_prompts
 
 MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels of Segmenter.maps, in order
@@ -116,6 +116,22 @@ class SACConfig:
         )
         if self.click_views not in TTA_VIEWS:
             raise InputError(f"click_views takes {', '.join(map(str, TTA_VIEWS))}; got {self.click_views}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Sizes and counts a hand-edited config may get wrong, refused when the model is built, not mid-run."""
+        if self.mpp is not None:
+            check_pixel_size(self.mpp)
+        if self.nucleus_area is not None and not self.nucleus_area > 0:
+            raise InputError(f"nucleus_area must be a positive area in pixels, got {self.nucleus_area}")
+        positive = ("image_size", "lora_rank", "generator_channels", "generator_depth", "instance_window")
+        for name in (*positive, "click_head_width", "hv_head_width", "num_positive", "num_negative"):
+            value = getattr(self, name)
+            least = 1 if name in positive or name.endswith("width") else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InputError(f"{name} must be a whole number of at least {least}, got {value!r}")
+        if not 0 <= self.point_threshold <= 1:
+            raise InputError(f"point_threshold must be in [0, 1], got {self.point_threshold}")
 
     def at_scale(self, mpp: float) -> SACConfig:
         """The same model run at another pixel size; its reference nucleus area, in pixels, follows.
@@ -689,6 +705,10 @@ def read_checkpoint_meta(directory: Path) -> dict:
     if not directory.exists():
         raise InputError(
             f"{directory}: no such model; shipped models: {', '.join(SHIPPED_MODELS)}, or a checkpoint folder"
+        )
+    if directory.name in (CONFIG_FILE, WEIGHTS_FILE) and directory.is_file():
+        raise InputError(
+            f"{directory}: give the checkpoint's folder, {directory.parent}, not one of its files"
         )
     if not config_file.is_file() or not (directory / WEIGHTS_FILE).is_file():
         runs = [name for name in ("best", "last") if (directory / name / CONFIG_FILE).is_file()]

@@ -58,7 +58,7 @@ from sac.io import (
     warn_if_not_a_micrograph,
     write_json,
 )
-from sac.model import model_record
+from sac.model import SACConfig, model_record
 from sac.options import SegmentOptions
 from sac.points import Points
 from sac.progress import progress_bar
@@ -306,7 +306,7 @@ class RunRecord:
                 results
             ):  # a cluster behind ``outcomes`` shuts down however the loop ends
                 for item, outcome in progress_bar(
-                    results, progress, total=len(left), desc="sac predict", unit="file"
+                    results, progress and bool(left), total=len(left), desc="sac predict", unit="file"
                 ):
                     if isinstance(outcome, str):
                         self.failures.append((item.path, outcome))
@@ -382,6 +382,11 @@ def _as_json(value: object) -> object:
     return json.loads(json.dumps(value, default=str))
 
 
+_MODEL_OWN = {field.name for field in dataclasses.fields(SegmentOptions)} & {
+    field.name for field in dataclasses.fields(SACConfig)
+}
+
+
 def _differences(before: dict, now: dict) -> list[str]:
     """What differs between two runs' settings, e.g. ``threshold 0.5 -> 0.6``."""
     changed = []
@@ -390,7 +395,9 @@ def _differences(before: dict, now: dict) -> list[str]:
         if isinstance(old, dict) and isinstance(new, dict):
             changed += _differences(old, new)
         elif old != new:
-            changed.append(_UNSHOWN.get(name) or f"{name} {old} -> {new}")
+            # None, for a setting the model's config also holds, means the model's own
+            shown = ("the model's" if value is None and name in _MODEL_OWN else value for value in (old, new))
+            changed.append(_UNSHOWN.get(name) or f"{name} {' -> '.join(map(str, shown))}")
     return changed
 
 

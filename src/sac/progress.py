@@ -15,11 +15,14 @@ class _Lines:
 
     def __init__(self, stream) -> None:
         self._stream = stream
+        self._last = ""
 
     def write(self, text: str) -> None:
         for line in text.replace("\x1b[A", "\n").replace("\r", "\n").split("\n"):
-            if line.strip():
-                self._stream.write(line.rstrip() + "\n")
+            line = line.rstrip()
+            if line.strip() and line != self._last:  # a bar's last update and its close draw the same line
+                self._stream.write(line + "\n")
+                self._last = line
 
     def flush(self) -> None:
         self._stream.flush()
