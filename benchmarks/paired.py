@@ -30,7 +30,8 @@ BOOTSTRAP_SAMPLES = 10000
 
 
 def parse_setting(text: str) -> dict:
-    """``"model=glands,hv_weight=2,tta=false"`` -> {"model": "glands", "hv_weight": 2.0, "tta": False}."""
+    """``"model=glands,hv_weight=2.5,tta=false,overlap=64"`` -> {"model": "glands", "hv_weight": 2.5, "tta": False,
+    "overlap": 64}."""
     setting = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -41,9 +42,12 @@ def parse_setting(text: str) -> dict:
             setting[key] = {"true": True, "false": False, "none": None}[lowered]
         else:
             try:
-                setting[key] = float(value)
+                setting[key] = int(value)  # whole-number options (overlap, tta) refuse floats
             except ValueError:
-                setting[key] = value
+                try:
+                    setting[key] = float(value)
+                except ValueError:
+                    setting[key] = value
     return setting
 
 
