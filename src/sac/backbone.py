@@ -110,6 +110,7 @@ def is_random(backbone: str) -> bool:
 
 
 def backbone_names() -> list[str]:
+    """Every name ``--backbone`` takes: the random presets, the official checkpoints and their scratch twins."""
     return [*RANDOM_PRESETS, *OFFICIAL_CHECKPOINTS, *(SCRATCH + name for name in OFFICIAL_CHECKPOINTS)]
 
 

@@ -64,6 +64,7 @@ def fetch_checkpoint(name: str, base_url: str = DOWNLOAD_ROOT, progress: bool = 
 
 
 def verify_checkpoint(path: Path, expected: str, shown_as: str | None = None) -> None:
+    """Refuse a file whose sha256 is not ``expected`` (a truncated or tampered download), naming it as ``shown_as``."""
     actual = sha256sum(path)
     if actual != expected:
         raise InputError(

@@ -37,6 +37,7 @@ def first_line(error: BaseException, limit: int = 200) -> str:
 
 
 def sha256sum(path: str | os.PathLike) -> str:
+    """The file's sha256 in hex, read in 1 MiB blocks (checkpoints of hundreds of MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -69,6 +69,7 @@ class LoRAQKV(nn.Module):
 
 
 def lora_layers(model: nn.Module) -> list[LoRAQKV]:
+    """The LoRA-wrapped projections of ``model``, in module order."""
     return [m for m in model.modules() if isinstance(m, LoRAQKV)]
 
 
@@ -108,5 +109,6 @@ def configure_encoder(
 
 
 def merge_lora(model: nn.Module) -> None:
+    """Fold every adapter into its weight, so inference pays nothing for LoRA."""
     for adapter in lora_layers(model):
         adapter.merge()

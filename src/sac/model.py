@@ -701,6 +701,8 @@ def model_record(model: SegmentAnyCell) -> dict:
 
 
 def read_checkpoint_meta(directory: Path) -> dict:
+    """A checkpoint folder's config.json, after checking the folder holds a checkpoint (one line naming what is
+    wrong otherwise: no such folder, a file of it given, a training run's folder given)."""
     config_file = directory / CONFIG_FILE
     if not directory.exists():
         raise InputError(
