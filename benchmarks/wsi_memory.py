@@ -67,7 +67,8 @@ def _tiles(size: int, scale: int) -> Iterator[np.ndarray]:
 
 
 def write_slide(path: Path, size: int) -> int:
-    """A JPEG-compressed pyramidal BigTIFF of ``size`` pixels a side, as scanners write; returns its levels."""
+    """A JPEG-compressed pyramidal BigTIFF of ``size`` pixels a side at 0.25 µm/px, as scanners write; returns its
+    levels."""
     scales = [1]
     while -(-size // scales[-1]) > SMALLEST_LEVEL:
         scales.append(scales[-1] * 2)
@@ -80,7 +81,12 @@ def write_slide(path: Path, size: int) -> int:
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for level, scale in enumerate(scales):
             side = -(-size // scale)
-            extra = {"subifds": len(scales) - 1} if level == 0 else {"subfiletype": 1}
+            # level 0 records its pixel size (0.25 µm/px, the model's), as a scanner's file does
+            extra = (
+                {"subifds": len(scales) - 1, "resolution": (4e4, 4e4), "resolutionunit": "CENTIMETER"}
+                if level == 0
+                else {"subfiletype": 1}
+            )
             tif.write(_tiles(side, scale), shape=(side, side, 3), **options, **extra)
     return len(scales)
 
@@ -103,6 +109,11 @@ class RecordingSegmenter(Segmenter):
     def segment(self, image: np.ndarray, points=None) -> Segmentation:
         self.rss.append(rss_mb())
         return super().segment(image, points)
+
+    def with_options(self, **changes) -> RecordingSegmenter:
+        derived = super().with_options(**changes)
+        derived.rss = self.rss  # segment_slide's own settings (pixel size, channel) record into the same list
+        return derived
 
 
 def load_model(path: str | None) -> tuple[SegmentAnyCell, str]:
