@@ -289,6 +289,29 @@ def test_slide_geojson_marks_the_nuclei_clicks_added(slide, tmp_path, monkeypatc
     assert {i for i, mark in clicked.items() if mark} == {int(stitched[y, x])}
 
 
+def test_the_halo_follows_the_models_objects(tmp_path):
+    from sac.wsi import HALO, object_halo
+
+    assert object_halo(SACConfig()) == HALO  # no typical size recorded
+    assert object_halo(SACConfig(nucleus_area=248.0)) == 71  # the nuclei model's median nucleus
+    assert object_halo(SACConfig(nucleus_area=2293.5)) == 216  # the gland model's median gland
+
+    # objects 60 px across on blocks of 48: a nuclei-sized halo cuts them, the objects' own keeps them whole
+    image = np.full((240, 240, 3), 230, np.uint8)
+    yy, xx = np.mgrid[:240, :240]
+    for y, x in ((50, 50), (60, 170), (170, 110), (185, 200)):
+        image[(yy - y) ** 2 + (xx - x) ** 2 < 30**2] = 40
+    path = tmp_path / "big.tif"
+    tifffile.imwrite(path, image, photometric="rgb", tile=(64, 64))
+    segmenter = LocalSegmenter(mpp="native")
+    segmenter.model.config = dataclasses.replace(segmenter.model.config, nucleus_area=np.pi * 30**2)
+    whole = LocalSegmenter(mpp="native", instances="fast").segment(image).labels
+    summary = segment_slide(segmenter, path, tmp_path / "out", block=48, progress=False)
+    same_partition(whole, tifffile.imread(summary["labels"]))
+    cut = segment_slide(segmenter, path, tmp_path / "cut", block=48, halo=8, progress=False)
+    assert cut["nuclei"] != whole.max()
+
+
 def test_a_block_keeps_a_trimmed_nucleus_but_not_a_sliver():
     store = zarr.create_array(store={}, shape=(8, 8), dtype="uint32", fill_value=0)
     store[:, :3] = 7  # an earlier block's nucleus

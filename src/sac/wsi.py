@@ -2,13 +2,14 @@
 
 Each block is segmented with a halo of context around it and keeps only the nuclei whose centroid lies in its
 core, so a nucleus cut by a block border is taken whole from the block where it is central: none is duplicated
-or cut as long as the halo exceeds a nucleus diameter. Labels go to an on-disk zarr store, then stream into a
+or cut as long as the halo exceeds its diameter (the halo follows the model's objects: nuclei or glands). Labels go to an on-disk zarr store, then stream into a
 tiled BigTIFF; GeoJSON features are written as each block finishes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -40,14 +41,15 @@ from sac.io import (
     to_rgb_uint8,
     write_json,
 )
-from sac.model import model_record
+from sac.model import SACConfig, model_record
 from sac.points import Points, as_clicks, clicks_in_window
 from sac.progress import progress_bar
 from sac.segmenter import Segmenter
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
 SLIDE_MIN_SIDE = 8192  # TIFFs larger than this on a side are streamed rather than read whole
-BLOCK, HALO = 2048, 64  # pixels a side: ~0.4 GB of working memory per block, context for 60-pixel nuclei
+BLOCK, HALO = 2048, 64  # pixels a side at the model's scale: ~0.4 GB of working memory per block; least halo
+HALO_DIAMETERS = 4  # the halo spans this many of the model's typical object diameters (glands: about 216 px)
 OUTPUT_TILE = 256
 # an unfinished slide's scratch folder in the output folder: ``.<stem>`` and this
 SCRATCH_SUFFIX = ".sac-slide"
@@ -172,7 +174,7 @@ def segment_slide(
     out_dir: str | os.PathLike,
     level: int | None = None,
     block: int = BLOCK,
-    halo: int = HALO,
+    halo: int | None = None,
     clicks: Points | None = None,
     progress: bool = True,
     resume: bool = False,
@@ -185,12 +187,14 @@ def segment_slide(
     level and records its pixel size and downsample. Slides always get instances (``fast`` unless the
     segmenter's options ask for ``sam``). ``clicks`` (positive, negative) are (x, y) level-0 pixels; each block
     gets those inside it. Returns a summary: nuclei count, their area in pixels, shape, level, the level's pixel
-    size (None when unknown or only estimated: it is not written either), blocks and outputs.
+    size (None when unknown or only estimated: it is not written either), blocks and outputs. ``block`` and
+    ``halo`` are in pixels at the model's scale; ``halo`` None follows the model's objects (:func:`object_halo`).
 
     Finished blocks are recorded in a scratch folder beside the outputs (:class:`BlockLog`), removed when the
     slide is done; ``resume`` continues an interrupted run of the same slide and settings at its first
     unfinished block, and without it a run starts over.
     """
+    halo = object_halo(segmenter.model.config) if halo is None else halo
     if block < 1 or halo < 0:
         raise InputError(f"block must be positive and halo not negative, got block {block} and halo {halo}")
     path, out_dir = Path(path), Path(out_dir)
@@ -287,6 +291,16 @@ def segment_slide(
         "labels": labels_path,
         "geojson": geojson_path,
     }
+
+
+def object_halo(config: SACConfig) -> int:
+    """The context around a block that holds an object whose centroid lies in the block: ``HALO_DIAMETERS`` of
+    the model's typical object (its training images' median area, ``nucleus_area``), and at least ``HALO`` (a
+    gland can be ten times a nucleus's width: with the nuclei's halo, glands on block borders came out in
+    pieces)."""
+    if config.nucleus_area is None:
+        return HALO
+    return max(HALO, round(HALO_DIAMETERS * 2 * math.sqrt(config.nucleus_area / math.pi)))
 
 
 def _remove_leftovers(outputs: tuple[Path, ...]) -> None:
