@@ -28,7 +28,7 @@ import torch
 from sac.io import InputError
 from sac.model import SACConfig, SegmentAnyCell
 from sac.segmenter import Segmentation, Segmenter
-from sac.wsi import segment_slide
+from sac.wsi import object_halo, segment_slide
 
 SLIDE_TILE = 512
 CELL = 32  # level-0 pixels a side holding at most one nucleus, so any tile is drawn without its neighbours
@@ -131,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20000, help="slide side in pixels (default: 20000)")
     parser.add_argument("--block", type=int, default=2048, help="segment_slide block (default: 2048)")
-    parser.add_argument("--halo", type=int, default=64, help="segment_slide halo (default: 64)")
+    parser.add_argument(
+        "--halo", type=int, help="segment_slide halo (default: the model's, sac.wsi.object_halo)"
+    )
     parser.add_argument("--model", help="checkpoint folder (default: shipped, else an untrained tiny model)")
     parser.add_argument("--workdir", help="keep the slide and outputs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -152,7 +154,8 @@ def main() -> None:
         recorder.rss = []
         rss_before = rss_mb()
         start = time.perf_counter()
-        summary = segment_slide(recorder, slide, workdir / "out", block=args.block, halo=args.halo)
+        halo = object_halo(model.config) if args.halo is None else args.halo
+        summary = segment_slide(recorder, slide, workdir / "out", block=args.block, halo=halo)
         wall = time.perf_counter() - start
 
     samples = recorder.rss
@@ -166,7 +169,7 @@ def main() -> None:
     print("\n| date | machine | slide | block/halo | model | time | peak RSS | RSS first → last block |")
     print("|---|---|---|---|---|---|---|---|")
     print(
-        f"| {datetime.date.today()} | {machine} | {args.size}² px | {args.block}/{args.halo} | {model_name} "
+        f"| {datetime.date.today()} | {machine} | {args.size}² px | {args.block}/{halo} | {model_name} "
         f"| {wall:.0f} s | {peak_rss_mb():.0f} MB | {samples[0]:.0f} → {samples[-1]:.0f} MB |"
     )
 
