@@ -357,3 +357,36 @@ def test_glands_pooled_over_a_set_as_the_challenge_counts_them():
 def test_glands_bad_input():
     with pytest.raises(InputError, match="shape mismatch"):
         gland_metrics(np.zeros((3, 3), int), np.zeros((3, 4), int))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_glands_nearest_object_search_is_exact(seed):
+    # Objects that overlap nothing are paired with the nearest object of the other side by Hausdorff distance;
+    # the search prunes by the gap between bounding boxes, so compare with trying every object.
+    from skimage.metrics import hausdorff_distance
+
+    rng = np.random.default_rng(seed)
+    true, pred = np.zeros((60, 60), np.int32), np.zeros((60, 60), np.int32)
+    for labels, parity in (
+        (true, 0),
+        (pred, 1),
+    ):  # the cells of a checkerboard's two colours: nothing overlaps
+        cells = [cell for cell in rng.permutation(36) if (cell // 6 + cell % 6) % 2 == parity][
+            : rng.integers(2, 9)
+        ]
+        for index, cell in enumerate(cells, start=1):
+            top, left = 10 * (cell // 6) + rng.integers(0, 5), 10 * (cell % 6) + rng.integers(0, 5)
+            height, width = rng.integers(1, 6, 2)
+            labels[top : top + height, left : left + width] = index
+    assert not ((true > 0) & (pred > 0)).any()
+
+    def side(owner: np.ndarray, other: np.ndarray) -> float:
+        return sum(
+            (owner == i).sum()
+            * min(hausdorff_distance(owner == i, other == j) for j in range(1, other.max() + 1))
+            for i in range(1, owner.max() + 1)
+        )
+
+    counts = gland_counts(true, pred)
+    assert counts["true_hausdorff_sum"] == pytest.approx(side(true, pred))
+    assert counts["pred_hausdorff_sum"] == pytest.approx(side(pred, true))

@@ -278,22 +278,40 @@ def _object_hausdorff(
         )
         return float(hausdorff_distance(true_idx[box] == t + 1, pred_idx[box] == p + 1))
 
+    def nearest(i: int, own: list, others: list, dist: Callable[[int, int], float]) -> float:
+        """The least Hausdorff distance from object ``i`` to any other, exact: candidates are tried nearest
+        box first, and the search stops once the gap between boxes, a lower bound of the distance, exceeds
+        the best found (an image of hundreds of glands would otherwise compare every pair)."""
+        starts = np.array([[box.start for box in boxes] for boxes in others])
+        stops = np.array([[box.stop for box in boxes] for boxes in others])
+        mine = own[i]
+        gaps = np.maximum(
+            0, np.maximum(starts - [b.stop - 1 for b in mine], [b.start for b in mine] - (stops - 1))
+        )
+        bounds = np.hypot(gaps[:, 0], gaps[:, 1])
+        best = float("inf")
+        for j in np.argsort(bounds, kind="stable"):
+            if bounds[j] >= best:
+                break
+            best = min(best, dist(i, int(j)))
+        return best
+
     def side(
         best: np.ndarray,
         pair_other: np.ndarray,
         area: np.ndarray,
-        n_other: int,
+        boxes: tuple[list, list],
         dist: Callable[[int, int], float],
     ) -> float:
         per_object = [
-            dist(i, pair_other[row]) if row >= 0 else min(dist(i, j) for j in range(n_other))
-            for i, row in enumerate(best)
+            dist(i, pair_other[row]) if row >= 0 else nearest(i, *boxes, dist) for i, row in enumerate(best)
         ]
         return float(np.sum(area * np.array(per_object)))
 
-    n_true, n_pred = ov.true_area.size, ov.pred_area.size
-    from_true = side(true_best, ov.pair_pred, ov.true_area, n_pred, distance)
-    from_pred = side(pred_best, ov.pair_true, ov.pred_area, n_true, lambda p, t: distance(t, p))
+    from_true = side(true_best, ov.pair_pred, ov.true_area, (true_boxes, pred_boxes), distance)
+    from_pred = side(
+        pred_best, ov.pair_true, ov.pred_area, (pred_boxes, true_boxes), lambda p, t: distance(t, p)
+    )
     return from_true, from_pred
 
 
