@@ -488,7 +488,8 @@ Dice, IoU: of the predicted labels' foreground with the ground truth's, mean per
 (Sirinukunwattana et al. 2017): a predicted gland is a true positive when it covers more than half of the true gland
 it overlaps most; object precision, recall and F1 count those. Object Dice and object Hausdorff (pixels) pair each
 gland, on both sides, with its largest-overlap partner, weighted by its area. object_*: mean of the images' values;
-pooled_object_*: as the challenge computes them, every gland of the set counting once (the published figures)."""
+pooled_object_*: as the challenge computes them, every gland of the set counting once (the published figures).
+aji, dq/sq/pq, precision/recall/f1: the nuclei metrics (one-to-one matches at IoU 0.5), for comparison only."""
 
 
 def _add_evaluate_parser(commands) -> None:
