@@ -330,11 +330,10 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             failures = segment_files(_load_segmenter(args, options), args.inputs, args.output, run)
     except KeyboardInterrupt:
+        new_line = "\n" if on_terminal() else ""  # below a progress bar drawn in place
         print(
-            "\n"
-            * on_terminal()
-            + "sac predict: interrupted; the same command with --resume segments the images "
-            "it did not finish (a slide from its last finished block)",
+            f"{new_line}sac predict: interrupted; the same command with --resume segments the images it did not "
+            "finish (a slide from its last finished block)",
             file=sys.stderr,
         )
         return 130

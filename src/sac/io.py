@@ -90,6 +90,12 @@ def leftover_temporaries(path: str | os.PathLike) -> list[Path]:
     return [entry for entry in path.parent.glob(f".{path.name}.*") if name.fullmatch(entry.name)]
 
 
+def as_json(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples as lists, other objects as text), so a recorded setting and a
+    new one compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def write_json(
     path: str | os.PathLike, data: object, default: Callable[[object], object] | None = None
 ) -> None:

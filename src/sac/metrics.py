@@ -278,12 +278,12 @@ def _object_hausdorff(
         )
         return float(hausdorff_distance(true_idx[box] == t + 1, pred_idx[box] == p + 1))
 
-    def nearest(i: int, own: list, others: list, dist: Callable[[int, int], float]) -> float:
-        """The least Hausdorff distance from object ``i`` to any other, exact: candidates are tried nearest
-        box first, and the search stops once the gap between boxes, a lower bound of the distance, exceeds
-        the best found (an image of hundreds of glands would otherwise compare every pair)."""
-        starts = np.array([[box.start for box in boxes] for boxes in others])
-        stops = np.array([[box.stop for box in boxes] for boxes in others])
+    def nearest(i: int, own: list, others: np.ndarray, dist: Callable[[int, int], float]) -> float:
+        """The least Hausdorff distance from object ``i`` to any other (``others``: their boxes' (start, stop)
+        per axis), exact: candidates are tried nearest box first, and the search stops once the gap between
+        boxes, a lower bound of the distance, reaches the best found (an image of hundreds of glands would
+        otherwise compare every pair)."""
+        starts, stops = others[..., 0], others[..., 1]
         mine = own[i]
         gaps = np.maximum(
             0, np.maximum(starts - [b.stop - 1 for b in mine], [b.start for b in mine] - (stops - 1))
@@ -303,8 +303,10 @@ def _object_hausdorff(
         boxes: tuple[list, list],
         dist: Callable[[int, int], float],
     ) -> float:
+        own, others = boxes[0], np.array([[(box.start, box.stop) for box in bounds] for bounds in boxes[1]])
         per_object = [
-            dist(i, pair_other[row]) if row >= 0 else nearest(i, *boxes, dist) for i, row in enumerate(best)
+            dist(i, pair_other[row]) if row >= 0 else nearest(i, own, others, dist)
+            for i, row in enumerate(best)
         ]
         return float(np.sum(area * np.array(per_object)))
 

@@ -40,6 +40,20 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+# the whole-number fields of SACConfig and their least values (the generated points may be none)
+_COUNT_MINIMUMS = {
+    "image_size": 1,
+    "lora_rank": 1,
+    "generator_channels": 1,
+    "generator_depth": 1,
+    "instance_window": 1,
+    "click_head_width": 1,
+    "hv_head_width": 1,
+    "num_positive": 0,
+    "num_negative": 0,
+}
+
+
 @dataclass(frozen=True)
 class SACConfig:
     """The one model configuration: everything needed to rebuild the network and run it as trained.
@@ -124,10 +138,8 @@ class SACConfig:
             check_pixel_size(self.mpp)
         if self.nucleus_area is not None and not self.nucleus_area > 0:
             raise InputError(f"nucleus_area must be a positive area in pixels, got {self.nucleus_area}")
-        positive = ("image_size", "lora_rank", "generator_channels", "generator_depth", "instance_window")
-        for name in (*positive, "click_head_width", "hv_head_width", "num_positive", "num_negative"):
+        for name, least in _COUNT_MINIMUMS.items():
             value = getattr(self, name)
-            least = 1 if name in positive or name.endswith("width") else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"{name} must be a whole number of at least {least}, got {value!r}")
         if not 0 <= self.point_threshold <= 1:

@@ -48,6 +48,7 @@ from sac.export import (
 from sac.io import (
     IMAGE_SUFFIXES,
     InputError,
+    as_json,
     atomic_write,
     check_output_dir,
     list_images,
@@ -264,16 +265,15 @@ class RunRecord:
 
     FLUSH_SECONDS = 2.0
     # settings that change no output, so a resumed run may differ in them
-    _NEUTRAL = frozenset(
-        {"recursive", "resume", "points_file"}
-    )  # of RunOptions; SegmentOptions knows its own
+    # (of RunOptions; SegmentOptions.output_settings leaves out its own)
+    _NEUTRAL = frozenset({"recursive", "resume", "points_file"})
 
     def __init__(
         self, out_dir: str | os.PathLike, model_meta: dict, options: SegmentOptions, run: RunOptions
     ) -> None:
         self.out_dir = Path(out_dir)
         clicks = run.points_file and Path(run.points_file)
-        self.settings = _as_json(
+        self.settings = as_json(
             {
                 "model": model_meta.get("weights_sha256"),
                 "options": options.output_settings(),
@@ -302,9 +302,8 @@ class RunRecord:
         with self:
             left = self.left(found, progress)
             results = outcomes(left)
-            with contextlib.closing(
-                results
-            ):  # a cluster behind ``outcomes`` shuts down however the loop ends
+            # closed however the loop ends, so a cluster behind ``outcomes`` shuts down
+            with contextlib.closing(results):
                 for item, outcome in progress_bar(
                     results, progress and bool(left), total=len(left), desc="sac predict", unit="file"
                 ):
@@ -375,11 +374,6 @@ class RunRecord:
 
 
 _UNSHOWN = {"model": "the model", "points_sha256": "the clicks"}  # differences named, not shown
-
-
-def _as_json(value: object) -> object:
-    """``value`` as it reads back from JSON (tuples as lists), so a recorded and a new one compare equal."""
-    return json.loads(json.dumps(value, default=str))
 
 
 _MODEL_OWN = {field.name for field in dataclasses.fields(SegmentOptions)} & {

@@ -30,6 +30,7 @@ from sac.io import (
     ROBUST_PERCENTILES,
     InputError,
     Samples,
+    as_json,
     atomic_write,
     check_file,
     choose_channel,
@@ -408,18 +409,15 @@ def _slide_settings(
 ) -> dict:
     """Everything a slide's blocks depend on, so a resumed run continues only what the same work began."""
     stat = path.stat()
-    return json.loads(
-        json.dumps(
-            {
-                "slide": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
-                "level_channel_mpp": list(level_channel_mpp),
-                "block_halo": list(block_halo),
-                "model": model_record(segmenter.model),
-                "options": segmenter.options.output_settings(),
-                "clicks": None if clicks is None else [np.asarray(p).tolist() for p in clicks],
-            },
-            default=str,
-        )
+    return as_json(
+        {
+            "slide": [str(path.resolve()), stat.st_size, stat.st_mtime_ns],
+            "level_channel_mpp": level_channel_mpp,
+            "block_halo": block_halo,
+            "model": model_record(segmenter.model),
+            "options": segmenter.options.output_settings(),
+            "clicks": None if clicks is None else [np.asarray(p).tolist() for p in clicks],
+        }
     )
 
 
