@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 from PIL import Image
 
@@ -128,7 +129,7 @@ def test_clicks_per_image_from_csv_json_or_folder(tmp_path):
     write_clicks(unnamed, [(9, 9)], [])
     assert list(read_clicks(unnamed)) == [None]  # for any one image
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match=r"holds no \.csv, \.json or \.geojson click files"):
+    with pytest.raises(InputError, match=r"holds no \.csv, \.json, \.geojson, \.roi, \.zip click files"):
         read_clicks(tmp_path / "empty")
     with pytest.raises(
         InputError, match=r"unknown column 'image'.*a file of one image's clicks has no image column"
@@ -175,6 +176,61 @@ def test_qupath_point_annotations_are_clicks(tmp_path):
     outline = feature({"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [outline]}))
     with pytest.raises(InputError, match="feature 0 is a Polygon, not a point"):
+        read_points_file(path)
+
+
+def fiji_points(xy: list, counters: list[int] | None = None, name: str = "points") -> roifile.ImagejRoi:
+    """A multi-point selection as Fiji saves it: a POINT ROI, whole-number pixels unless given fractions, with the
+    counter of each point when the tool's counters were used."""
+    roi = roifile.ImagejRoi.frompoints(xy, name=name)
+    roi.roitype = roifile.ROI_TYPE.POINT
+    if counters is not None:
+        roi.counters = np.array(counters, np.uint8)
+        roi.counter_positions = np.zeros(len(counters), np.uint32)
+    return roi
+
+
+def test_fiji_point_selections_are_clicks_in_pixels_with_counter_1_negative(tmp_path):
+    path = tmp_path / "clicks.roi"
+    fiji_points([[20, 10], [6, 30], [3, 4]], counters=[0, 0, 1]).tofile(path)
+    positive, negative = read_points_file(path)
+    # Fiji's whole-number point 20 names pixel 20, which spans [20, 21) in both frames: its centre is 20.5
+    assert positive.tolist() == [[20.5, 10.5], [6.5, 30.5]] and negative.tolist() == [[3.5, 4.5]]
+    fiji_points([[20.25, 10.75]]).tofile(
+        path
+    )  # sub-pixel points (no counters: all positive) are kept as they are
+    assert read_points_file(path)[0].tolist() == [[20.25, 10.75]]
+
+    manager = tmp_path / "RoiSet.zip"  # the ROI Manager's set: every point selection in it
+    roifile.roiwrite(
+        manager, [fiji_points([[1, 2]], name="a"), fiji_points([[5, 6]], [1], name="b")], mode="w"
+    )
+    positive, negative = read_points_file(manager)
+    assert positive.tolist() == [[1.5, 2.5]] and negative.tolist() == [[5.5, 6.5]]
+    folder = tmp_path / "per_image"
+    folder.mkdir()
+    fiji_points([[7, 8]]).tofile(folder / "tile.roi")
+    assert read_clicks(folder)["tile"][0].tolist() == [[7.5, 8.5]]
+
+
+@pytest.mark.parametrize(
+    "roi, problem",
+    [
+        (
+            roifile.ImagejRoi.frompoints([[0, 0], [4, 0], [4, 4]], name="outline"),
+            "ROI 'outline' is a freehand",
+        ),
+        (fiji_points([[1, 1], [2, 2]], counters=[0, 2]), "has points of counter 2; clicks take counter 0"),
+        (None, "not an ImageJ ROI file"),
+    ],
+)
+def test_fiji_files_that_hold_no_clicks_are_refused(tmp_path, roi, problem):
+    path = tmp_path / "clicks.roi"
+    if roi is None:
+        path.write_bytes(b"x,y,label\n1,2,1\n")  # a CSV saved under the wrong name
+    else:
+        roi.tofile(path)
+    with pytest.raises(InputError, match=re.escape(f"{path}: ") + ".*" + re.escape(problem)):
         read_points_file(path)
 
 

@@ -376,8 +376,9 @@ def _add_predict_parser(commands) -> None:
     parser.add_argument(
         "--points",
         metavar="FILE|DIR",
-        help="clicks: CSV x,y,label[,image], JSON, napari's points CSV or QuPath's points GeoJSON, or a folder of "
-        "<image stem>.csv|json|geojson; a positive click (1) adds "
+        help="clicks: CSV x,y,label[,image], JSON, napari's points CSV, QuPath's points GeoJSON or Fiji's point "
+        "selections (.roi, ROI Manager .zip), or a folder of <image stem>.csv|json|geojson|roi|zip; a positive "
+        "click (1) adds "
         "the nucleus under it, a negative click (0) removes the object under it; slides: level-0 pixels",
     )
     parser.add_argument(

@@ -1,11 +1,13 @@
 """Files of a user's clicks: CSV with columns ``x``, ``y``, ``label`` and optionally ``image`` (any order), or JSON
 ``{"positive": [[x, y], ...], "negative": [...]}`` (or such objects keyed by image), or a folder with one such file
-per image (``<image stem>.csv|json|geojson``). An image is named by its file name, its stem or its path.
+per image (``<image stem>.csv|json|geojson|roi|zip``). An image is named by its file name, its stem or its path.
 
 Coordinates are (x, y) pixels of the image, x the column and y the row, pixel (c, r) covering [c, c+1) x [r, r+1)
-(QuPath's frame); for a slide, of its full-resolution level 0. Two tools' own exports are read as they are:
+(QuPath's frame); for a slide, of its full-resolution level 0. Three tools' own exports are read as they are:
 napari's Points layer CSV (``axis-0``, ``axis-1`` = row, column, pixel centres at whole numbers; all positive unless
-it has a ``label`` column) and QuPath's point annotations as GeoJSON (class ``Negative``: negative clicks).
+it has a ``label`` column), QuPath's point annotations as GeoJSON (class ``Negative``: negative clicks) and Fiji's
+point selections as ImageJ ROI files (``.roi``, or the ROI Manager's ``.zip``; counter 1: negative clicks). Fiji's
+ROI files are read rather than its Measure table, whose X and Y are in the image's calibrated units (µm), not pixels.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import math
 import os
 from pathlib import Path
 
-from sac.io import InputError, image_shape
+import numpy as np
+import roifile
+
+from sac.io import InputError, first_line, image_shape
 from sac.points import Points, as_points, clicks_pixels
 
 
@@ -30,7 +35,7 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Points]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file())
         if not files:
-            raise InputError(f"{path}: folder holds no .csv, .json or .geojson click files")
+            raise InputError(f"{path}: folder holds no {', '.join(_SUFFIXES)} click files")
         return {file.stem: read_points_file(file) for file in files}
     return _read(path, per_image=True)
 
@@ -93,7 +98,8 @@ def read_points_file(path: str | os.PathLike) -> Points:
 
     Accepts a CSV with columns ``x``, ``y`` and ``label`` in any order (label 1 = positive, 0 = negative),
     napari's Points CSV (``axis-0``, ``axis-1``), a JSON object ``{"positive": [[x, y], ...], "negative": [...]}``
-    (either key may be omitted) or QuPath's point annotations as GeoJSON (class Negative = negative).
+    (either key may be omitted), QuPath's point annotations as GeoJSON (class Negative = negative) or Fiji's point
+    selections as ImageJ ``.roi`` / ROI Manager ``.zip`` (counter 1 = negative).
     """
     clicks = _read(Path(path), per_image=False)
     return clicks[None]
@@ -101,6 +107,8 @@ def read_points_file(path: str | os.PathLike) -> Points:
 
 def _read(path: Path, per_image: bool) -> dict[str | None, Points]:
     suffix = _points_suffix(path)
+    if suffix in _IMAGEJ_SUFFIXES:
+        return {None: _imagej_points(path)}
     try:
         # utf-8-sig: the byte-order mark spreadsheets write is no part of the first column's name
         text = path.read_text(encoding="utf-8-sig")
@@ -129,7 +137,7 @@ def _csv_columns(header: list[str], path: Path, per_image: bool) -> dict[str, in
         )
         raise InputError(
             f"{path}: CSV header: {'; '.join(problems)}; expected columns {expected}{single}, or napari's "
-            "axis-0, axis-1 (Fiji: save the points' pixel coordinates as x, y and add a label column)"
+            "axis-0, axis-1 (Fiji: save the point selection as .roi, or the ROI Manager's points as .zip)"
         )
     return {name: names.index(name) for name in names}
 
@@ -255,11 +263,46 @@ def _qupath_points(data: dict | list, path: Path) -> Points:
     )
 
 
-_SUFFIXES = (".csv", ".json", ".geojson")
+def _imagej_points(path: Path) -> Points:
+    """Fiji's point selections (the multi-point tool's, saved as ``.roi``; several, as the ROI Manager's ``.zip``)
+    as clicks: points of counter 0 (the tool's default) positive, of counter 1 negative. Other selections
+    (outlines, lines) are not clicks and are refused."""
+    try:
+        rois = roifile.roiread(path)
+    except (
+        Exception
+    ) as error:  # roifile raises ValueError, struct.error or BadZipFile on what is not a ROI file
+        raise InputError(f"{path}: not an ImageJ ROI file ({first_line(error)})") from None
+    clicks: dict[int, list[np.ndarray]] = {1: [], 0: []}
+    for roi in rois if isinstance(rois, list) else [rois]:
+        if roi.roitype != roifile.ROI_TYPE.POINT:
+            raise InputError(
+                f"{path}: ROI {roi.name!r} is a {roi.roitype.name.lower()} selection, not points: clicks are "
+                "the multi-point tool's points"
+            )
+        xy = roi.coordinates().astype(np.float64)
+        if not roi.subpixelresolution:
+            xy += 0.5  # ImageJ's whole-number points name pixels: pixel i spans [i, i+1) in both frames
+        counters = np.zeros(len(xy), int) if roi.counters is None else roi.counters.astype(int)
+        if (counters > 1).any():
+            raise InputError(
+                f"{path}: ROI {roi.name!r} has points of counter {counters.max()}; clicks take counter 0 "
+                "(positive) and 1 (negative)"
+            )
+        clicks[1].append(xy[counters == 0])
+        clicks[0].append(xy[counters == 1])
+    return tuple(
+        as_points(np.concatenate(clicks[label] or [np.empty((0, 2))]), f"{path}: {kind} points")
+        for label, kind in ((1, "positive"), (0, "negative"))
+    )
+
+
+_IMAGEJ_SUFFIXES = (".roi", ".zip")
+_SUFFIXES = (".csv", ".json", ".geojson", *_IMAGEJ_SUFFIXES)
 
 
 def _points_suffix(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in _SUFFIXES:
-        raise InputError(f"{path}: points file must end in .csv, .json or .geojson")
+        raise InputError(f"{path}: points file must end in {', '.join(_SUFFIXES)}")
     return ".json" if suffix == ".geojson" else suffix
