@@ -26,6 +26,7 @@ from sac.export import (
     write_mask_png,
     write_nuclei_csv,
     write_overlay,
+    write_probability_tif,
 )
 from sac.io import InputError, read_pixel_size
 
@@ -112,6 +113,18 @@ def test_labels_tif_records_the_pixel_size_for_fiji_or_as_resolution_tags(tmp_pa
         )
         np.testing.assert_array_equal(tif.asarray(), labels)
     assert read_pixel_size(tmp_path / "labels.tif")[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("mpp", [-1, 0, 100, "0.5", float("nan")])
+def test_exports_refuse_an_implausible_pixel_size_before_writing(tmp_path, mpp):
+    labels = np.zeros((4, 4), dtype=np.uint16)
+    labels[1, 1] = 1
+    for write in (write_labels_tif, write_probability_tif):
+        with pytest.raises(InputError, match="mpp"):
+            write(tmp_path / "x.tif", labels, mpp=mpp)
+    with pytest.raises(InputError, match="mpp"):  # negative lengths in µm would be a silently wrong table
+        nuclei_table(labels, mpp=mpp)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_labels_tif_rejects_huge_and_float_ids(tmp_path):

@@ -507,8 +507,8 @@ def test_a_mask_or_blank_image_is_questioned(values, said):
 
     image = np.full((8, 9), values[0], np.uint8)
     image[4:] = values[1]
-    with pytest.warns(UserWarning, match=f"in.png: holds {said}: a mask or a blank image"):
-        warn_if_not_a_micrograph(image, "in.png")
+    with pytest.warns(UserWarning, match=f"the image holds {said}: a mask or a blank image"):
+        warn_if_not_a_micrograph(image)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_not_a_micrograph(np.arange(72, dtype=np.uint8).reshape(8, 9), "in.png")
+        warn_if_not_a_micrograph(np.arange(72, dtype=np.uint8).reshape(8, 9))

@@ -73,7 +73,7 @@ def test_a_file_of_nan_is_refused_naming_it_and_a_mask_is_questioned(tiny_segmen
     image[3, 4] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", image)
     Image.fromarray(((image > 0.5) * 255).astype(np.uint8)).save(tmp_path / "thresholded.png")
-    with pytest.warns(UserWarning, match=r"thresholded\.png: holds only the values 0 and 255"):
+    with pytest.warns(UserWarning, match=r"thresholded\.png: the image holds only the values 0 and 255"):
         failures = segment_files(tiny_segmenter, [tmp_path], tmp_path / "out", progress=False)
     assert failures == [(tmp_path / "nan.tif", f"{tmp_path / 'nan.tif'}: image contains NaN or Inf values")]
 

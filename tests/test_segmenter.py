@@ -6,6 +6,7 @@ import dataclasses
 import re
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +99,27 @@ def test_options_given_whole_or_by_keyword(tiny_segmenter):
     changed = tiny_segmenter.with_options(instances="sam", batch_size=2)
     assert changed.model is model and changed.options == SegmentOptions(instances="sam", batch_size=2)
     assert tiny_segmenter.options == SegmentOptions()  # unchanged
+
+
+def test_misspelled_options_and_a_path_for_an_image_are_refused_in_one_line(tiny_segmenter):
+    with pytest.raises(InputError, match=r"unknown option 'min_szie' \(did you mean min_size\?\)"):
+        tiny_segmenter.with_options(min_szie=5)
+    with pytest.raises(InputError, match="unknown option 'min_szie'"):
+        Segmenter(tiny_segmenter.model, min_szie=5)
+    with pytest.raises(InputError, match="unknown option 'colour'; the options are instances, threshold"):
+        tiny_segmenter.predict(np.zeros((8, 8, 3), np.uint8), colour=True)
+    for path in ("tile.png", Path("tile.png")):
+        with pytest.raises(InputError, match=r"tile\.png: segment takes an image array, not a path"):
+            tiny_segmenter.predict(path)
+
+
+def test_an_array_of_one_or_two_values_is_questioned(tiny_segmenter):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    with pytest.warns(
+        UserWarning, match="the image holds only the values 0 and 255: a mask or a blank image"
+    ):
+        tiny_segmenter.predict(mask)
 
 
 def test_load(tiny_checkpoint, tmp_path):
@@ -198,6 +220,10 @@ def test_relabel_gives_what_segment_gives_with_the_same_options(tiny_segmenter):
     for changes in ({}, {"seed_threshold": 0.3, "min_size": 40.0}, {"exclude_edges": True, "threshold": 0.4}):
         other = tiny_segmenter.with_options(instances=True, **changes)
         np.testing.assert_array_equal(other.relabel(result), other.segment(image).labels)
+    with pytest.raises(InputError, match="relabel redraws watershed labels; SAM instances need the model"):
+        tiny_segmenter.with_options(instances="sam").relabel(result)
+    with pytest.raises(InputError, match="relabel takes the Segmentation that segment returns, not ndarray"):
+        tiny_segmenter.relabel(result.labels)
     mask_only = tiny_segmenter.segment(rgb, mpp=0.25)  # no watershed ran: no HV maps to relabel with
     if tiny_segmenter.model.config.hv_maps:
         with pytest.raises(InputError, match="segment with instances"):
@@ -362,7 +388,10 @@ def test_images_are_resampled_to_the_models_pixel_size():
     assert from_file.zoom == 0.5 and from_file.mpp == 0.25 and "the image's own" in from_file.scale_note
     # maps and mask come back at the input's size
     assert from_file.maps.shape == (4, 96, 96) and from_file.mask.shape == (96, 96)
-    given = segmenter.with_options(mpp=1.0, instances="fast").segment(image, mpp=0.25)  # the option wins
+    with pytest.warns(
+        UserWarning, match=r"the mpp option \(1 µm/px, for every image\) overrides this image's 0.25"
+    ):
+        given = segmenter.with_options(mpp=1.0, instances="fast").segment(image, mpp=0.25)  # the option wins
     assert given.zoom == 2 and given.mpp == 1.0 and "given" in given.scale_note
     assert given.labels.shape == (96, 96)
     with pytest.raises(InputError, match=r"20 µm/px \(given\) would enlarge the image 40x"):

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
 
-from sac.io import InputError, atomic_write, first_line
+from sac.io import InputError, atomic_write, check_pixel_size, first_line
 from sac.metrics import check_labels
 
 # What ``sac predict`` writes per input, named <stem><suffix>; slides get only labels and geojson.
@@ -117,9 +117,10 @@ def write_probability_tif(path: str | os.PathLike, probability: np.ndarray, mpp:
 
 
 def resolution_tags(mpp: float | None) -> dict:
-    """tifffile arguments recording a pixel size of ``mpp`` µm (none when unknown)."""
+    """tifffile arguments recording a pixel size of ``mpp`` µm (none when unknown), refused unless plausible."""
     if mpp is None:
         return {}
+    mpp = check_pixel_size(mpp)
     return {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
 
 
@@ -142,6 +143,7 @@ def nuclei_table(
     is low). With ``clicked`` (the ids the user's positive clicks added), a ``clicked`` column of 1 and 0.
     """
     labels = _check_label_image(labels)
+    mpp = None if mpp is None else check_pixel_size(mpp)
     regions = measure.regionprops(labels)
     rows = [
         {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import numbers
 import os
 import re
 import secrets
@@ -285,14 +286,14 @@ def to_rgb_uint8(
     return np.repeat(out, 3, axis=2)
 
 
-def warn_if_not_a_micrograph(array: np.ndarray, name: str | os.PathLike) -> None:
-    """Warn when an input holds one or two values: a mask or a blank picture, not a micrograph, whose "nuclei"
+def warn_if_not_a_micrograph(array: np.ndarray) -> None:
+    """Warn when an image holds one or two values: a mask or a blank picture, not a micrograph, whose "nuclei"
     would be whatever the model makes of its edges."""
     array = np.asarray(array)
     low, high = array.min(), array.max()
     if not ((array != low) & (array != high)).any():
         values = f"only the values {low} and {high}" if high != low else f"a single value, {low}"
-        warnings.warn(f"{name}: holds {values}: a mask or a blank image, not a micrograph?", stacklevel=2)
+        warnings.warn(f"the image holds {values}: a mask or a blank image, not a micrograph?", stacklevel=3)
 
 
 def transparent_pixels(array: np.ndarray) -> np.ndarray | None:
@@ -539,6 +540,20 @@ def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarr
 
 # A plausible pixel size, µm: outside it a file's resolution tags are DPI defaults (72 dpi = 353 µm), not a scale.
 MPP_RANGE = (0.05, 20.0)
+
+
+def check_pixel_size(mpp: object) -> float:
+    """A pixel size in µm, refused with a one-line error unless it is a number within ``MPP_RANGE``."""
+    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real):
+        raise InputError(f"mpp must be a pixel size in µm (a number), got {mpp!r}")
+    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # NaN fails this too
+        raise InputError(
+            f"mpp {mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
+            "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
+        )
+    return float(mpp)
+
+
 _UNIT_MICRONS = {
     "µm": 1.0,
     "um": 1.0,

@@ -28,9 +28,9 @@ import sac
 from sac.backbone import count_parameters, create_sam, is_random
 from sac.export import OBJECT_CLASSES
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
-from sac.io import InputError, atomic_write, check_state_dict, sha256sum
+from sac.io import InputError, atomic_write, check_pixel_size, check_state_dict, sha256sum
 from sac.lora import configure_encoder, merge_lora
-from sac.options import TTA_VIEWS, SegmentOptions, check_pixel_size
+from sac.options import TTA_VIEWS, SegmentOptions
 from sac.points import sample_point_prompts
 
 MAP_NAMES = ("nuclei", "generator", "centre", "sam")  # the channels of Segmenter.maps, in order

@@ -6,13 +6,14 @@ libraries; :class:`sac.segmenter.Segmenter` applies the options.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from sac.io import MPP_RANGE, InputError
+from sac.io import InputError, check_pixel_size
 from sac.tiling import DEFAULT_OVERLAP
 
 INSTANCE_MODES = ("fast", "sam")
@@ -118,6 +119,17 @@ class SegmentOptions:
         if self.overlap < 0:
             raise InputError(f"tile overlap must not be negative, got {self.overlap}")
 
+    def changed(self, **changes) -> SegmentOptions:
+        """These options with ``changes`` applied and checked again; a name that is no option (a typo) is
+        refused in one line, naming the closest option."""
+        names = [field.name for field in fields(self)]
+        for name in changes:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise InputError(f"unknown option {name!r}{hint}; the options are {', '.join(names)}")
+        return replace(self, **changes)
+
     def output_settings(self) -> dict:
         """The settings that change what is segmented (all but ``batch_size`` and ``progress``), so a resumed
         run can tell whether it would make the same outputs."""
@@ -161,15 +173,3 @@ def tta_views(value: int | float | str | bool) -> int:
     if views not in TTA_VIEWS:
         raise InputError(f"test-time augmentation takes {', '.join(map(str, TTA_VIEWS))} views; got {value}")
     return int(views)
-
-
-def check_pixel_size(mpp: object) -> float:
-    """A pixel size in µm, refused with a one-line error unless it is a number within ``MPP_RANGE``."""
-    if isinstance(mpp, bool) or not isinstance(mpp, numbers.Real):
-        raise InputError(f"mpp must be a pixel size in µm (a number), got {mpp!r}")
-    if not MPP_RANGE[0] <= mpp <= MPP_RANGE[1]:  # NaN fails this too
-        raise InputError(
-            f"mpp {mpp:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}; "
-            "give the pixel size in micrometres, e.g. 0.25 at 40x, 0.5 at 20x"
-        )
-    return float(mpp)

@@ -56,7 +56,6 @@ from sac.io import (
     read_pixel_size,
     sha256sum,
     to_rgb_uint8,
-    warn_if_not_a_micrograph,
     write_json,
 )
 from sac.model import SACConfig, model_record
@@ -446,9 +445,15 @@ def segment_file(
         }
     found = read_input(path, segmenter.options.channel)
     image = to_rgb_uint8(found.data, str(path))  # a bad image (NaN, ...) is named before the model runs
-    warn_if_not_a_micrograph(found.data, path)
     recorded = read_pixel_size(path)
-    result = segmenter.segment(found.data, item.clicks, recorded[0] if recorded else None)
+    overridden = not isinstance(segmenter.options.mpp, str)  # --mpp applies to every file: noted, not warned
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segmenter.segment(
+            found.data, item.clicks, recorded[0] if recorded and not overridden else None
+        )
+    for message in dict.fromkeys(str(warning.message) for warning in caught):
+        warnings.warn(f"{path}: {message}", stacklevel=2)  # a batch's log says which file each is about
     note = result.scale_note.replace("the image's own", recorded[1]) if recorded else result.scale_note
     if recorded and result.mpp is not None and abs(result.mpp - recorded[0]) > 1e-3 * recorded[0]:
         note += f" (the file records {recorded[0]:g} µm/px)"

@@ -8,7 +8,7 @@ all go through it, so each setting is declared, defaulted and validated once.
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import threading
 import warnings
 import weakref
@@ -25,9 +25,16 @@ from sac.instances import (
     instances_from_maps,
     sam_instances,
 )
-from sac.io import InputError, channels_last, to_rgb_uint8, transparent_pixels
+from sac.io import (
+    InputError,
+    channels_last,
+    check_pixel_size,
+    to_rgb_uint8,
+    transparent_pixels,
+    warn_if_not_a_micrograph,
+)
 from sac.model import MAP_NAMES, SACOutput, SegmentAnyCell, precision
-from sac.options import SCALE_MODES, SegmentOptions, check_pixel_size, tta_views
+from sac.options import SCALE_MODES, SegmentOptions, tta_views
 from sac.points import Points, as_clicks, clicks_in_window, clicks_pixels, combine_points
 from sac.scale import at_model_scale, resample_labels, resample_maps, resize_image
 from sac.tiling import predict_tiled
@@ -112,9 +119,7 @@ class Segmenter:
 
     def __init__(self, model: SegmentAnyCell, options: SegmentOptions | None = None, **settings) -> None:
         self.model = model
-        self.options = options or SegmentOptions(**settings)
-        if options is not None and settings:
-            self.options = dataclasses.replace(options, **settings)
+        self.options = (options or SegmentOptions()).changed(**settings)
         if self.options.overlap >= model.config.image_size:
             raise InputError(
                 f"tile overlap must be smaller than the model's {model.config.image_size} px tiles, "
@@ -138,7 +143,7 @@ class Segmenter:
 
     def with_options(self, **changes) -> Segmenter:
         """The same model with some settings changed (validated again)."""
-        return type(self)(self.model, dataclasses.replace(self.options, **changes))
+        return type(self)(self.model, self.options.changed(**changes))
 
     def setting(self, name: str):
         """A setting both the options and the model's config hold (``seed_threshold``, ``min_size``, ``tta``, ...):
@@ -186,7 +191,8 @@ class Segmenter:
             adds the nucleus under it as its own instance (SAM answers the click), a negative click removes the
             object under it. With clicks, labels are made (fast mode) even when only a mask is asked for.
         mpp : float, optional
-            The image's pixel size as its file records it (the ``mpp`` option, when a number, overrides it).
+            The image's pixel size as its file records it. The ``mpp`` option, when a number, applies to every
+            image and overrides it (with a warning where they differ).
         **changes
             Options for this call only (fields of :class:`SegmentOptions`).
 
@@ -205,6 +211,13 @@ class Segmenter:
                 f"with_options(mpp={mpp!r})"
             )
         mpp = None if mpp is None else check_pixel_size(mpp)
+        option = self.options.mpp
+        if mpp is not None and not isinstance(option, str) and abs(mpp - option) > 0.01 * option:
+            warnings.warn(
+                f"the mpp option ({option:g} µm/px, for every image) overrides this image's {mpp:g} µm/px; to "
+                "give each image its own, keep the option at 'auto'",
+                stacklevel=2,
+            )
         rgb, transparent, points = self._prepared(image, points)
         options = self.options
         mode = options.instances or ("fast" if points is not None else None)
@@ -264,7 +277,12 @@ class Segmenter:
     ) -> tuple[np.ndarray, np.ndarray | None, Points | None]:
         """The image as the model sees it (RGB uint8), where it is transparent, and the clicks checked against
         it, before the model runs: a click outside the image is an error, not a no-op."""
+        if isinstance(image, (str, os.PathLike)):
+            raise InputError(
+                f"{image}: segment takes an image array, not a path; read the file with sac.io.read_image"
+            )
         image = self._channel(channels_last(np.asarray(image)))
+        warn_if_not_a_micrograph(image)
         if image.ndim == 3 and image.shape[-1] == 4 and not _is_alpha(image[..., 3]):
             warnings.warn(
                 f"a 4-channel array (shape {image.shape}) is taken as RGBA, but its 4th channel is not an alpha "
@@ -300,6 +318,12 @@ class Segmenter:
         ``result`` must come from a segmentation with instances (its maps then hold the HV maps they need). The
         scale stays ``result``'s: where it was estimated, :meth:`segment` with other settings may estimate
         another, since the estimate measures the objects those settings make."""
+        if not isinstance(result, Segmentation):
+            raise InputError(
+                f"relabel takes the Segmentation that segment returns, not {type(result).__name__}"
+            )
+        if self.options.instances == "sam":
+            raise InputError("relabel redraws watershed labels; SAM instances need the model: use segment")
         labels = self.instances(result.maps, result.zoom)
         return self._finished(labels, result.transparent, result.mpp, result.zoom)
 
@@ -555,7 +579,7 @@ def _zoom_to_model(mpp: float, source: str, model_mpp: float) -> float:
     if zoom > MAX_ENLARGEMENT:
         raise InputError(
             f"{mpp:g} µm/px ({source}) would enlarge the image {zoom:.0f}x to the model's {model_mpp:g} µm/px;"
-            " --mpp is micrometres per pixel (a 40x scan is about 0.25, 20x about 0.5)"
+            " the pixel size (--mpp, mpp= in Python) is in micrometres (a 40x scan is about 0.25, 20x about 0.5)"
         )
     return zoom
 
