@@ -219,12 +219,30 @@ def test_crop_dataset_is_deterministic_per_epoch(samples):
     assert not torch.equal(first[0]["image"], second[0]["image"])
 
 
-def test_crop_dataset_pads_small_images():
-    sample = _sample("tiny", (20, 30), False, 4)
-    item = CropDataset([sample], crop_size=48, crops_per_epoch=3, augment=False)[0]
-    assert len(CropDataset([sample], crop_size=48, crops_per_epoch=3)) == 3
-    assert (item["labels"][20:] == 0).all() and (item["labels"][:, 30:] == 0).all()
-    np.testing.assert_allclose(item["image"][:, :20, :30].numpy(), sample.image.transpose(2, 0, 1) / 255)
+@pytest.mark.parametrize("mpp", [None, 2.0])  # at its own scale, and shrunk to half (a zoomed crop)
+def test_crop_dataset_pads_small_images_with_their_nuclei_mirrored(mpp):
+    labels = np.zeros((20, 30), np.int32)
+    labels[4:10, 4:10] = 1
+    labels[10:16, 24:30] = 2  # on the right edge: it and its reflection are one nucleus
+    image = np.where(labels[..., None] > 0, 40, 220).astype(np.uint8).repeat(3, axis=2)
+    dataset = CropDataset([NucleiSample("tiny", image, labels, mpp)], 48, 3, augment=False, target_mpp=4.0)
+    item = dataset[0]
+    got = item["labels"].numpy()
+    if mpp is None:
+        np.testing.assert_allclose(item["image"][:, :20, :30].numpy(), image.transpose(2, 0, 1) / 255)
+        # what the padding shows as a nucleus is labelled one (before, it was taught as background)
+        np.testing.assert_array_equal(got > 0, item["image"][0].numpy() < 0.5)
+        assert got[12, 29] == got[12, 31] > 0
+    else:
+        assert (got[10:, :] > 0).any() and (
+            got[:, 15:] > 0
+        ).any()  # the half-size crop's padding holds nuclei
+    ids = np.unique(got[got > 0])
+    pieces = measure.label(got > 0, connectivity=2).max()
+    assert len(ids) == pieces > 2  # every mirrored copy an instance of its own, each in one piece
+    assert torch.equal(item["distance"][0] > 0, item["labels"] > 0)  # the centre target follows them
+    for index in ids:
+        assert item["distance"][0][item["labels"] == index].max() == pytest.approx(1.0)
 
 
 def test_crop_dataset_keeps_grey_images_grey():

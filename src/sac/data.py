@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
+from skimage import measure
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
 
@@ -397,6 +398,15 @@ def median_nucleus_area(samples: Sequence[NucleiSample], mpp: float | None) -> f
     return float(np.median(np.concatenate(areas))) if areas else None
 
 
+def _pad_crop(image: np.ndarray, labels: np.ndarray, size: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """A crop smaller than ``size`` padded at its bottom and right by mirroring (``mode`` of ``np.pad``; inference
+    pads small images by reflection too), its labels mirrored with it: the nuclei the padding shows are labelled as
+    nuclei, each mirrored copy an instance of its own (one straddling the edge stays one), not taught as background."""
+    pad = ((0, size - labels.shape[0]), (0, size - labels.shape[1]))
+    image = np.pad(image, (*pad, (0, 0)), mode=mode)
+    return image, measure.label(np.pad(labels, pad, mode=mode), connectivity=2).astype(np.int32)
+
+
 def instance_distance_map(labels: np.ndarray) -> np.ndarray:
     """Per-nucleus distance to its border scaled to 1 at its centre: the prompt generator's centre target.
 
@@ -520,24 +530,20 @@ class CropDataset(torch.utils.data.Dataset):
         image = resize(image, shape, order=1, anti_aliasing=zoom < 1, preserve_range=True)
         image = np.clip(np.round(image), 0, 255).astype(np.uint8)
         labels = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
-        pad = ((0, size - shape[0]), (0, size - shape[1]))
-        if pad != ((0, 0), (0, 0)):
-            image = np.pad(image, (*pad, (0, 0)), mode="symmetric")
-            labels = np.pad(labels, pad)
+        image, labels = _pad_crop(image, labels, size, "symmetric")
         return image, labels, instance_distance_map(labels)
 
     def _crop(self, which: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cut a random window, padding images smaller than the crop (reflected image, zero targets)."""
+        """Cut a random window; an image smaller than the crop is padded by reflection, its labels with it."""
         sample, distance, size = self.samples[which], self._distances[which], self.crop_size
         height, width = sample.labels.shape
         top = int(rng.integers(0, max(height - size, 0) + 1))
         left = int(rng.integers(0, max(width - size, 0) + 1))
         window = np.s_[top : top + size, left : left + size]
         image, labels, distance = sample.image[window], sample.labels[window], distance[window]
-        pad = ((0, size - image.shape[0]), (0, size - image.shape[1]))
-        if pad != ((0, 0), (0, 0)):
-            image = np.pad(image, (*pad, (0, 0)), mode="reflect")
-            labels, distance = np.pad(labels, pad), np.pad(distance, pad)
+        if labels.shape != (size, size):
+            image, labels = _pad_crop(image, labels, size, "reflect")
+            distance = instance_distance_map(labels)
         return image, labels, distance
 
     @staticmethod
