@@ -1,7 +1,9 @@
 import dataclasses
+import io
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -225,6 +227,15 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     for key, value in straight.model.trainable_state_dict().items():
         torch.testing.assert_close(resumed.model.trainable_state_dict()[key], value, rtol=1e-5, atol=1e-6)
     assert [r["step"] for r in read_log(tmp_path / "b" / "log.csv")] == ["6"]
+
+
+def test_training_progress_in_a_log_is_not_a_line_per_step(tmp_path, monkeypatch):
+    log = io.StringIO()  # stderr redirected to a file: the bar writes a line a minute, and its last
+    monkeypatch.setattr(sys, "stderr", log)
+    samples = synthetic_samples()
+    Trainer(tiny_config(tmp_path), samples, []).run(progress=True)
+    bar_lines = [line for line in log.getvalue().splitlines() if line.startswith("train:")]
+    assert 1 <= len(bar_lines) <= 3 and "6/6" in bar_lines[-1]
 
 
 def test_resuming_a_finished_run_keeps_its_log(tmp_path):

@@ -699,7 +699,8 @@ class Trainer:
             self.epoch_losses.append(self.train_step(self.batch(self.step)))
             self.elapsed = time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{self.epoch_losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{self.epoch_losses[-1]:.3f}", refresh=False)  # drawn with the bar: a log's
+            # bar stays a line a minute (a refresh per step wrote a line per step there)
             end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
             if end_of_epoch:
                 if lead:
