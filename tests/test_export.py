@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,41 @@ def test_an_object_in_pieces_is_one_multipolygon():
     feature = labels_to_geojson(labels)["features"][0]
     assert feature["geometry"]["type"] == "MultiPolygon" and len(feature["geometry"]["coordinates"]) == 2
     np.testing.assert_array_equal(geojson_to_labels([feature], labels.shape), labels)
+
+
+def test_geojson_ids_that_would_merge_drop_or_break_objects_are_replaced_by_file_order():
+    labels = np.zeros((12, 12), dtype=np.uint16)
+    labels[1:4, 1:4], labels[6:9, 6:9] = 1, 2
+    features = labels_to_geojson(labels)["features"]
+    for ids in (["n1", "n2"], [5, 5], [0, 3], [True, 2]):
+        for feature, given in zip(features, ids, strict=True):
+            feature["properties"]["id"] = given
+        with pytest.warns(
+            UserWarning, match="a.geojson: properties.id are not distinct positive whole numbers"
+        ):
+            np.testing.assert_array_equal(geojson_to_labels(features, labels.shape, "a.geojson"), labels)
+    features[0]["properties"]["id"], features[1]["properties"] = 7, {}  # an object drawn by hand has none
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = geojson_to_labels(features, labels.shape)
+    assert back[2, 2] == 7 and back[7, 7] == 8
+
+
+def test_geojson_outlines_off_the_image_are_refused_or_warned_about():
+    labels = np.zeros((12, 12), dtype=np.uint16)
+    labels[1:4, 1:4], labels[6:9, 6:9] = 1, 2
+    collection = labels_to_geojson(labels, offset_xy=(5000, 3000))  # a slide's coordinates, given for a tile
+    with pytest.raises(
+        InputError, match="all 2 outlines lie outside the 12x12 image: coordinates of a larger"
+    ):
+        geojson_to_labels(collection, labels.shape)
+    collection["features"][0] = labels_to_geojson(labels)["features"][0]
+    with pytest.warns(UserWarning, match="a.geojson: 1 of 2 outlines lie outside the image"):
+        assert geojson_to_labels(collection, labels.shape, "a.geojson").max() == 1
+    with pytest.warns(UserWarning, match="a.geojson: no outlines: taken as holding no objects"):
+        assert (
+            geojson_to_labels({"type": "FeatureCollection", "features": []}, (4, 4), "a.geojson").max() == 0
+        )
 
 
 def test_geojson_to_labels_bad_input():

@@ -68,6 +68,8 @@ def _mutate(data: bytes, rng: np.random.Generator) -> bytes:
 )
 def test_mutated_files_decode_or_raise_input_error(tmp_path, reader, valid):
     seeds, rng = _seed_files(), np.random.default_rng(2024)
+    if reader is read_labels:  # JPEG masks are refused whole (lossy label values): no mutant could be decoded
+        seeds = {name: data for name, data in seeds.items() if not name.endswith(".jpg")}
     names, outcomes = list(seeds), {"decoded": 0, "refused": 0}
     for index in range(MUTANTS):
         name = names[index % len(names)]

@@ -273,6 +273,23 @@ def test_read_labels_rejects_float(tmp_path):
         read_labels(tmp_path / "m.tif")
 
 
+def test_a_jpeg_mask_is_refused_and_an_inverted_binary_mask_questioned(tmp_path):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = mask[25:35, 20:30] = 255
+    Image.fromarray(mask).save(
+        tmp_path / "m.jpg", quality=90
+    )  # lossy: the 0/255 come back as many grey levels
+    with pytest.raises(InputError, match=r"m\.jpg: a JPEG mask: its lossy compression changes label values"):
+        read_labels(tmp_path / "m.jpg")
+    (tmp_path / "m.jpg").rename(tmp_path / "named.png")  # by content, whatever the name says
+    with pytest.raises(InputError, match="a JPEG mask"):
+        read_labels(tmp_path / "named.png")
+    with pytest.warns(
+        UserWarning, match=r"inverted.png: a mask of one label covering 88% of the image: inverted"
+    ):
+        read_labels(_png(tmp_path / "inverted.png", 255 - mask))
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\nxxxx"])
 def test_read_labels_bad_files(tmp_path, content):
     (tmp_path / "m.png").write_bytes(content)

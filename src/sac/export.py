@@ -355,7 +355,8 @@ def geojson_to_labels(
         if not polygons or not all(polygons):
             raise InputError(f"feature {index}: geometry type {kind!r} is not a Polygon")
         rings = [[np.asarray(ring, dtype=np.float64) for ring in polygon] for polygon in polygons]
-        outlines.append(((feature.get("properties") or {}).get("id", index + 1), rings))
+        outlines.append(((feature.get("properties") or {}).get("id"), rings))
+    outlines = _numbered(outlines, source)
     if skipped:
         warnings.warn(
             f"{source}: {skipped} point or line annotation(s) skipped: they outline no object", stacklevel=2
@@ -366,10 +367,10 @@ def geojson_to_labels(
             f"{source}: {len(regions)} annotation(s) skipped as regions: each holds two or more of the other outlines",
             stacklevel=2,
         )
+    outlines = [outline for index, outline in enumerate(outlines) if index not in regions]
+    _check_inside(outlines, shape, source)
     labels = np.zeros(shape, dtype=np.uint32)
-    for index, (label, polygons) in enumerate(outlines):
-        if index in regions:
-            continue
+    for label, polygons in outlines:
         for exterior, *holes in polygons:
             rows, cols = draw.polygon(exterior[:, 1] - 0.5, exterior[:, 0] - 0.5, shape=shape)
             labels[rows, cols] = label
@@ -397,6 +398,44 @@ def _regions(outlines: list[tuple[object, list[np.ndarray]]]) -> set[int]:
         if inside.sum() >= 2:
             found.add(index)
     return found
+
+
+def _check_inside(outlines: list[tuple[int, list]], shape: tuple[int, int], source: str) -> None:
+    """Refuse outlines that all miss the image (a slide's coordinates for a tile, say: training would see no
+    objects, silently); warn about some missing it, or none at all (the image is then all background)."""
+    height, width = shape
+    outside = sum(
+        not any(
+            xy[:, 0].max() > 0 and xy[:, 0].min() < width and xy[:, 1].max() > 0 and xy[:, 1].min() < height
+            for xy, *_ in polygons
+        )
+        for _, polygons in outlines
+    )
+    if outlines and outside == len(outlines):
+        raise InputError(
+            f"all {outside} outlines lie outside the {width}x{height} image: coordinates of a larger image (a "
+            "slide)? export the objects relative to this image"
+        )
+    if outside or not outlines:
+        what = f"{outside} of {len(outlines)} outlines lie outside the image" if outside else "no outlines"
+        warnings.warn(f"{source}: {what}: taken as holding no objects there", stacklevel=3)
+
+
+def _numbered(outlines: list[tuple[object, list]], source: str) -> list[tuple[int, list]]:
+    """Each outline's id: its ``properties.id`` (SAC's own GeoJSON has them), those without one numbered after
+    the largest; all numbered in file order, with a warning, when the given ids are not distinct positive whole
+    numbers (shared or zero ids would merge or drop objects, text ones would not rasterise)."""
+    given = [label for label, _ in outlines if label is not None]
+    if not all(
+        isinstance(label, int) and not isinstance(label, bool) and label > 0 for label in given
+    ) or len(set(given)) < len(given):
+        warnings.warn(
+            f"{source}: properties.id are not distinct positive whole numbers: objects numbered in file order",
+            stacklevel=3,
+        )
+        return [(index, rings) for index, (_, rings) in enumerate(outlines, start=1)]
+    unnumbered = iter(range(max(given, default=0) + 1, max(given, default=0) + len(outlines) + 1))
+    return [(next(unnumbered) if label is None else label, rings) for label, rings in outlines]
 
 
 def read_geojson_labels(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:

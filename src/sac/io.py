@@ -494,6 +494,13 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
     off for curated instance labels, whose source may give one object in pieces (GlaS's testB_3 is one).
     """
     path = Path(path)
+    check_file(path)
+    with open(path, "rb") as handle:
+        if handle.read(3) == b"\xff\xd8\xff":
+            raise InputError(
+                f"{path}: a JPEG mask: its lossy compression changes label values (a 0/255 mask comes back with "
+                "dozens of grey levels, each taken as an object); save masks as PNG or TIFF"
+            )
     labels = _decode(path, palette_as_rgb=False)
     while labels.ndim > 2 and labels.shape[0] == 1:
         labels = labels[0]
@@ -517,6 +524,9 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
 
 
 BINARY_MASK_PARTS = 2  # one label in this many disconnected pieces is a binary mask, not one object
+INVERTED_MASK_SHARE = (
+    0.8  # a binary mask's foreground beyond this share of the image: more likely its background
+)
 
 
 def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarray:
@@ -528,6 +538,12 @@ def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarr
     """
     if labels.max() != 1:
         return labels
+    covered = float(labels.mean())
+    if covered > INVERTED_MASK_SHARE:
+        warnings.warn(
+            f"{source}: a mask of one label covering {covered:.0%} of the image: inverted (objects 0, background set)?",
+            stacklevel=2,
+        )
     pieces, count = measure.label(labels > 0, return_num=True)
     if count < BINARY_MASK_PARTS:
         return labels
