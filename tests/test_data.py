@@ -156,6 +156,8 @@ def test_any_dataset_in_the_shared_layout_loads_by_name_with_its_pixel_size(tmp_
         ("id,microns_per_pixel\nbig,-0.3\n", r"line 2: -0.3 µm/px is outside"),
         ("id,microns_per_pixel\nbgi,0.5\n", r"id bgi names no image"),
         ("image,mpp\nbig,0.5\n", r"needs the columns id and microns_per_pixel"),
+        ("id,microns_per_pixel\nbig,0.25\nbig,0.5\n", r"line 3: id big given 0.25 µm/px already, now 0.5"),
+        ("id,microns_per_pixel\nbig,0.25\n,0.5\n", r"line 3: no id"),
     ],
 )
 def test_a_folders_pixel_sizes_are_checked(tmp_path, samples, provenance, error):

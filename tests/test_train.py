@@ -238,6 +238,35 @@ def test_training_progress_in_a_log_is_not_a_line_per_step(tmp_path, monkeypatch
     assert 1 <= len(bar_lines) <= 3 and "6/6" in bar_lines[-1]
 
 
+def test_a_resumed_run_finds_its_data_from_anywhere_and_says_when_it_changed(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for index, sample in enumerate(synthetic_samples(4)):
+        for kind, array in (("images", sample.image), ("masks", sample.labels.astype(np.uint16))):
+            (data / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(data / kind / f"s{index}.png")
+    monkeypatch.chdir(tmp_path)
+    train(tiny_config(tmp_path / "run", data_root="data", max_steps=2, val_fraction=0.25), progress=False)
+    config_file = tmp_path / "run" / "train_config.json"
+    assert json.loads(config_file.read_text())["data_root"] == str(
+        data
+    )  # not "data": resumable from anywhere
+    monkeypatch.chdir(tmp_path / "run")
+    with pytest.raises(InputError, match="the run is at step 2; --max-steps 1 cannot extend it"):
+        resume(tmp_path / "run", max_steps=1, progress=False)
+    assert (
+        json.loads(config_file.read_text())["max_steps"] == 2
+    )  # the refused extension left the run as it was
+    for kind in ("images", "masks"):
+        (data / kind / "s3.png").unlink()
+    with pytest.warns(UserWarning, match="images changed since the run started"):
+        assert resume(tmp_path / "run", max_steps=3, progress=False)["step"] == 3
+
+
+def test_a_run_without_validation_images_says_it_writes_no_best(tmp_path):
+    with pytest.warns(UserWarning, match=r"no validation images \(3 training images, val_fraction 0.1\)"):
+        Trainer(tiny_config(tmp_path), synthetic_samples(3), [])
+
+
 def test_resuming_a_finished_run_keeps_its_log(tmp_path):
     samples = synthetic_samples()
     finished = Trainer(tiny_config(tmp_path, max_steps=4), samples, samples[:1])
@@ -411,6 +440,23 @@ def test_config_holds_the_model_config_and_reads_old_flat_files(tmp_path):
     assert resume(tmp_path, max_steps=1, progress=False)["step"] == 1
     with pytest.raises(InputError, match="unknown keys"):
         TrainConfig.from_dict({"learning_rate": 1})
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"lr": "1e-4"}, "lr must be a number, got '1e-4'"),
+        ({"max_steps": "1"}, "max_steps must be a whole number or null, got '1'"),
+        ({"datasets": "folder"}, "datasets must be a list of names, got 'folder'"),
+        ({"hv_maps": "no"}, "hv_maps must be true or false, got 'no'"),
+        ({"model": {"generator_channels": 8.5}}, "generator_channels must be a whole number, got 8.5"),
+        ({"val_fraction": 1.5}, r"val_fraction must be in \[0, 1\), got 1.5"),
+        ([1, 2], "config.json: expected a JSON object of settings"),
+    ],
+)
+def test_a_hand_edited_config_of_the_wrong_kind_is_refused_in_one_line(settings, problem):
+    with pytest.raises(InputError, match=problem):
+        TrainConfig.from_dict(settings, "config.json")
 
 
 def test_train_only_changes_only_the_named_part(tmp_path):

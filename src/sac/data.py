@@ -255,6 +255,12 @@ def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
             raise InputError(
                 f"{provenance}, line {line}: {size:g} µm/px is outside {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g}"
             )
+        if strict and not (row.get("id") or "").strip():
+            raise InputError(f"{provenance}, line {line}: no id")
+        if strict and sizes.get(row["id"], size) != size:
+            raise InputError(
+                f"{provenance}, line {line}: id {row['id']} given {sizes[row['id']]:g} µm/px already, now {size:g}"
+            )
         sizes[row["id"]] = size
     return sizes
 

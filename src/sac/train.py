@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +39,7 @@ from sac.model import (
     SACConfig,
     SACOutput,
     SegmentAnyCell,
+    check_field_types,
     model_path,
     precision,
     read_checkpoint_meta,
@@ -92,18 +94,19 @@ class TrainConfig:
     contact_radius: int = 2
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("batch_size", "epochs") + (("max_steps",) if self.max_steps is not None else ()):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise InputError(f"{name} must be a whole number, at least 1, got {value}")
+            if value < 1:
+                raise InputError(f"{name} must be at least 1, got {value}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not self.lr > 0:
             raise InputError(f"lr must be positive, got {self.lr}")
         if not self.contact_weight >= 0:
             raise InputError(f"contact_weight must be at least 0, got {self.contact_weight}")
-        if not (isinstance(self.contact_radius, int) and self.contact_radius >= 1):
-            raise InputError(
-                f"contact_radius must be a whole number of pixels, at least 1, got {self.contact_radius}"
-            )
+        if self.contact_radius < 1:
+            raise InputError(f"contact_radius must be at least 1 px, got {self.contact_radius}")
         if self.val_fold < 0:
             raise InputError(f"val_fold must be at least 0, got {self.val_fold}")
 
@@ -116,6 +119,8 @@ class TrainConfig:
         settings it does not set from that checkpoint (:func:`init_model_settings`); a saved run's config
         (``new_run=False``: resuming, shipping) is read as written, since its init may have moved since.
         """
+        if not isinstance(data, dict) or not isinstance(data.get("model", {}), dict):
+            raise InputError(f"{source}: expected a JSON object of settings (its model settings one too)")
         settings, model = dict(data), dict(data.get("model") or {})
         settings.pop("model", None)
         count, negative = settings.pop("num_points", None), settings.pop("num_negative", None)
@@ -599,6 +604,13 @@ class Trainer:
             max_zoom=config.max_zoom,
         )
         self.val = val[: config.max_val_images]
+        self.data = {"train": [sample.name for sample in train], "val": [sample.name for sample in val]}
+        if not val and self.rank == 0:
+            warnings.warn(
+                f"no validation images ({len(train)} training images, val_fraction {config.val_fraction}): "
+                "best/ is not written; use last/",
+                stacklevel=2,
+            )
         self.steps_per_epoch = max(1, len(self.dataset) // config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -621,6 +633,7 @@ class Trainer:
             "best_score": self.best_score,
             "epoch_losses": self.epoch_losses,
             "elapsed": self.elapsed,
+            "data": self.data,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -647,10 +660,26 @@ class Trainer:
         # runs written before the score was named for what it is (validation Dice + one-click IoU) said best_dice
         self.step, self.best_score = state["step"], state.get("best_score", state.get("best_dice"))
         self.epoch_losses, self.elapsed = state["epoch_losses"], state["elapsed"]
+        self._check_same_data(state.get("data", self.data), path)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         self._truncate_log(self.step)
+
+    def _check_same_data(self, then: dict[str, list[str]], path: Path) -> None:
+        """Warn when the run's images changed since it started: it goes on, but not as the run it continues."""
+        for part in ("train", "val"):
+            gone, new = (
+                sorted(set(then[part]) - set(self.data[part])),
+                sorted(set(self.data[part]) - set(then[part])),
+            )
+            if gone or new:
+                example = f"{gone[0]} gone" if gone else f"{new[0]} new"
+                warnings.warn(
+                    f"{path}: the {part} images changed since the run started ({len(then[part])} then, "
+                    f"{len(self.data[part])} now; e.g. {example}): it continues on today's",
+                    stacklevel=3,
+                )
 
     # --------------------------------------------------------------- loop
     def batch(self, step: int) -> dict[str, torch.Tensor]:
@@ -805,6 +834,8 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     if (out / STATE_FILE).exists():
         raise InputError(f"{out}: a run already exists there; use --resume {out} or another --out")
+    if config.data_root is not None:  # a run resumed from another folder finds its data
+        config = dataclasses.replace(config, data_root=str(Path(config.data_root).resolve()))
     trainer = Trainer(config, *load_training_data(config))  # bad data or model: fails before --out is made
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "train_config.json") as tmp:
@@ -833,11 +864,16 @@ def resume(run_dir: str | Path, max_steps: int | None = None, progress: bool = T
     config.out = str(run_dir)
     if max_steps is not None:
         config = dataclasses.replace(config, max_steps=max_steps)  # checked as a new run's would be
-        with atomic_write(config_file) as tmp:
-            tmp.write_text(config.to_json())
     trainer = Trainer(config, *load_training_data(config))
     if (run_dir / STATE_FILE).exists():
         trainer.load_state()
+    if max_steps is not None:
+        if trainer.step > max_steps:
+            raise InputError(
+                f"{run_dir}: the run is at step {trainer.step}; --max-steps {max_steps} cannot extend it"
+            )
+        with atomic_write(config_file) as tmp:
+            tmp.write_text(config.to_json())
     if trainer.step >= trainer.total_steps and trainer.rank == 0:
         tqdm.write(f"{run_dir}: finished at step {trainer.step}; nothing to do (--max-steps N extends it)")
     return _finish(trainer.run(progress))
