@@ -90,6 +90,18 @@ def test_load_folder_errors(tmp_path, samples):
         assert [s.name for s in load_dataset("folder", tmp_path, "train")] == ["big"]
 
 
+def test_a_folders_split_is_its_own_or_refused_and_scoring_an_unsplit_folder_is_noted(tmp_path):
+    sample = _sample("a", (20, 20), False, 0)
+    _write_folder(tmp_path / "flat", [sample])
+    with pytest.warns(UserWarning, match="flat: no test/ split: all its images are scored"):
+        assert [s.name for s in load_dataset("folder", tmp_path / "flat", "test")] == ["a"]
+    _write_folder(tmp_path / "split" / "train", [sample])
+    with pytest.raises(InputError, match=r"split: no test/ split; it has train/$"):
+        load_dataset("folder", tmp_path / "split", "test")
+    with pytest.raises(InputError, match=r"unknown dataset 'foldr' \(did you mean folder\?\)"):
+        load_dataset("foldr", tmp_path, "train")
+
+
 def test_load_dataset_unknown_and_missing(tmp_path):
     _write_folder(tmp_path / "mine" / "train", [_sample("a", (20, 20), False, 0)])
     (tmp_path / "notes").mkdir()  # neither train/ nor test/: not a dataset

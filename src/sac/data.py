@@ -8,6 +8,7 @@ and takes its split from ``split.json``.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
@@ -287,7 +288,15 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         root = root / name
     if name == "folder":  # pixel sizes as in the shared layout: provenance.csv's id, microns_per_pixel
         sizes = _pixel_sizes(root, name)
-        samples = _load_pairs(root / split if (root / split).is_dir() else root, mpp=sizes, user_folder=True)
+        splits = [part for part in ("train", "test") if (root / part).is_dir()]
+        if splits and split not in splits:
+            raise InputError(f"{root}: no {split}/ split; it has {', '.join(f'{part}/' for part in splits)}")
+        if split == "test" and not splits:
+            warnings.warn(
+                f"{root}: no test/ split: all its images are scored, which a model tuned on this folder has seen",
+                stacklevel=2,
+            )
+        samples = _load_pairs(root / split if splits else root, mpp=sizes, user_folder=True)
         images = [
             root / part / "images" for part in ("", "train", "test") if (root / part / "images").is_dir()
         ]
@@ -297,8 +306,10 @@ def load_dataset(name: str, root: Path | str | None = None, split: str = "train"
         return samples
     if not (root / name).is_dir():
         known = sorted(p.name for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+        close = difflib.get_close_matches(name, [*known, "folder", "samples"], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         raise InputError(
-            f"unknown dataset {name!r}: no folder {root / name}; found {', '.join(known) or 'none'}"
+            f"unknown dataset {name!r}{hint}: no folder {root / name}; found {', '.join(known) or 'none'}"
         )
     mpp = _pixel_sizes(root / name, name)
     if name == "dsb2018":
