@@ -23,6 +23,7 @@ from sac.data import (
     median_nucleus_area,
     pack_datasets,
 )
+from sac.export import labels_to_geojson
 from sac.io import InputError
 from sac.metrics import dice
 
@@ -100,6 +101,25 @@ def test_a_folders_split_is_its_own_or_refused_and_scoring_an_unsplit_folder_is_
         load_dataset("folder", tmp_path / "split", "test")
     with pytest.raises(InputError, match=r"unknown dataset 'foldr' \(did you mean folder\?\)"):
         load_dataset("foldr", tmp_path, "train")
+
+
+def test_a_folders_ambiguous_or_misnamed_files_are_refused_or_noted(tmp_path, samples):
+    _write_folder(tmp_path, samples)
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "big.geojson").write_text(json.dumps(labels_to_geojson(samples[0].labels)))
+    with pytest.warns(
+        UserWarning, match="1 image\\(s\\) with both a mask and annotations, e.g. big: the masks"
+    ):
+        load_dataset("folder", tmp_path)
+    (tmp_path / "masks" / "small.png").unlink()
+    (tmp_path / "annotations" / "small.png.geojson").write_text(
+        "{}"
+    )  # QuPath names exports by image file name
+    with pytest.raises(InputError, match=r"e\.g\. small \(annotations are named <id>\.geojson: found small"):
+        load_dataset("folder", tmp_path)
+    Image.fromarray(samples[0].image).save(tmp_path / "images" / "big.jpg")
+    with pytest.raises(InputError, match=r"big\.jpg and big\.png share the name big: keep one"):
+        load_dataset("folder", tmp_path)
 
 
 def test_load_dataset_unknown_and_missing(tmp_path):

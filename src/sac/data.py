@@ -196,9 +196,15 @@ def _load_pairs(
     images_dir, masks_dir, notes_dir = folder / "images", folder / "masks", folder / "annotations"
     if not images_dir.is_dir() or not (masks_dir.is_dir() or notes_dir.is_dir()):
         raise InputError(f"{folder}: expected images/ with masks/ or annotations/ (GeoJSON) beside it")
-    images = {path.stem: path for path in list_images([images_dir])}
-    masks = {path.stem: path for path in list_images([masks_dir])} if masks_dir.is_dir() else {}
-    notes = {path.stem: path for path in notes_dir.glob("*.geojson")} if notes_dir.is_dir() else {}
+    images = _by_stem(list_images([images_dir]))
+    masks = _by_stem(list_images([masks_dir])) if masks_dir.is_dir() else {}
+    notes = _by_stem(sorted(notes_dir.glob("*.geojson"))) if notes_dir.is_dir() else {}
+    both = sorted(set(masks) & set(notes))
+    if both and ids is None:
+        warnings.warn(
+            f"{folder}: {len(both)} image(s) with both a mask and annotations, e.g. {both[0]}: the masks are used",
+            stacklevel=2,
+        )
     orphans = sorted(set(masks) - set(images))
     if orphans and ids is None:  # a renamed or deleted image would drop its annotation without a word
         warnings.warn(
@@ -208,7 +214,11 @@ def _load_pairs(
     wanted = sorted(images) if ids is None else list(ids)
     missing = [stem for stem in wanted if stem not in images or (stem not in masks and stem not in notes)]
     if missing:
-        raise InputError(f"{folder}: no image/mask pair for {len(missing)} id(s), e.g. {missing[0]}")
+        named = [
+            note for note in notes if Path(note).stem == missing[0]
+        ]  # QuPath's default: <image name>.geojson
+        hint = f" (annotations are named <id>.geojson: found {named[0]}.geojson)" if named else ""
+        raise InputError(f"{folder}: no image/mask pair for {len(missing)} id(s), e.g. {missing[0]}{hint}")
     samples = []
     for stem in wanted:
         image = read_image(images[stem])
@@ -223,6 +233,17 @@ def _load_pairs(
             size = recorded[0] if recorded else None
         samples.append(NucleiSample(stem, image, labels, size))
     return samples
+
+
+def _by_stem(paths: list[Path]) -> dict[str, Path]:
+    """Files by name without suffix; two files of one name (``a.png`` and ``a.jpg``) are refused, since which
+    one pairs with a mask would be a guess."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in found:
+            raise InputError(f"{found[path.stem]} and {path.name} share the name {path.stem}: keep one")
+        found[path.stem] = path
+    return found
 
 
 def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:
