@@ -102,6 +102,9 @@ def test_options_given_whole_or_by_keyword(tiny_segmenter):
 
 
 def test_misspelled_options_and_a_path_for_an_image_are_refused_in_one_line(tiny_segmenter):
+    import sac
+
+    assert sac.InputError is InputError  # what a caller catches, from the package's top
     with pytest.raises(InputError, match=r"unknown option 'min_szie' \(did you mean min_size\?\)"):
         tiny_segmenter.with_options(min_szie=5)
     with pytest.raises(InputError, match="unknown option 'min_szie'"):

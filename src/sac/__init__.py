@@ -1,8 +1,9 @@
 """Segment Any Cell: SAM with LoRA and an auto-prompt generator for automatic nuclei segmentation."""
 
 __version__ = "0.1.0"
-__all__ = ["SACConfig", "SegmentAnyCell", "SegmentOptions", "Segmenter", "__version__"]
+__all__ = ["InputError", "SACConfig", "SegmentAnyCell", "SegmentOptions", "Segmenter", "__version__"]
 _HOMES = {
+    "InputError": "io",  # every refusal of bad input, in one line
     "SACConfig": "model",
     "SegmentAnyCell": "model",
     "SegmentOptions": "options",
