@@ -211,6 +211,9 @@ def test_fiji_point_selections_are_clicks_in_pixels_with_counter_1_negative(tmp_
     folder.mkdir()
     fiji_points([[7, 8]]).tofile(folder / "tile.roi")
     assert read_clicks(folder)["tile"][0].tolist() == [[7.5, 8.5]]
+    write_clicks(folder / "tile.csv", [(1, 2)], [])  # the same image's clicks twice: which to apply?
+    with pytest.raises(InputError, match="per_image: several click files for tile; keep one per image"):
+        read_clicks(folder)
 
 
 @pytest.mark.parametrize(

@@ -285,9 +285,15 @@ def test_a_jpeg_mask_is_refused_and_an_inverted_binary_mask_questioned(tmp_path)
     with pytest.raises(InputError, match="a JPEG mask"):
         read_labels(tmp_path / "named.png")
     with pytest.warns(
-        UserWarning, match=r"inverted.png: a mask of one label covering 88% of the image: inverted"
+        UserWarning, match=r"inverted.png: one piece of the mask covers 88% of the image, from edge"
     ):
         read_labels(_png(tmp_path / "inverted.png", 255 - mask))
+    dense = np.zeros((40, 40), np.uint8)
+    dense[2:38, 2:19] = dense[2:38, 21:38] = 255  # large objects, but none spanning the image: not questioned
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_labels(_png(tmp_path / "dense.png", dense))
+    assert not any("inverted" in str(warning.message) for warning in caught)
 
 
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\nxxxx"])

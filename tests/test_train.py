@@ -258,7 +258,9 @@ def test_a_resumed_run_finds_its_data_from_anywhere_and_says_when_it_changed(tmp
     )  # the refused extension left the run as it was
     for kind in ("images", "masks"):
         (data / kind / "s3.png").unlink()
-    with pytest.warns(UserWarning, match="images changed since the run started"):
+    with pytest.warns(
+        UserWarning, match="the run.s images changed since it started \\(4 then, 3 now; e.g. s3 gone\\)"
+    ):
         assert resume(tmp_path / "run", max_steps=3, progress=False)["step"] == 3
 
 

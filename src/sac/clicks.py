@@ -36,6 +36,10 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Points]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file())
         if not files:
             raise InputError(f"{path}: folder holds no {', '.join(_SUFFIXES)} click files")
+        stems = [file.stem for file in files]
+        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if twice:  # which file's clicks to apply would be a guess
+            raise InputError(f"{path}: several click files for {twice[0]}; keep one per image")
         return {file.stem: read_points_file(file) for file in files}
     return _read(path, per_image=True)
 

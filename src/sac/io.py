@@ -524,9 +524,9 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
 
 
 BINARY_MASK_PARTS = 2  # one label in this many disconnected pieces is a binary mask, not one object
-INVERTED_MASK_SHARE = (
-    0.8  # a binary mask's foreground beyond this share of the image: more likely its background
-)
+# one piece of a binary mask spanning the image from edge to edge over at least this share of it: more likely the
+# background (the mask inverted) than one object
+INVERTED_MASK_SHARE = 0.4
 
 
 def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarray:
@@ -538,13 +538,16 @@ def split_binary_mask(labels: np.ndarray, source: str | os.PathLike) -> np.ndarr
     """
     if labels.max() != 1:
         return labels
-    covered = float(labels.mean())
-    if covered > INVERTED_MASK_SHARE:
+    pieces, count = measure.label(labels > 0, return_num=True)
+    largest = np.bincount(pieces.ravel())[1:].argmax() + 1
+    edges = (pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1])
+    share = float((pieces == largest).mean())
+    if share >= INVERTED_MASK_SHARE and all((edge == largest).any() for edge in edges):
         warnings.warn(
-            f"{source}: a mask of one label covering {covered:.0%} of the image: inverted (objects 0, background set)?",
+            f"{source}: one piece of the mask covers {share:.0%} of the image, from edge to edge: inverted "
+            "(objects 0, background set)?",
             stacklevel=2,
         )
-    pieces, count = measure.label(labels > 0, return_num=True)
     if count < BINARY_MASK_PARTS:
         return labels
     warnings.warn(

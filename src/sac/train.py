@@ -667,19 +667,18 @@ class Trainer:
         self._truncate_log(self.step)
 
     def _check_same_data(self, then: dict[str, list[str]], path: Path) -> None:
-        """Warn when the run's images changed since it started: it goes on, but not as the run it continues."""
-        for part in ("train", "val"):
-            gone, new = (
-                sorted(set(then[part]) - set(self.data[part])),
-                sorted(set(self.data[part]) - set(then[part])),
+        """Warn when the run's images changed since it started: it goes on, but its validation split is drawn
+        again from today's images, so it may now hold images the run trained on."""
+        before, now = set(then["train"] + then["val"]), set(self.data["train"] + self.data["val"])
+        if before != now:
+            gone, new = sorted(before - now), sorted(now - before)
+            example = f"{gone[0]} gone" if gone else f"{new[0]} new"
+            warnings.warn(
+                f"{path}: the run's images changed since it started ({len(before)} then, {len(now)} now; e.g. "
+                f"{example}): its validation split is drawn again and may hold images it trained on; for a clean "
+                f"validation start a new run from it (--init {self.out / 'last'})",
+                stacklevel=3,
             )
-            if gone or new:
-                example = f"{gone[0]} gone" if gone else f"{new[0]} new"
-                warnings.warn(
-                    f"{path}: the {part} images changed since the run started ({len(then[part])} then, "
-                    f"{len(self.data[part])} now; e.g. {example}): it continues on today's",
-                    stacklevel=3,
-                )
 
     # --------------------------------------------------------------- loop
     def batch(self, step: int) -> dict[str, torch.Tensor]:
