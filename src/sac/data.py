@@ -214,9 +214,8 @@ def _load_pairs(
     wanted = sorted(images) if ids is None else list(ids)
     missing = [stem for stem in wanted if stem not in images or (stem not in masks and stem not in notes)]
     if missing:
-        named = [
-            note for note in notes if Path(note).stem == missing[0]
-        ]  # QuPath's default: <image name>.geojson
+        # QuPath names an export after the image file: <id>.png.geojson
+        named = [note for note in notes if Path(note).stem == missing[0]]
         hint = f" (annotations are named <id>.geojson: found {named[0]}.geojson)" if named else ""
         raise InputError(f"{folder}: no image/mask pair for {len(missing)} id(s), e.g. {missing[0]}{hint}")
     samples = []
