@@ -296,6 +296,20 @@ def test_a_jpeg_mask_is_refused_and_an_inverted_binary_mask_questioned(tmp_path)
     assert not any("inverted" in str(warning.message) for warning in caught)
 
 
+def test_an_8_bit_mask_whose_ids_wrapped_past_255_is_questioned(tmp_path):
+    labels = np.zeros((64, 64), np.uint16)
+    for index, (row, col) in enumerate(np.ndindex(16, 16)):  # 256 nuclei of 2x2 pixels, 4 apart
+        labels[row * 4 : row * 4 + 2, col * 4 : col * 4 + 2] = index + 1
+    labels[62:, 62:] = 257  # one more: saved as 8 bits it becomes id 1, far from nucleus 1
+    with pytest.warns(
+        UserWarning, match=r"wrapped.png: an 8-bit mask of 255 ids, 1 of them repeated.*wrapped"
+    ):
+        read_labels(_png(tmp_path / "wrapped.png", (labels % 256).astype(np.uint8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same as 16 bits: nothing to question
+        read_labels(_png(tmp_path / "sixteen.png", labels))
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\nxxxx"])
 def test_read_labels_bad_files(tmp_path, content):
     (tmp_path / "m.png").write_bytes(content)

@@ -514,6 +514,8 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
         raise InputError(f"{path}: mask contains negative labels (min {labels.min()})")
     if labels.dtype == np.bool_:
         labels = labels.view(np.uint8)
+    if split_binary and labels.dtype == np.uint8 and labels.max() >= WRAPPED_IDS:
+        _warn_if_wrapped(labels, path)
     # Most masks are already numbered 1..N; a bincount detects that far faster than relabelling. Ids are
     # cast only once known to be small: uint64 ids from 2**63 up would turn negative as int64.
     if labels.max() < labels.size and np.bincount(labels.ravel().astype(np.intp))[1:].all():
@@ -521,6 +523,23 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
     else:
         labels = relabel_sequential(labels)[0].astype(np.int32)
     return split_binary_mask(labels, path) if split_binary else labels
+
+
+# an 8-bit mask using ids this high may be labels past 255 saved as 8 bits, which wrap (256 becomes 0, 257 1, ...)
+WRAPPED_IDS = 250
+
+
+def _warn_if_wrapped(labels: np.ndarray, path: Path) -> None:
+    """Warn when a full 8-bit mask holds ids in several separate pieces: more likely a 16-bit mask saved as 8 bits,
+    its ids past 255 wrapped onto others (distant nuclei merged, some taken as background), than hand-made."""
+    regions = measure.label(labels, background=0, connectivity=2).max()
+    objects = np.count_nonzero(np.bincount(labels.ravel())[1:])
+    if regions > objects:
+        warnings.warn(
+            f"{path}: an 8-bit mask of {objects} ids, {regions - objects} of them repeated in separate pieces: ids "
+            "past 255 wrapped (saved as 8 bits)? save the labels as 16-bit PNG or TIFF",
+            stacklevel=3,
+        )
 
 
 BINARY_MASK_PARTS = 2  # one label in this many disconnected pieces is a binary mask, not one object
