@@ -240,8 +240,10 @@ def segment_slide(
                 f"sac: {path.name}: resuming at block {blocks.done + 1} of {len(origins)}", file=sys.stderr
             )
         with blocks, warnings.catch_warnings():
-            # what every block says (a coarse level's enlargement, ...) is said once
+            # what every block says (a coarse level's enlargement, ...) is said once; blank blocks (glass, a
+            # scanner's fill outside the tissue) are no sign of a mask given for a micrograph
             warnings.showwarning = _once(warnings.showwarning)
+            warnings.filterwarnings("ignore", message="the image holds")
             left = list(zip(origins, regions, strict=True))[blocks.done :]
             for (y, x), (rows, cols) in progress_bar(
                 left, progress, desc=f"sac {path.name}", unit="block", initial=blocks.done, total=len(origins)
