@@ -224,7 +224,11 @@ def test_relabel_gives_what_segment_gives_with_the_same_options(tiny_segmenter):
         other = tiny_segmenter.with_options(instances=True, **changes)
         np.testing.assert_array_equal(other.relabel(result), other.segment(image).labels)
     with pytest.raises(InputError, match="relabel redraws watershed labels; SAM instances need the model"):
-        tiny_segmenter.with_options(instances="sam").relabel(result)
+        tiny_segmenter.relabel(result, instances="sam")  # changes for one call, as segment takes them
+    np.testing.assert_array_equal(
+        tiny_segmenter.relabel(result, instances=True, seed_threshold=0.3),
+        tiny_segmenter.with_options(instances=True, seed_threshold=0.3).relabel(result),
+    )
     with pytest.raises(InputError, match="relabel takes the Segmentation that segment returns, not ndarray"):
         tiny_segmenter.relabel(result.labels)
     mask_only = tiny_segmenter.segment(rgb, mpp=0.25)  # no watershed ran: no HV maps to relabel with

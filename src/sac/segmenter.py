@@ -311,13 +311,16 @@ class Segmenter:
         at_clicks = labels[tuple(clicks_pixels(points, labels.shape)[0].T)]
         return labels, tuple(sorted({int(label) for label in at_clicks if label > before}))
 
-    def relabel(self, result: Segmentation) -> np.ndarray:
+    def relabel(self, result: Segmentation, **changes) -> np.ndarray:
         """The watershed labels :meth:`segment` would give ``result``'s image with this segmenter's settings
-        (seeds, threshold, size and edge filters), made from ``result``'s maps without another pass of the
-        network: for trying settings, e.g. ``segmenter.with_options(seed_threshold=0.3).relabel(result)``.
-        ``result`` must come from a segmentation with instances (its maps then hold the HV maps they need). The
-        scale stays ``result``'s: where it was estimated, :meth:`segment` with other settings may estimate
-        another, since the estimate measures the objects those settings make."""
+        (seeds, threshold, size and edge filters; ``changes`` for this call only, as for :meth:`segment`), made
+        from ``result``'s maps without another pass of the network: for trying settings, e.g.
+        ``segmenter.relabel(result, seed_threshold=0.3)``. ``result`` must come from a segmentation with
+        instances (its maps then hold the HV maps they need). The scale stays ``result``'s: where it was
+        estimated, :meth:`segment` with other settings may estimate another, since the estimate measures the
+        objects those settings make."""
+        if changes:
+            return self.with_options(**changes).relabel(result)
         if not isinstance(result, Segmentation):
             raise InputError(
                 f"relabel takes the Segmentation that segment returns, not {type(result).__name__}"
