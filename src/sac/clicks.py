@@ -273,9 +273,8 @@ def _imagej_points(path: Path) -> Points:
     (outlines, lines) are not clicks and are refused."""
     try:
         rois = roifile.roiread(path)
-    except (
-        Exception
-    ) as error:  # roifile raises ValueError, struct.error or BadZipFile on what is not a ROI file
+    # roifile raises ValueError, struct.error or BadZipFile on what is not a ROI file
+    except Exception as error:
         raise InputError(f"{path}: not an ImageJ ROI file ({first_line(error)})") from None
     clicks: dict[int, list[np.ndarray]] = {1: [], 0: []}
     for roi in rois if isinstance(rois, list) else [rois]:

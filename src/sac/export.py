@@ -7,6 +7,7 @@ pixel centre sits at (c + 0.5, r + 0.5) and polygon areas match pixel counts.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import warnings
@@ -426,15 +427,14 @@ def _numbered(outlines: list[tuple[object, list]], source: str) -> list[tuple[in
     the largest; all numbered in file order, with a warning, when the given ids are not distinct positive whole
     numbers (shared or zero ids would merge or drop objects, text ones would not rasterise)."""
     given = [label for label, _ in outlines if label is not None]
-    if not all(
-        isinstance(label, int) and not isinstance(label, bool) and label > 0 for label in given
-    ) or len(set(given)) < len(given):
+    whole = all(isinstance(label, int) and not isinstance(label, bool) and label > 0 for label in given)
+    if not whole or len(set(given)) < len(given):
         warnings.warn(
             f"{source}: properties.id are not distinct positive whole numbers: objects numbered in file order",
             stacklevel=3,
         )
         return [(index, rings) for index, (_, rings) in enumerate(outlines, start=1)]
-    unnumbered = iter(range(max(given, default=0) + 1, max(given, default=0) + len(outlines) + 1))
+    unnumbered = itertools.count(max(given, default=0) + 1)
     return [(next(unnumbered) if label is None else label, rings) for label, rings in outlines]
 
 

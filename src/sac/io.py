@@ -123,6 +123,7 @@ def check_file(path: Path) -> None:
 
 
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, either byte order
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 # EXIF orientations other than 1 (as stored), as viewers that apply the tag would show the pixels
 _EXIF_ORIENTATIONS = {
     2: "mirrored",
@@ -137,8 +138,13 @@ _EXIF_ORIENTATIONS = {
 
 def _is_tiff(path: Path) -> bool:
     """Whether the file's content is a TIFF, whatever its name says (a PNG saved as ``.tif`` is not)."""
+    return _starts_with(path, _TIFF_SIGNATURES)
+
+
+def _starts_with(path: Path, signatures: tuple[bytes, ...]) -> bool:
+    """Whether the file's first bytes are one of ``signatures`` (all of one length): its format by content."""
     with open(path, "rb") as handle:
-        return handle.read(4) in _TIFF_SIGNATURES
+        return handle.read(len(signatures[0])) in signatures
 
 
 def _decode(path: Path, *, palette_as_rgb: bool) -> np.ndarray:
@@ -495,12 +501,11 @@ def read_labels(path: str | os.PathLike, split_binary: bool = True) -> np.ndarra
     """
     path = Path(path)
     check_file(path)
-    with open(path, "rb") as handle:
-        if handle.read(3) == b"\xff\xd8\xff":
-            raise InputError(
-                f"{path}: a JPEG mask: its lossy compression changes label values (a 0/255 mask comes back with "
-                "dozens of grey levels, each taken as an object); save masks as PNG or TIFF"
-            )
+    if _starts_with(path, (_JPEG_SIGNATURE,)):
+        raise InputError(
+            f"{path}: a JPEG mask: its lossy compression changes label values (a 0/255 mask comes back with "
+            "dozens of grey levels, each taken as an object); save masks as PNG or TIFF"
+        )
     labels = _decode(path, palette_as_rgb=False)
     while labels.ndim > 2 and labels.shape[0] == 1:
         labels = labels[0]

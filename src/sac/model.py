@@ -172,9 +172,9 @@ class SACConfig:
             check_pixel_size(self.mpp)
         if self.nucleus_area is not None and not self.nucleus_area > 0:
             raise InputError(f"nucleus_area must be a positive area in pixels, got {self.nucleus_area}")
-        for name, least in _COUNT_MINIMUMS.items():
+        for name, least in _COUNT_MINIMUMS.items():  # whole numbers already (check_field_types)
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if value < least:
                 raise InputError(f"{name} must be a whole number of at least {least}, got {value!r}")
         if not 0 <= self.point_threshold <= 1:
             raise InputError(f"point_threshold must be in [0, 1], got {self.point_threshold}")
