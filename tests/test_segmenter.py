@@ -50,20 +50,34 @@ def test_instance_modes_are_normalised(given, mode):
         ({"mpp": 0}, "outside"),
         ({"tta": 3}, "test-time augmentation takes 1, 2, 4, 8 views; got 3"),
         ({"tta": "many"}, "test-time augmentation takes 1, 2, 4, 8 views; got many"),
-        ({"min_size": float("nan")}, "min size must be a number, got nan"),  # would switch the filter off
-        ({"max_size": float("nan")}, "max size must be a number"),
+        (
+            {"min_size": float("nan")},
+            "min_size must be a number or null, got nan",
+        ),  # would switch the filter off
+        ({"max_size": float("nan")}, "max_size must be a number or null"),
         ({"threshold": "0.5"}, "threshold must be a number, got '0.5'"),
-        ({"seed_threshold": True}, "seed threshold must be a number"),
-        ({"exclude_edges": "no"}, "exclude edges must be True or False, got 'no'"),  # "no" is truthy
-        ({"progress": 1}, "progress must be True or False"),
-        ({"batch_size": 2.5}, "batch size must be a whole number, got 2.5"),
+        ({"seed_threshold": True}, "seed_threshold must be a number or null, got True"),
+        ({"exclude_edges": "no"}, "exclude_edges must be true or false, got 'no'"),  # "no" is truthy
+        ({"progress": 1}, "progress must be true or false"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number, got 2.5"),
         ({"overlap": 2.5}, "overlap must be a whole number"),
-        ({"channel": 1.0}, "channel must be an index or a channel name, got 1.0"),
+        ({"channel": 1.0}, "channel must be a whole number or text or null, got 1.0"),
     ],
 )
 def test_bad_options_rejected(options, message):
     with pytest.raises(InputError, match=message):
         SegmentOptions(**options)
+
+
+def test_numpy_scalars_are_options():
+    """Values taken from arrays (a threshold from np.quantile, a size from a measurement) are numbers too."""
+    options = SegmentOptions(
+        threshold=np.float32(0.4),
+        min_size=np.float64(10),
+        batch_size=np.int64(2),
+        exclude_edges=np.bool_(True),
+    )
+    assert options.threshold == pytest.approx(0.4) and options.batch_size == 2 and options.exclude_edges
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,16 @@ process never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
+import math
 import numbers
 import os
 import re
 import secrets
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -35,6 +39,41 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type), for one-line reports of foreign errors."""
     text = str(error)
     return text.splitlines()[0][:limit] if text.strip() else type(error).__name__
+
+
+_KIND_NAMES = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+    type(None): "null",
+}
+
+
+def check_field_types(settings: object) -> None:
+    """Refuse a field of a settings dataclass (inference options, model or training config) of the wrong kind in
+    one line: a hand-edited JSON's "1e-4" for a number or "no" for a switch, before a comparison raises a
+    TypeError or a string passes for true, and a NaN, which would pass every range check (``min_size=nan``
+    switches the size filter off). NumPy scalars count as the numbers they are."""
+    hints = typing.get_type_hints(type(settings))
+    for settings_field in dataclasses.fields(settings):
+        value, hint = getattr(settings, settings_field.name), hints[settings_field.name]
+        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        if not any(_is_kind(value, kind) for kind in kinds):
+            expected = " or ".join(_KIND_NAMES.get(kind, "a list of names") for kind in kinds)
+            raise InputError(f"{settings_field.name} must be {expected}, got {value!r}")
+
+
+def _is_kind(value: object, kind: type) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, numbers.Real) and not math.isnan(value)
+    if kind is int:
+        return isinstance(value, numbers.Integral)
+    if typing.get_origin(kind) in (list, tuple):  # lists of names: datasets, LoRA targets, parts to train
+        return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
+    return value is None if kind is type(None) else isinstance(value, kind)
 
 
 def sha256sum(path: str | os.PathLike) -> str:

@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import json
 import platform
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,7 +28,14 @@ import sac
 from sac.backbone import count_parameters, create_sam, is_random
 from sac.export import OBJECT_CLASSES
 from sac.generator import IMAGENET_MEAN, IMAGENET_STD, ConvBlock, PromptGenerator
-from sac.io import InputError, atomic_write, check_pixel_size, check_state_dict, sha256sum
+from sac.io import (
+    InputError,
+    atomic_write,
+    check_field_types,
+    check_pixel_size,
+    check_state_dict,
+    sha256sum,
+)
 from sac.lora import configure_encoder, merge_lora
 from sac.options import TTA_VIEWS, SegmentOptions
 from sac.points import sample_point_prompts
@@ -54,37 +59,6 @@ _COUNT_MINIMUMS = {
     "num_positive": 0,
     "num_negative": 0,
 }
-
-
-_KIND_NAMES = {
-    int: "a whole number",
-    float: "a number",
-    bool: "true or false",
-    str: "text",
-    type(None): "null",
-}
-
-
-def check_field_types(config: object) -> None:
-    """Refuse a config field of the wrong kind in one line (a hand-edited JSON's "1e-4" for a number, "no" for a
-    switch, "monuseg" for a list), before a comparison raises a TypeError or a string passes for true."""
-    hints = typing.get_type_hints(type(config))
-    for config_field in dataclasses.fields(config):
-        value, hint = getattr(config, config_field.name), hints[config_field.name]
-        kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if not any(_is_kind(value, kind) for kind in kinds):
-            expected = " or ".join(_KIND_NAMES.get(kind, "a list of names") for kind in kinds)
-            raise InputError(f"{config_field.name} must be {expected}, got {value!r}")
-
-
-def _is_kind(value: object, kind: type) -> bool:
-    if kind in (int, float) and isinstance(value, bool):
-        return False
-    if kind is float:
-        return isinstance(value, (int, float))
-    if typing.get_origin(kind) in (list, tuple):  # lists of names: datasets, LoRA targets, parts to train
-        return isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value)
-    return value is None if kind is type(None) else isinstance(value, kind)
 
 
 @dataclass(frozen=True)

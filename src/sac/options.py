@@ -7,13 +7,9 @@ libraries; :class:`sac.segmenter.Segmenter` applies the options.
 from __future__ import annotations
 
 import difflib
-import math
-import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
-import numpy as np
-
-from sac.io import InputError, check_pixel_size
+from sac.io import InputError, check_field_types, check_pixel_size
 from sac.tiling import DEFAULT_OVERLAP
 
 INSTANCE_MODES = ("fast", "sam")
@@ -77,11 +73,11 @@ class SegmentOptions:
     mpp: float | str = "auto"
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 4
-    tta: int | bool | None = None
+    tta: float | bool | str | None = None  # a number of views in any form (4, 4.0, "4"): tta_views reads it
     progress: bool = False
 
     def __post_init__(self) -> None:
-        self._check_types()
+        check_field_types(self)
         mode = {True: "fast", False: None}.get(self.instances, self.instances)  # type: ignore[arg-type]
         if mode is not None and mode not in INSTANCE_MODES:
             raise InputError(
@@ -134,31 +130,6 @@ class SegmentOptions:
         """The settings that change what is segmented (all but ``batch_size`` and ``progress``), so a resumed
         run can tell whether it would make the same outputs."""
         return {name: value for name, value in asdict(self).items() if name not in ("batch_size", "progress")}
-
-    def _check_types(self) -> None:
-        """Refuse values of the wrong kind in one line, before a comparison raises a TypeError or a NaN slips
-        through every range check (``min_size=nan`` would switch the size filter off)."""
-        optional_numbers = ("seed_threshold", "seed_depth", "hv_weight", "min_size", "max_size")
-        for name in ("threshold", *optional_numbers):
-            value = getattr(self, name)
-            if value is None and name in optional_numbers:
-                continue
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-                raise InputError(f"{name.replace('_', ' ')} must be a number, got {value!r}")
-        for name in ("batch_size", "overlap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise InputError(f"{name.replace('_', ' ')} must be a whole number, got {value!r}")
-        for name in ("exclude_edges", "progress"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise InputError(
-                    f"{name.replace('_', ' ')} must be True or False, got {getattr(self, name)!r}"
-                )
-        channel = self.channel
-        if channel is not None and (
-            isinstance(channel, bool) or not isinstance(channel, (numbers.Integral, str))
-        ):
-            raise InputError(f"channel must be an index or a channel name, got {channel!r}")
 
 
 def tta_views(value: int | float | str | bool) -> int:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sac.backbone import count_parameters
 from sac.data import CropDataset, NucleiSample, load_dataset, median_nucleus_area
-from sac.io import InputError, atomic_write
+from sac.io import InputError, atomic_write, check_field_types
 from sac.metrics import dice
 from sac.model import (
     ADDABLE_CLICK_PARTS,
@@ -39,7 +39,6 @@ from sac.model import (
     SACConfig,
     SACOutput,
     SegmentAnyCell,
-    check_field_types,
     model_path,
     precision,
     read_checkpoint_meta,
