@@ -212,7 +212,7 @@ def test_fiji_point_selections_are_clicks_in_pixels_with_counter_1_negative(tmp_
     fiji_points([[7, 8]]).tofile(folder / "tile.roi")
     assert read_clicks(folder)["tile"][0].tolist() == [[7.5, 8.5]]
     write_clicks(folder / "tile.csv", [(1, 2)], [])  # the same image's clicks twice: which to apply?
-    with pytest.raises(InputError, match="per_image: several click files for tile; keep one per image"):
+    with pytest.raises(InputError, match=r"per_image/tile.csv and tile.roi share the name tile: keep one"):
         read_clicks(folder)
 
 

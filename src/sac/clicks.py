@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import roifile
 
-from sac.io import InputError, first_line, image_shape
+from sac.io import InputError, files_by_stem, first_line, image_shape
 from sac.points import Points, as_points, clicks_pixels
 
 
@@ -36,11 +36,7 @@ def read_clicks(path: str | os.PathLike) -> dict[str | None, Points]:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _SUFFIXES and p.is_file())
         if not files:
             raise InputError(f"{path}: folder holds no {', '.join(_SUFFIXES)} click files")
-        stems = [file.stem for file in files]
-        twice = sorted({stem for stem in stems if stems.count(stem) > 1})
-        if twice:  # which file's clicks to apply would be a guess
-            raise InputError(f"{path}: several click files for {twice[0]}; keep one per image")
-        return {file.stem: read_points_file(file) for file in files}
+        return {stem: read_points_file(file) for stem, file in files_by_stem(files).items()}
     return _read(path, per_image=True)
 
 

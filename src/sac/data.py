@@ -37,6 +37,7 @@ from sac.io import (
     InputError,
     atomic_write,
     check_pair,
+    files_by_stem,
     list_images,
     read_image,
     read_labels,
@@ -196,9 +197,9 @@ def _load_pairs(
     images_dir, masks_dir, notes_dir = folder / "images", folder / "masks", folder / "annotations"
     if not images_dir.is_dir() or not (masks_dir.is_dir() or notes_dir.is_dir()):
         raise InputError(f"{folder}: expected images/ with masks/ or annotations/ (GeoJSON) beside it")
-    images = _by_stem(list_images([images_dir]))
-    masks = _by_stem(list_images([masks_dir])) if masks_dir.is_dir() else {}
-    notes = _by_stem(sorted(notes_dir.glob("*.geojson"))) if notes_dir.is_dir() else {}
+    images = files_by_stem(list_images([images_dir]))
+    masks = files_by_stem(list_images([masks_dir])) if masks_dir.is_dir() else {}
+    notes = files_by_stem(sorted(notes_dir.glob("*.geojson"))) if notes_dir.is_dir() else {}
     both = sorted(set(masks) & set(notes))
     if both and ids is None:
         warnings.warn(
@@ -232,17 +233,6 @@ def _load_pairs(
             size = recorded[0] if recorded else None
         samples.append(NucleiSample(stem, image, labels, size))
     return samples
-
-
-def _by_stem(paths: list[Path]) -> dict[str, Path]:
-    """Files by name without suffix; two files of one name (``a.png`` and ``a.jpg``) are refused, since which
-    one pairs with a mask would be a guess."""
-    found: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in found:
-            raise InputError(f"{found[path.stem]} and {path.name} share the name {path.stem}: keep one")
-        found[path.stem] = path
-    return found
 
 
 def _pixel_sizes(dataset: Path, name: str) -> dict[str, float | None]:

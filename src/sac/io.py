@@ -748,6 +748,17 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def files_by_stem(paths: list[Path]) -> dict[str, Path]:
+    """Files by name without suffix; two files of one name (``a.png`` and ``a.jpg``) are refused, since which
+    one pairs with a mask or takes the clicks would be a guess."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in found:
+            raise InputError(f"{found[path.stem]} and {path.name} share the name {path.stem}: keep one")
+        found[path.stem] = path
+    return found
+
+
 def list_images(
     inputs: Iterable[str | os.PathLike], recursive: bool = False, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
 ) -> list[Path]:
