@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from skimage.segmentation import expand_labels
+from skimage.transform import rescale
 
 from conftest import synthetic_nuclei
-from sac.data import NucleiSample, default_data_root
+from sac.data import NucleiSample, default_data_root, sample_labels
+from sac.data import sample as sample_image
 from sac.io import InputError
 from sac.model import SACConfig, SegmentAnyCell
 from sac.segmenter import Segmenter
@@ -27,6 +30,7 @@ from sac.train import (
     sac_loss,
     split_validation,
     train,
+    validate,
 )
 
 
@@ -296,6 +300,35 @@ def test_run_folder_has_checkpoints_log_and_plot(tmp_path):
     assert 0 <= float(rows[-1]["val_dice"]) <= 1 and math.isfinite(float(rows[-1]["train_loss"]))
     model = SegmentAnyCell.load(tmp_path / "last")
     assert Segmenter(model).predict(synthetic_nuclei(80)[0]).shape == (80, 80)
+
+
+def test_validation_measures_the_models_own_nuclei_not_the_annotations():
+    """The reference size --mpp auto compares new images with is the size of the nuclei the model reports:
+    annotations drawn looser do not move it, and the same tissue at twice the resolution measures the same."""
+    model = SegmentAnyCell.load()
+    image, labels = sample_image("he")[:256, :256], sample_labels("he")[:256, :256]
+    drawn = validate(model, [NucleiSample("he", image, labels, 0.25)])
+    loose = validate(model, [NucleiSample("he", image, expand_labels(labels, 3), 0.25)])
+    assert loose.nucleus_area == drawn.nucleus_area and loose.dice != drawn.dice
+    finer = rescale(image, 2, channel_axis=-1, preserve_range=True).astype(np.uint8)
+    twice = validate(
+        model, [NucleiSample("he", finer, np.kron(labels, np.ones((2, 2), labels.dtype)), 0.125)]
+    )
+    assert twice.nucleus_area == pytest.approx(drawn.nucleus_area, rel=0.15)
+    assert validate(model, [NucleiSample("he", image, labels, None)]).nucleus_area is None  # scale unknown
+
+
+def test_checkpoints_record_the_measured_nucleus_size_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("sac.train.validate", lambda model, samples: (0.5, 123.0))
+    samples = synthetic_samples()
+    trainer = Trainer(tiny_config(tmp_path, max_steps=4, checkpoint_every=100), samples, samples[:1])
+    annotated = trainer.config.model.nucleus_area
+    trainer.run(progress=False)
+    for checkpoint in ("best", "last"):
+        assert SegmentAnyCell.load(tmp_path / checkpoint).config.nucleus_area == 123.0 != annotated
+    resumed = Trainer(tiny_config(tmp_path), samples, samples[:1])
+    resumed.load_state()
+    assert resumed.model.config.nucleus_area == 123.0
 
 
 def test_split_validation_is_deterministic_and_disjoint():

@@ -100,7 +100,9 @@ class SACConfig:
     # -1..1 across the nucleus): they flip sign where two nuclei touch, so the watershed can split them
     hv_maps: bool = False
     hv_head_width: int = 16  # channels of the HV head's first level (its cost grows with the square)
-    nucleus_area: float | None = None  # median nucleus area (px) of the training images at mpp: --mpp auto
+    # median nucleus area (px at mpp) that --mpp auto compares an image's objects with: of the objects the model
+    # itself reports on its validation images of known pixel size, else of its training images' annotations
+    nucleus_area: float | None = None
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)
     estimate_scale: bool = True

@@ -491,10 +491,32 @@ def split_validation(samples: list[NucleiSample], fraction: float, seed: int, fo
     ]
 
 
-def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float:
-    segmenter = Segmenter(model)
-    scores = [dice(segmenter.predict(s.image, mpp=s.mpp), s.labels) for s in samples]
-    return float(np.mean(scores)) if scores else float("nan")
+class Validation(NamedTuple):
+    dice: float  # mean Dice of the automatic mask
+    nucleus_area: float | None  # median area (px at the model's pixel size) of the nuclei the model reports
+
+
+def validate(model: SegmentAnyCell, samples: list[NucleiSample]) -> Validation:
+    """The automatic mask's Dice on the validation images, and the median size of the nuclei the model itself
+    reports on those whose pixel size is known.
+
+    That size is the reference ``--mpp auto`` compares a new image's nuclei with: measured on the model's own
+    outlines rather than the annotations, a model that outlines tighter or looser than its annotators is not
+    taken to see another scale (a fine-tune on tightly drawn outlines made ``auto`` shrink its own images 0.7x).
+    """
+    segmenter = Segmenter(model, instances="fast")
+    scores, areas = [], []
+    for sample in samples:
+        result = segmenter.segment(sample.image, mpp=sample.mpp)
+        scores.append(dice(result.maps[0] >= segmenter.options.threshold, sample.labels))
+        if sample.mpp is not None:  # an image at its own, estimated scale would measure the estimate
+            sizes = np.bincount(result.labels.ravel())[1:]
+            areas.append(sizes[sizes > 0] * result.zoom**2)
+    measured = np.concatenate(areas) if areas else np.zeros(0)
+    return Validation(
+        float(np.mean(scores)) if scores else float("nan"),
+        float(np.median(measured)) if measured.size else None,
+    )
 
 
 @torch.no_grad()
@@ -572,7 +594,7 @@ class Trainer:
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
-        if config.model.nucleus_area is None:  # recorded in every checkpoint, for --mpp auto
+        if config.model.nucleus_area is None:  # for --mpp auto, until validation measures the model's own
             area = median_nucleus_area(train, config.model.mpp)
             self.config = config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, nucleus_area=area)
@@ -633,6 +655,7 @@ class Trainer:
             "epoch_losses": self.epoch_losses,
             "elapsed": self.elapsed,
             "data": self.data,
+            "nucleus_area": self.model.config.nucleus_area,  # as last measured on the validation images
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -659,6 +682,10 @@ class Trainer:
         # runs written before the score was named for what it is (validation Dice + one-click IoU) said best_dice
         self.step, self.best_score = state["step"], state.get("best_score", state.get("best_dice"))
         self.epoch_losses, self.elapsed = state["epoch_losses"], state["elapsed"]
+        area = state.get(
+            "nucleus_area", self.model.config.nucleus_area
+        )  # runs before it was measured lack it
+        self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         self._check_same_data(state.get("data", self.data), path)
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -741,7 +768,9 @@ class Trainer:
         return {"step": self.step, "best_val_score": self.best_score, "elapsed_s": self.elapsed}
 
     def end_epoch(self) -> None:
-        val_dice = validation_dice(self.model, self.val)
+        val_dice, area = validate(self.model, self.val)
+        if area is not None:  # recorded in the checkpoints saved from now on, for --mpp auto
+            self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         click_iou = validation_click_iou(self.model, self.val, self.config.seed)
         epoch = math.ceil(self.step / self.steps_per_epoch)
         row = {
