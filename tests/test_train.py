@@ -13,7 +13,7 @@ from skimage.segmentation import expand_labels
 from skimage.transform import rescale
 
 from conftest import synthetic_nuclei
-from sac.data import NucleiSample, default_data_root, sample_labels
+from sac.data import NucleiSample, default_data_root, median_nucleus_area, sample_labels
 from sac.data import sample as sample_image
 from sac.io import InputError
 from sac.model import SACConfig, SegmentAnyCell
@@ -25,12 +25,12 @@ from sac.train import (
     contact_map,
     hv_loss,
     hv_targets,
+    outlined_nucleus_area,
     read_log,
     resume,
     sac_loss,
     split_validation,
     train,
-    validate,
 )
 
 
@@ -302,25 +302,23 @@ def test_run_folder_has_checkpoints_log_and_plot(tmp_path):
     assert Segmenter(model).predict(synthetic_nuclei(80)[0]).shape == (80, 80)
 
 
-def test_validation_measures_the_models_own_nuclei_not_the_annotations():
-    """The reference size --mpp auto compares new images with is the size of the nuclei the model reports:
-    annotations drawn looser do not move it, and the same tissue at twice the resolution measures the same."""
+def test_the_reference_nucleus_size_is_the_models_own_outlines_not_the_annotations():
+    """The size --mpp auto compares new images with is the size of the nuclei the model reports: annotations
+    drawn looser do not move it, and the same tissue at twice the resolution measures the same."""
     model = SegmentAnyCell.load()
     image, labels = sample_image("he")[:256, :256], sample_labels("he")[:256, :256]
-    drawn = validate(model, [NucleiSample("he", image, labels, 0.25)])
-    loose = validate(model, [NucleiSample("he", image, expand_labels(labels, 3), 0.25)])
-    assert loose.nucleus_area == drawn.nucleus_area and loose.dice != drawn.dice
+    drawn = outlined_nucleus_area(model, [NucleiSample("he", image, labels, 0.25)])
+    loose = outlined_nucleus_area(model, [NucleiSample("he", image, expand_labels(labels, 3), 0.25)])
+    assert drawn == loose != median_nucleus_area([NucleiSample("he", image, labels, 0.25)], 0.25)
     finer = rescale(image, 2, channel_axis=-1, preserve_range=True).astype(np.uint8)
-    twice = validate(
-        model, [NucleiSample("he", finer, np.kron(labels, np.ones((2, 2), labels.dtype)), 0.125)]
-    )
-    assert twice.nucleus_area == pytest.approx(drawn.nucleus_area, rel=0.15)
-    assert validate(model, [NucleiSample("he", image, labels, None)]).nucleus_area is None  # scale unknown
+    twice = NucleiSample("he", finer, np.kron(labels, np.ones((2, 2), labels.dtype)), 0.125)
+    assert outlined_nucleus_area(model, [twice]) == pytest.approx(drawn, rel=0.15)
+    assert outlined_nucleus_area(model, [NucleiSample("he", image, labels, None)]) is None  # scale unknown
 
 
 def test_checkpoints_record_the_measured_nucleus_size_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
-    monkeypatch.setattr("sac.train.validate", lambda model, samples: (0.5, 123.0))
-    samples = synthetic_samples()
+    monkeypatch.setattr("sac.train.outlined_nucleus_area", lambda model, samples: 123.0)
+    samples = [dataclasses.replace(sample, mpp=0.5) for sample in synthetic_samples()]
     trainer = Trainer(tiny_config(tmp_path, max_steps=4, checkpoint_every=100), samples, samples[:1])
     annotated = trainer.config.model.nucleus_area
     trainer.run(progress=False)

@@ -52,6 +52,9 @@ FINE_TUNE_LR = 3e-4  # the default learning rate when a run starts from a traine
 LOG_FILE = "log.csv"
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_click_iou", "lr", "elapsed_s")
 VAL_CLICKS = 256  # nuclei clicked once each for the validation click IoU
+SIZE_IMAGES = (
+    16  # training images, spread over the set, on which the model's typical nucleus size is measured
+)
 
 
 @dataclass
@@ -491,32 +494,29 @@ def split_validation(samples: list[NucleiSample], fraction: float, seed: int, fo
     ]
 
 
-class Validation(NamedTuple):
-    dice: float  # mean Dice of the automatic mask
-    nucleus_area: float | None  # median area (px at the model's pixel size) of the nuclei the model reports
+def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float:
+    segmenter = Segmenter(model)
+    scores = [dice(segmenter.predict(s.image, mpp=s.mpp), s.labels) for s in samples]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
-def validate(model: SegmentAnyCell, samples: list[NucleiSample]) -> Validation:
-    """The automatic mask's Dice on the validation images, and the median size of the nuclei the model itself
-    reports on those whose pixel size is known.
+def outlined_nucleus_area(model: SegmentAnyCell, samples: list[NucleiSample]) -> float | None:
+    """Median area, in pixels at the model's pixel size, of the nuclei the model reports on ``samples`` (those
+    whose pixel size is known; None if none is): the reference ``--mpp auto`` compares a new image's nuclei with.
 
-    That size is the reference ``--mpp auto`` compares a new image's nuclei with: measured on the model's own
-    outlines rather than the annotations, a model that outlines tighter or looser than its annotators is not
-    taken to see another scale (a fine-tune on tightly drawn outlines made ``auto`` shrink its own images 0.7x).
+    Measured on the model's own outlines, which are what ``auto`` measures, since a model may outline looser or
+    tighter than its annotators (a fine-tune on 7 CryoNuSeg tiles: 289 px against the annotations' 265); and on
+    many images, since nucleus size varies by tissue (one lymph-node tile of the same set alone: 208 px).
     """
     segmenter = Segmenter(model, instances="fast")
-    scores, areas = [], []
+    areas = [np.zeros(0)]
     for sample in samples:
-        result = segmenter.segment(sample.image, mpp=sample.mpp)
-        scores.append(dice(result.maps[0] >= segmenter.options.threshold, sample.labels))
-        if sample.mpp is not None:  # an image at its own, estimated scale would measure the estimate
+        if sample.mpp is not None:  # at an estimated scale it would measure the estimate
+            result = segmenter.segment(sample.image, mpp=sample.mpp)
             sizes = np.bincount(result.labels.ravel())[1:]
             areas.append(sizes[sizes > 0] * result.zoom**2)
-    measured = np.concatenate(areas) if areas else np.zeros(0)
-    return Validation(
-        float(np.mean(scores)) if scores else float("nan"),
-        float(np.median(measured)) if measured.size else None,
-    )
+    measured = np.concatenate(areas)
+    return float(np.median(measured)) if measured.size else None
 
 
 @torch.no_grad()
@@ -625,6 +625,8 @@ class Trainer:
             max_zoom=config.max_zoom,
         )
         self.val = val[: config.max_val_images]
+        known = [sample for sample in train if sample.mpp is not None]
+        self.size_samples = known[:: math.ceil(len(known) / SIZE_IMAGES)] if known else []
         self.data = {"train": [sample.name for sample in train], "val": [sample.name for sample in val]}
         if not val and self.rank == 0:
             warnings.warn(
@@ -768,7 +770,8 @@ class Trainer:
         return {"step": self.step, "best_val_score": self.best_score, "elapsed_s": self.elapsed}
 
     def end_epoch(self) -> None:
-        val_dice, area = validate(self.model, self.val)
+        val_dice = validation_dice(self.model, self.val)
+        area = outlined_nucleus_area(self.model, self.size_samples)
         if area is not None:  # recorded in the checkpoints saved from now on, for --mpp auto
             self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         click_iou = validation_click_iou(self.model, self.val, self.config.seed)
