@@ -271,6 +271,8 @@ def test_crop_dataset_pads_small_images_with_their_nuclei_mirrored(mpp):
         assert (got[10:, :] > 0).any() and (
             got[:, 15:] > 0
         ).any()  # the half-size crop's padding holds nuclei
+        dark = item["image"][0].numpy() < 0.5  # the resampled image and labels stay on one grid
+        assert np.mean(dark == (got > 0)) > 0.95
     ids = np.unique(got[got > 0])
     pieces = measure.label(got > 0, connectivity=2).max()
     assert len(ids) == pieces > 2  # every mirrored copy an instance of its own, each in one piece

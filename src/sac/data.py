@@ -29,7 +29,6 @@ from PIL import Image
 from scipy import ndimage
 from skimage import measure
 from skimage.color import hed2rgb, rgb2hed
-from skimage.transform import resize
 
 from sac.export import read_geojson_labels
 from sac.io import (
@@ -44,6 +43,7 @@ from sac.io import (
     read_pixel_size,
     sha256sum,
 )
+from sac.scale import resample_labels, resize_image
 
 # Pixel size (µm/px) of each known dataset, from its release notes. DSB 2018 mixes microscopes and magnifications
 # without recording them: None, its images are used at their native scale. A dataset's provenance.csv column
@@ -552,11 +552,9 @@ class CropDataset(torch.utils.data.Dataset):
         left = int(rng.integers(0, max(width - source, 0) + 1))
         window = np.s_[top : top + source, left : left + source]
         image, labels = sample.image[window], sample.labels[window]
-        shape = (round(image.shape[0] * zoom), round(image.shape[1] * zoom))
-        shape = (min(size, max(1, shape[0])), min(size, max(1, shape[1])))
-        image = resize(image, shape, order=1, anti_aliasing=zoom < 1, preserve_range=True)
-        image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-        labels = resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
+        zoomed = resize_image(image, zoom)  # as inference resamples an image to the model's scale
+        labels = resample_labels(labels, zoomed.shape[:2])
+        image, labels = zoomed[:size, :size], labels[:size, :size]  # rounding may give a pixel past the crop
         image, labels = _pad_crop(image, labels, size, "symmetric")
         return image, labels, instance_distance_map(labels)
 
