@@ -5,8 +5,9 @@
     python benchmarks/ship_model.py runs/f0/best --name glands --mpp 1.4 --out runs/f0_1.4   # as shipped, elsewhere
 
 Writes src/sac/models/<name>/{model.safetensors, config.json, training_data.json, MODEL_CARD.md}; the checkpoint
-is loaded first (sha256 and architecture checks) so a broken one is never shipped. A checkpoint from a run that
-did not record the median nucleus area (what ``--mpp auto`` compares with) gets it from the same training data.
+is loaded first (sha256 and architecture checks) so a broken one is never shipped. The median nucleus area that
+``--mpp auto`` compares with is measured on the shipped model's own outlines of its training images, with the
+settings it ships with (the annotations' median when none of them records a pixel size).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sac.data import median_nucleus_area
 from sac.export import OBJECT_CLASSES
 from sac.model import CONFIG_FILE, SHIPPED_MODELS, WEIGHTS_FILE, SACConfig, SegmentAnyCell, model_path
 from sac.options import TTA_VIEWS, tta_views
-from sac.train import TrainConfig, load_training_data
+from sac.train import TrainConfig, load_training_data, outlined_nucleus_area
 
 MAX_BYTES = 25 * 1024 * 1024
 LICENCES = {
@@ -97,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, target / WEIGHTS_FILE)
     meta = json.loads((args.checkpoint / CONFIG_FILE).read_text())
-    if meta["model"].get("nucleus_area") is None:
-        meta["model"]["nucleus_area"] = median_nucleus_area(train, meta["model"].get("mpp"))
     if args.mpp is not None:
         meta["model"] = dataclasses.asdict(SACConfig.from_dict(meta["model"]).at_scale(args.mpp))
     for key in (
@@ -113,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, key) is not None:
             meta["model"][key] = getattr(args, key)
+    (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    # the reference --mpp auto compares with: the objects this model reports with the settings it ships with (a run
+    # measured them with its training settings: a gland run with the nuclei post-processing counts fragments)
+    area = outlined_nucleus_area(SegmentAnyCell.load(target), train)
+    meta["model"]["nucleus_area"] = (
+        area if area is not None else median_nucleus_area(train, meta["model"]["mpp"])
+    )
     (target / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     data = {
         "train_config": train_config,

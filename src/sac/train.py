@@ -501,20 +501,21 @@ def validation_dice(model: SegmentAnyCell, samples: list[NucleiSample]) -> float
 
 
 def outlined_nucleus_area(model: SegmentAnyCell, samples: list[NucleiSample]) -> float | None:
-    """Median area, in pixels at the model's pixel size, of the nuclei the model reports on ``samples`` (those
-    whose pixel size is known; None if none is): the reference ``--mpp auto`` compares a new image's nuclei with.
+    """Median area, in pixels at the model's pixel size, of the nuclei the model reports with its own settings on
+    ``samples`` (up to ``SIZE_IMAGES`` of those whose pixel size is known, spread over the list; None if none is
+    known): the reference ``--mpp auto`` compares a new image's nuclei with.
 
     Measured on the model's own outlines, which are what ``auto`` measures, since a model may outline looser or
     tighter than its annotators (a fine-tune on 7 CryoNuSeg tiles: 289 px against the annotations' 265); and on
     many images, since nucleus size varies by tissue (one lymph-node tile of the same set alone: 208 px).
     """
+    known = [sample for sample in samples if sample.mpp is not None]  # else it would measure the estimate
     segmenter = Segmenter(model, instances="fast")
     areas = [np.zeros(0)]
-    for sample in samples:
-        if sample.mpp is not None:  # at an estimated scale it would measure the estimate
-            result = segmenter.segment(sample.image, mpp=sample.mpp)
-            sizes = np.bincount(result.labels.ravel())[1:]
-            areas.append(sizes[sizes > 0] * result.zoom**2)
+    for sample in known[:: math.ceil(len(known) / SIZE_IMAGES) or 1]:
+        result = segmenter.segment(sample.image, mpp=sample.mpp)
+        sizes = np.bincount(result.labels.ravel())[1:]
+        areas.append(sizes[sizes > 0] * result.zoom**2)
     measured = np.concatenate(areas)
     return float(np.median(measured)) if measured.size else None
 
@@ -625,8 +626,7 @@ class Trainer:
             max_zoom=config.max_zoom,
         )
         self.val = val[: config.max_val_images]
-        known = [sample for sample in train if sample.mpp is not None]
-        self.size_samples = known[:: math.ceil(len(known) / SIZE_IMAGES)] if known else []
+        self.train = train
         self.data = {"train": [sample.name for sample in train], "val": [sample.name for sample in val]}
         if not val and self.rank == 0:
             warnings.warn(
@@ -771,7 +771,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         val_dice = validation_dice(self.model, self.val)
-        area = outlined_nucleus_area(self.model, self.size_samples)
+        area = outlined_nucleus_area(self.model, self.train)
         if area is not None:  # recorded in the checkpoints saved from now on, for --mpp auto
             self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         click_iou = validation_click_iou(self.model, self.val, self.config.seed)
