@@ -52,9 +52,8 @@ FINE_TUNE_LR = 3e-4  # the default learning rate when a run starts from a traine
 LOG_FILE = "log.csv"
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_dice", "val_click_iou", "lr", "elapsed_s")
 VAL_CLICKS = 256  # nuclei clicked once each for the validation click IoU
-SIZE_IMAGES = (
-    16  # training images, spread over the set, on which the model's typical nucleus size is measured
-)
+# training images, spread over the set, on which the model's typical nucleus size is measured
+SIZE_IMAGES = 16
 
 
 @dataclass
@@ -595,7 +594,7 @@ class Trainer:
         if config.batch_size % self.world:
             raise InputError(f"batch size {config.batch_size} is not divisible by {self.world} processes")
         torch.manual_seed(config.seed)
-        if config.model.nucleus_area is None:  # for --mpp auto, until validation measures the model's own
+        if config.model.nucleus_area is None:  # for --mpp auto, until an epoch's end measures the model's own
             area = median_nucleus_area(train, config.model.mpp)
             self.config = config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, nucleus_area=area)
@@ -657,7 +656,7 @@ class Trainer:
             "epoch_losses": self.epoch_losses,
             "elapsed": self.elapsed,
             "data": self.data,
-            "nucleus_area": self.model.config.nucleus_area,  # as last measured on the validation images
+            "nucleus_area": self.model.config.nucleus_area,  # as last measured on the training images
             "rng": {
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
@@ -684,9 +683,8 @@ class Trainer:
         # runs written before the score was named for what it is (validation Dice + one-click IoU) said best_dice
         self.step, self.best_score = state["step"], state.get("best_score", state.get("best_dice"))
         self.epoch_losses, self.elapsed = state["epoch_losses"], state["elapsed"]
-        area = state.get(
-            "nucleus_area", self.model.config.nucleus_area
-        )  # runs before it was measured lack it
+        # runs from before the model's own nucleus size was measured keep their annotations' median
+        area = state.get("nucleus_area", self.model.config.nucleus_area)
         self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         self._check_same_data(state.get("data", self.data), path)
         torch.set_rng_state(state["rng"]["torch"])
