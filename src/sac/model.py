@@ -101,7 +101,8 @@ class SACConfig:
     hv_maps: bool = False
     hv_head_width: int = 16  # channels of the HV head's first level (its cost grows with the square)
     # median nucleus area (px at mpp) that --mpp auto compares an image's objects with: of the objects the model
-    # itself reports on its validation images of known pixel size, else of its training images' annotations
+    # itself reports on its training images of known pixel size (sac.train.outlined_nucleus_area), else of their
+    # annotations
     nucleus_area: float | None = None
     # whether --mpp auto may estimate an image's pixel size from its objects' sizes: nuclei tell the scale, glands
     # do not (a gland model shown glands at twice its scale cuts them into pieces of plausible size)

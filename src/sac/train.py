@@ -625,7 +625,6 @@ class Trainer:
             max_zoom=config.max_zoom,
         )
         self.val = val[: config.max_val_images]
-        self.train = train
         self.data = {"train": [sample.name for sample in train], "val": [sample.name for sample in val]}
         if not val and self.rank == 0:
             warnings.warn(
@@ -769,7 +768,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         val_dice = validation_dice(self.model, self.val)
-        area = outlined_nucleus_area(self.model, self.train)
+        area = outlined_nucleus_area(self.model, self.dataset.samples)
         if area is not None:  # recorded in the checkpoints saved from now on, for --mpp auto
             self.model.config = dataclasses.replace(self.model.config, nucleus_area=area)
         click_iou = validation_click_iou(self.model, self.val, self.config.seed)
