@@ -282,3 +282,11 @@ def test_a_checkpoint_file_given_for_its_folder_is_named_as_such(tmp_path):
         InputError, match=r"config\.json: give the checkpoint's folder, .*model, not one of its files"
     ):
         SegmentAnyCell.load(directory / CONFIG_FILE)
+
+
+def test_numpy_numbers_in_a_config_save_as_json(tmp_path):
+    """A size taken from an array (np.int64) is a whole number, and the checkpoint's config.json still writes."""
+    model = tiny_model(generator_channels=np.int64(4), lora_dropout=np.float32(0.0))
+    assert type(model.config.generator_channels) is int and type(model.config.lora_dropout) is float
+    model.save(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["generator_channels"] == 4

@@ -54,7 +54,8 @@ def check_field_types(settings: object) -> None:
     """Refuse a field of a settings dataclass (inference options, model or training config) of the wrong kind in
     one line: a hand-edited JSON's "1e-4" for a number or "no" for a switch, before a comparison raises a
     TypeError or a string passes for true, and a NaN, which would pass every range check (``min_size=nan``
-    switches the size filter off). NumPy scalars count as the numbers they are."""
+    switches the size filter off). NumPy scalars count as the numbers they are, and are kept as Python ones, so
+    the settings save as JSON."""
     hints = typing.get_type_hints(type(settings))
     for settings_field in dataclasses.fields(settings):
         value, hint = getattr(settings, settings_field.name), hints[settings_field.name]
@@ -62,6 +63,8 @@ def check_field_types(settings: object) -> None:
         if not any(_is_kind(value, kind) for kind in kinds):
             expected = " or ".join(_KIND_NAMES.get(kind, "a list of names") for kind in kinds)
             raise InputError(f"{settings_field.name} must be {expected}, got {value!r}")
+        if isinstance(value, np.generic):  # frozen dataclasses too
+            object.__setattr__(settings, settings_field.name, value.item())
 
 
 def _is_kind(value: object, kind: type) -> bool:
