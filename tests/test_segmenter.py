@@ -50,10 +50,8 @@ def test_instance_modes_are_normalised(given, mode):
         ({"mpp": 0}, "outside"),
         ({"tta": 3}, "test-time augmentation takes 1, 2, 4, 8 views; got 3"),
         ({"tta": "many"}, "test-time augmentation takes 1, 2, 4, 8 views; got many"),
-        (
-            {"min_size": float("nan")},
-            "min_size must be a number or null, got nan",
-        ),  # would switch the filter off
+        # a NaN would switch the size filter off
+        ({"min_size": float("nan")}, "min_size must be a number or null, got nan"),
         ({"max_size": float("nan")}, "max_size must be a number or null"),
         ({"threshold": "0.5"}, "threshold must be a number, got '0.5'"),
         ({"seed_threshold": True}, "seed_threshold must be a number or null, got True"),
